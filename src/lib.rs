@@ -1,0 +1,2 @@
+//! approvald: permission-request approval workflows for multi-account platforms.
+pub mod domain;

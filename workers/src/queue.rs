@@ -1,0 +1,169 @@
+//! The public queue handle: push jobs, inspect queues, re-drive dead jobs.
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    clock::{Clock, SystemClock},
+    job::Job,
+    store::{DeadJob, NewJob, QueueStats, Store, StoreError},
+};
+
+pub use crate::store::Pushed as PushResult;
+
+/// Settings shared by the queue handle and the runtime.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Redis key prefix (ignored by SQLite, whose tables are fixed).
+    pub prefix: String,
+    /// Visibility timeout of a leased job; renewed at a third of it.
+    pub lease: Duration,
+    /// How long a dedupe key holds, also after its job finished.
+    pub dedupe_window: Duration,
+    /// Finished jobs are purged after this long.
+    pub keep_finished: Duration,
+    /// Dead jobs are purged after this long.
+    pub keep_dead: Duration,
+    /// Fallback poll when no wake-up arrives.
+    pub idle_poll: Duration,
+    /// Largest fetch batch.
+    pub batch: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "approvald".into(),
+            lease: Duration::from_secs(30),
+            dedupe_window: Duration::from_secs(24 * 3600),
+            keep_finished: Duration::from_secs(24 * 3600),
+            keep_dead: Duration::from_secs(30 * 24 * 3600),
+            idle_poll: Duration::from_secs(5),
+            batch: 100,
+        }
+    }
+}
+
+/// When and under which key to push.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    /// Run at this instant (millisecond precision); `None` = now.
+    pub run_at: Option<DateTime<Utc>>,
+    /// At most one job per key within the dedupe window.
+    pub dedupe_key: Option<String>,
+}
+
+impl PushOptions {
+    pub fn at(run_at: DateTime<Utc>) -> Self {
+        Self { run_at: Some(run_at), dedupe_key: None }
+    }
+    pub fn dedupe(mut self, key: impl Into<String>) -> Self {
+        self.dedupe_key = Some(key.into());
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("encoding job payload: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("queue url {0:?}: expected `sqlite` or `redis://...`")]
+    BadUrl(String),
+}
+
+/// Cheap to clone; one per process is enough.
+#[derive(Clone)]
+pub struct Queue {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: QueueConfig,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// A queue over any store (used by the constructors below and by tests).
+    pub fn with_store(store: Arc<dyn Store>, config: QueueConfig, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock, config }
+    }
+
+    /// Redis at `url` (`redis://host:port/db`). Runs `setup`.
+    pub async fn redis(url: &str, config: QueueConfig) -> Result<Self, QueueError> {
+        Self::redis_with_clock(url, config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn redis_with_clock(url: &str, config: QueueConfig, clock: Arc<dyn Clock>) -> Result<Self, QueueError> {
+        let store = crate::store::redis::RedisStore::connect(url, &config.prefix).await?;
+        store.setup().await?;
+        Ok(Self::with_store(Arc::new(store), config, clock))
+    }
+
+    /// SQLite tables in the pool's database (WAL, synchronous=NORMAL). Runs `setup`.
+    pub async fn sqlite(pool: sqlx::SqlitePool, config: QueueConfig) -> Result<Self, QueueError> {
+        Self::sqlite_with_clock(pool, config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn sqlite_with_clock(pool: sqlx::SqlitePool, config: QueueConfig, clock: Arc<dyn Clock>) -> Result<Self, QueueError> {
+        let store = crate::store::sqlite::SqliteStore::new(pool);
+        store.setup().await?;
+        Ok(Self::with_store(Arc::new(store), config, clock))
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    pub fn new_job<J: Job>(&self, job: &J, opts: &PushOptions) -> Result<NewJob, QueueError> {
+        let now = self.clock.now();
+        Ok(NewJob {
+            queue: J::NAME.to_string(),
+            payload: serde_json::to_string(job)?,
+            run_at_ms: opts.run_at.unwrap_or(now).timestamp_millis(),
+            dedupe_key: opts.dedupe_key.clone(),
+            max_attempts: J::MAX_ATTEMPTS,
+        })
+    }
+
+    pub async fn push<J: Job>(&self, job: &J, opts: PushOptions) -> Result<PushResult, QueueError> {
+        let mut out = self.push_many::<J>(std::slice::from_ref(&(job, opts))).await?;
+        Ok(out.remove(0))
+    }
+
+    pub async fn push_many<J: Job>(&self, jobs: &[(&J, PushOptions)]) -> Result<Vec<PushResult>, QueueError> {
+        let new: Vec<NewJob> = jobs.iter().map(|(j, o)| self.new_job(*j, o)).collect::<Result<_, _>>()?;
+        self.push_raw(&new).await
+    }
+
+    /// Push already-encoded jobs (the outbox relay uses this).
+    pub async fn push_raw(&self, jobs: &[NewJob]) -> Result<Vec<PushResult>, QueueError> {
+        let now = self.clock.now().timestamp_millis();
+        let window = self.config.dedupe_window.as_millis() as i64;
+        Ok(self.store.push(jobs, now, window).await?)
+    }
+
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        Ok(self.store.stats(queue).await?)
+    }
+
+    pub async fn list_dead(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+        Ok(self.store.list_dead(queue, limit).await?)
+    }
+
+    pub async fn redrive(&self, queue: &str, id: &str) -> Result<bool, QueueError> {
+        Ok(self.store.redrive(queue, id, self.clock.now().timestamp_millis()).await?)
+    }
+
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        Ok(self.store.ping().await?)
+    }
+}
