@@ -1,0 +1,38 @@
+//! The application state shared by HTTP handlers and jobs.
+use std::{ops::Deref, sync::Arc};
+
+use approvald_workers::{Clock, Queue};
+
+use crate::{config::Config, db::Db, domain::catalog::Catalog, mail::Mailer};
+
+pub struct AppInner {
+    pub config: Config,
+    pub db: Db,
+    pub queue: Queue,
+    /// True when the queue lives in the same SQLite database as the state, so
+    /// a job is written in the caller's transaction; otherwise jobs go through
+    /// the outbox table and the relay.
+    pub queue_in_db: bool,
+    pub mailer: Mailer,
+    pub catalog: Catalog,
+    pub calendars: crate::domain::calendar::Calendars,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct App(pub Arc<AppInner>);
+
+impl Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl App {
+    /// Milliseconds since the epoch, from the injectable clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+}

@@ -1,0 +1,465 @@
+//! Layered configuration: embedded defaults, then the file named by
+//! `APPROVALD_CONFIG` (default `config/default.toml` when present), then
+//! `APPROVALD__SECTION__KEY` environment variables. Validated at start; every
+//! error names the key and the fix.
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// A string that never prints.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub queue: QueueSection,
+    pub mail: MailConfig,
+    pub orgs: OrgsConfig,
+    pub review: ReviewConfig,
+    pub sla: SlaConfig,
+    pub catalog: CatalogConfig,
+    pub calendars: CalendarsConfig,
+    pub workers: WorkersConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port (the bound address is logged).
+    pub listen: String,
+    /// Base of every link in emails.
+    pub public_url: String,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://data/approvald.db?mode=rwc` or `postgres://user@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &mask_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    /// `sqlite` (the same database as `database.url`) or `redis://host:port/db`.
+    pub url: String,
+    /// Redis key prefix.
+    pub prefix: String,
+    /// Visibility timeout of a running job, seconds.
+    pub lease_secs: u64,
+    /// Fallback poll when no wake-up arrives, milliseconds.
+    pub idle_poll_ms: u64,
+    /// How long a push dedupe key holds, hours.
+    pub dedupe_window_hours: u64,
+    /// Finished jobs are kept this long, hours.
+    pub keep_finished_hours: u64,
+    /// Dead jobs are kept this long, days.
+    pub keep_dead_days: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    File,
+    Smtp,
+    /// In-process capture; unit tests only.
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailConfig {
+    pub transport: MailTransport,
+    /// One `.eml` file per message (file transport).
+    pub outbox_dir: PathBuf,
+    pub from: String,
+    pub smtp: SmtpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: String,
+    pub password: Secret,
+    pub timeout_secs: u64,
+    /// Largest number of pooled connections.
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgsConfig {
+    /// Most member accounts one org may have (the owner included).
+    pub max_members: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewConfig {
+    /// Review link lifetime, hours.
+    pub token_ttl_hours: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaConfig {
+    /// Reminder at this fraction of the review window (0 < f < 1).
+    pub reminder_fraction: f64,
+    /// How often the scheduler sweeps for overdue requests whose timer was lost, seconds.
+    pub sweep_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Permission catalog file; the shipped catalog is embedded and used when empty.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarsConfig {
+    /// Folder of `<region>.toml` calendars; overrides the embedded ones.
+    pub dir: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// In-flight jobs get this long to finish on shutdown, seconds.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info,approvald=debug`. `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig {
+                listen: "127.0.0.1:8080".into(),
+                public_url: "http://127.0.0.1:8080".into(),
+                body_limit: 64 * 1024,
+            },
+            database: DatabaseConfig {
+                url: "sqlite://data/approvald.db?mode=rwc".into(),
+                max_connections: 8,
+            },
+            queue: QueueSection {
+                url: "sqlite".into(),
+                prefix: "approvald".into(),
+                lease_secs: 30,
+                idle_poll_ms: 2000,
+                dedupe_window_hours: 24,
+                keep_finished_hours: 24,
+                keep_dead_days: 30,
+            },
+            mail: MailConfig {
+                transport: MailTransport::File,
+                outbox_dir: "data/outbox".into(),
+                from: "approvald <noreply@approvald.invalid>".into(),
+                smtp: SmtpConfig {
+                    host: String::new(),
+                    port: 587,
+                    tls: SmtpTls::Starttls,
+                    username: String::new(),
+                    password: Secret::default(),
+                    timeout_secs: 10,
+                    pool_size: 4,
+                },
+            },
+            orgs: OrgsConfig { max_members: 20 },
+            review: ReviewConfig { token_ttl_hours: 7 * 24 },
+            sla: SlaConfig { reminder_fraction: 0.5, sweep_interval_secs: 60 },
+            catalog: CatalogConfig { path: String::new() },
+            calendars: CalendarsConfig { dir: "config/calendars".into() },
+            workers: WorkersConfig { shutdown_timeout_secs: 20 },
+            log: LogConfig { format: LogFormat::Text, filter: "info".into() },
+        }
+    }
+}
+
+/// A configuration problem, naming the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {0}")]
+pub struct ConfigError(pub String);
+
+/// Which database engine `database.url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+impl Config {
+    /// Load defaults, then the config file, then `APPROVALD__*` env vars, and validate.
+    pub fn load() -> Result<Self, ConfigError> {
+        let file = std::env::var("APPROVALD_CONFIG").ok();
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match &file {
+            Some(path) => {
+                if !std::path::Path::new(path).exists() {
+                    return Err(ConfigError(format!(
+                        "APPROVALD_CONFIG names {path:?}, which does not exist; point it at a TOML file or unset it"
+                    )));
+                }
+                fig = fig.merge(Toml::file(path));
+            }
+            None => {
+                if std::path::Path::new("config/default.toml").exists() {
+                    fig = fig.merge(Toml::file("config/default.toml"));
+                }
+            }
+        }
+        fig = fig.merge(Env::prefixed("APPROVALD__").split("__"));
+        Self::from_figment(fig)
+    }
+
+    /// Defaults plus the given TOML text (tests).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let cfg: Config = fig.extract().map_err(|e| {
+            let mut msgs = Vec::new();
+            for err in e {
+                let key = err.path.join(".");
+                msgs.push(if key.is_empty() {
+                    format!("{err}")
+                } else {
+                    format!(
+                        "key `{key}`: {} (fix it in the config file or in APPROVALD__{})",
+                        err.kind,
+                        err.path.join("__").to_uppercase()
+                    )
+                });
+            }
+            ConfigError(msgs.join("; "))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("key `{key}`: {why}")));
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "server.listen",
+                format!(
+                    "{:?} is not a socket address; use host:port such as 127.0.0.1:8080 (port 0 picks a free port)",
+                    self.server.listen
+                ),
+            );
+        }
+        let pu = self.server.public_url.trim_end_matches('/');
+        if !(pu.starts_with("http://") || pu.starts_with("https://")) || pu.len() < 10 {
+            return bad(
+                "server.public_url",
+                format!(
+                    "{:?} must be an absolute http(s) URL, the base of links in emails, e.g. https://approvals.example.com",
+                    self.server.public_url
+                ),
+            );
+        }
+        if self.server.body_limit < 1024 {
+            return bad("server.body_limit", "must be at least 1024 bytes".into());
+        }
+        self.db_kind()?;
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections", "must be at least 1".into());
+        }
+        let q = self.queue.url.as_str();
+        if q != "sqlite" && !q.starts_with("redis://") && !q.starts_with("rediss://") {
+            return bad(
+                "queue.url",
+                format!("{q:?}: use `sqlite` (same database) or redis://host:port/db"),
+            );
+        }
+        if q == "sqlite" && self.db_kind()? != DbKind::Sqlite {
+            return bad(
+                "queue.url",
+                "`sqlite` queue needs a sqlite database.url; with PostgreSQL set queue.url = redis://...".into(),
+            );
+        }
+        if self.queue.prefix.is_empty() || self.queue.prefix.contains(char::is_whitespace) {
+            return bad("queue.prefix", "must be a non-empty word without spaces".into());
+        }
+        if self.queue.lease_secs < 1 {
+            return bad("queue.lease_secs", "must be at least 1 second".into());
+        }
+        if self.mail.transport == MailTransport::Smtp && self.mail.smtp.host.is_empty() {
+            return bad(
+                "mail.smtp.host",
+                "is empty but mail.transport = smtp; set the SMTP host or use mail.transport = file".into(),
+            );
+        }
+        if !self.mail.from.contains('@') {
+            return bad(
+                "mail.from",
+                format!("{:?} is not a mail address like `approvald <noreply@example.com>`", self.mail.from),
+            );
+        }
+        if !(1..=200).contains(&self.orgs.max_members) {
+            return bad("orgs.max_members", "must be between 1 and 200".into());
+        }
+        if self.review.token_ttl_hours == 0 {
+            return bad("review.token_ttl_hours", "must be at least 1".into());
+        }
+        if !(self.sla.reminder_fraction > 0.0 && self.sla.reminder_fraction < 1.0) {
+            return bad("sla.reminder_fraction", "must be strictly between 0 and 1, e.g. 0.5".into());
+        }
+        if self.sla.sweep_interval_secs == 0 {
+            return bad("sla.sweep_interval_secs", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn db_kind(&self) -> Result<DbKind, ConfigError> {
+        let u = self.database.url.as_str();
+        if u.starts_with("sqlite:") {
+            Ok(DbKind::Sqlite)
+        } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+            Ok(DbKind::Postgres)
+        } else {
+            Err(ConfigError(format!(
+                "key `database.url`: {:?} is neither sqlite:// nor postgres://; e.g. sqlite://data/approvald.db?mode=rwc",
+                mask_url(u)
+            )))
+        }
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server.listen.parse().expect("validated")
+    }
+
+    pub fn public_url(&self) -> &str {
+        self.server.public_url.trim_end_matches('/')
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.queue.lease_secs)
+    }
+
+    /// The effective config as TOML with secrets masked (`check-config`).
+    pub fn to_masked_toml(&self) -> String {
+        let mut masked = self.clone();
+        masked.database.url = mask_url(&self.database.url);
+        masked.queue.url = mask_url(&self.queue.url);
+        toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// Hide a password in `scheme://user:pass@host/...`.
+pub fn mask_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((cred, host)) = rest.split_once('@')
+        && let Some((user, _)) = cred.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("[server]\nlisten = \"nope\"").unwrap_err();
+        assert!(e.0.contains("server.listen"), "{e}");
+        let e = Config::from_toml("[server]\nlistn = \"x\"").unwrap_err();
+        assert!(e.0.contains("listn"), "{e}");
+        let e = Config::from_toml("[mail]\ntransport = \"smtp\"").unwrap_err();
+        assert!(e.0.contains("mail.smtp.host"), "{e}");
+        let e = Config::from_toml("[database]\nurl = \"postgres://a@b/c\"").unwrap_err();
+        assert!(e.0.contains("queue.url"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let c = Config::from_toml(
+            "[database]\nurl = \"postgres://u:hunter2@h/db\"\n[queue]\nurl = \"redis://:pw@h:6379/0\"\n[mail.smtp]\npassword = \"hunter2\"",
+        )
+        .unwrap();
+        let out = c.to_masked_toml();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The domain jobs (payload + handler), and how the app enqueues them.
+//!
+//! A job is always written in the same transaction as the change that needs
+//! it: into the queue's own table when the queue lives in this SQLite
+//! database, otherwise into the `outbox` table, from which the relay pushes it
+//! to Redis at least once (see [`relay`]).
+use anyhow::Context;
+use approvald_workers::{Job, PushOptions};
+
+use crate::{app::App, db::Tx};
+
+pub mod decide;
+pub mod relay;
+pub mod review;
+pub mod sla;
+
+use approvald_workers::Runtime;
+
+/// Every queue the daemon uses (metrics, drain helpers, `approvald enqueue`).
+pub const QUEUES: &[&str] = &[review::ReviewJob::NAME, sla::SlaJob::NAME, "notify"];
+
+/// Register every job handler (the worker role).
+pub fn register(rt: Runtime, app: &App) -> Runtime {
+    rt.register::<review::ReviewJob>(app.clone()).register::<sla::SlaJob>(app.clone())
+}
+
+/// Cron schedules (the scheduler role). None yet: the SLA sweep runs as a
+/// plain periodic task (see `ops::sweeper`) because it must run in every
+/// scheduler process and is safe to.
+pub fn schedule(rt: Runtime, _app: &App) -> Runtime {
+    rt
+}
+
+/// Write `job` in `tx`. Call [`App::jobs_committed`] after the commit so idle
+/// workers (or the relay) wake at once instead of at their next poll.
+pub async fn enqueue<J: Job>(app: &App, tx: &mut Tx, job: &J, opts: PushOptions) -> anyhow::Result<()> {
+    let new = app.queue.new_job(job, &opts).context("encoding job")?;
+    let now = app.now_ms();
+    if app.queue_in_db {
+        let Tx::Sqlite(t) = tx else {
+            anyhow::bail!("queue.url = sqlite needs a SQLite database (config validation prevents this)");
+        };
+        let window = app.queue.config().dedupe_window.as_millis() as i64;
+        approvald_workers::store::sqlite::push_in_tx(&mut **t, &new, now, window)
+            .await
+            .with_context(|| format!("enqueueing {} job", J::NAME))?;
+    } else {
+        let id = uuid::Uuid::now_v7().to_string();
+        crate::on_tx!(tx, |c| sqlx::query(
+            "INSERT INTO outbox (id, queue, payload, run_at, dedupe_key, max_attempts, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        )
+        .bind(&id)
+        .bind(&new.queue)
+        .bind(&new.payload)
+        .bind(new.run_at_ms)
+        .bind(&new.dedupe_key)
+        .bind(new.max_attempts as i64)
+        .bind(now)
+        .execute(c)
+        .await)
+        .with_context(|| format!("writing {} job to the outbox", J::NAME))?;
+    }
+    Ok(())
+}
+
+impl App {
+    /// Wake whoever moves freshly committed jobs: in-process workers (SQLite
+    /// queue) or the outbox relay (Redis queue).
+    pub fn jobs_committed(&self) {
+        if self.queue_in_db {
+            self.queue.notify_all();
+        } else {
+            relay::nudge();
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The outbox relay: jobs written to the `outbox` table in a request's
+//! transaction are pushed to the queue (Redis) at least once. The dedupe key
+//! of each push is the row's own key or `outbox:{id}`, so a row pushed twice
+//! (a crash between push and mark, two relays racing) still makes one job.
+use std::{sync::LazyLock, time::Duration};
+
+use anyhow::Context;
+use approvald_workers::store::NewJob;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{app::App, on_db};
+
+static NUDGE: LazyLock<Notify> = LazyLock::new(Notify::new);
+
+/// Wake the relay (after a commit that wrote outbox rows).
+pub fn nudge() {
+    NUDGE.notify_one();
+}
+
+const BATCH: i64 = 500;
+
+/// Relay until `stop`; Redis being down only delays, never loses: rows stay
+/// in the database until a push succeeds.
+pub async fn run(app: App, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    let mut last_purge = std::time::Instant::now();
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        match relay_once(&app, BATCH).await {
+            Ok(n) => {
+                backoff = Duration::from_millis(100);
+                if n as i64 == BATCH {
+                    continue;
+                }
+                if last_purge.elapsed() > Duration::from_secs(600) {
+                    last_purge = std::time::Instant::now();
+                    if let Err(e) = purge_sent(&app).await {
+                        tracing::warn!(error = %format!("{e:#}"), "outbox purge failed");
+                    }
+                }
+                tokio::select! {
+                    _ = NUDGE.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64,
+                    "outbox relay cannot push; requests are safe in the database and will be pushed when the queue is back");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+type OutboxRow = (String, String, String, i64, Option<String>, i64);
+
+/// Push one batch; returns how many rows were relayed.
+pub async fn relay_once(app: &App, limit: i64) -> anyhow::Result<usize> {
+    let rows: Vec<OutboxRow> = on_db!(&app.db, |p| sqlx::query_as(
+        "SELECT id, queue, payload, run_at, dedupe_key, max_attempts FROM outbox \
+         WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1"
+    )
+    .bind(limit)
+    .fetch_all(p)
+    .await)
+    .context("reading outbox")?;
+    metrics::gauge!("approvald_outbox_pending").set(rows.len() as f64);
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let jobs: Vec<NewJob> = rows
+        .iter()
+        .map(|(id, queue, payload, run_at, key, max)| NewJob {
+            queue: queue.clone(),
+            payload: payload.clone(),
+            run_at_ms: *run_at,
+            dedupe_key: Some(key.clone().unwrap_or_else(|| format!("outbox:{id}"))),
+            max_attempts: *max as u32,
+        })
+        .collect();
+    app.queue.push_raw(&jobs).await.context("pushing outbox rows to the queue")?;
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    for (id, ..) in &rows {
+        crate::on_tx!(&mut tx, |c| sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(c)
+            .await)?;
+    }
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
+async fn purge_sent(app: &App) -> anyhow::Result<()> {
+    let before = app.now_ms() - 24 * 3600 * 1000;
+    on_db!(&app.db, |p| sqlx::query(
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT 1000)"
+    )
+    .bind(before)
+    .execute(p)
+    .await)?;
+    Ok(())
+}

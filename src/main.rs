@@ -1,0 +1,224 @@
+//! The `approvald` command line.
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+use approvald::{Config, Role, config::MailTransport};
+use approvald_workers::SystemClock;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "approvald", version, about = "Permission-request approval workflows for multi-account platforms")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon until SIGTERM or Ctrl-C, then stop gracefully.
+    Serve {
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// API keys.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Business calendars.
+    Calendar {
+        #[command(subcommand)]
+        cmd: CalendarCmd,
+    },
+    /// Push a job by hand (operators): `approvald enqueue review --request ID`,
+    /// or run the SLA sweep and reconciler once: `approvald enqueue sweep`.
+    Enqueue {
+        #[arg(value_parser = ["review", "sweep"])]
+        job: String,
+        #[arg(long)]
+        request: Option<String>,
+    },
+    /// Dead-lettered jobs: list them, or re-drive one.
+    Dead {
+        /// Queue name (review, notify, sla).
+        queue: String,
+        /// Re-drive this job id instead of listing.
+        #[arg(long)]
+        redrive: Option<String>,
+    },
+    /// Print the effective configuration with secrets masked.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key and print it alone on stdout (it is shown once).
+    Create {
+        #[arg(long, conflicts_with = "org", required_unless_present = "org")]
+        platform: bool,
+        #[arg(long)]
+        org: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CalendarCmd {
+    /// Print the due instant (RFC 3339) of N business days from an instant.
+    Due {
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        days: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("approvald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    approvald::telemetry::init_logging(&config.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("approvald: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.cmd, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "approvald failed");
+            eprintln!("approvald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Cmd, config: Config) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Serve { role } => serve(config, role).await,
+        Cmd::Migrate => {
+            let db = approvald::db::Db::connect(&config).await?;
+            db.migrate().await.context("applying migrations")?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Cmd::Keys { cmd: KeysCmd::Create { platform, org } } => {
+            let app = approvald::build_app(config, Arc::new(SystemClock)).await?;
+            let key = if platform {
+                approvald::store::keys::create(&app.db, approvald::store::keys::KeyScope::Platform, None, app.now_ms()).await?
+            } else {
+                let org = org.expect("clap requires --org without --platform");
+                approvald::store::keys::create(&app.db, approvald::store::keys::KeyScope::Org, Some(&org), app.now_ms()).await?
+            };
+            println!("{key}");
+            Ok(())
+        }
+        Cmd::Calendar { cmd: CalendarCmd::Due { region, from, days } } => {
+            let cals = approvald::domain::calendar::Calendars::load(std::path::Path::new(&config.calendars.dir))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let due = approvald::domain::calendar::due_rfc3339_for_region(&cals, &region, &from, days)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{due}");
+            Ok(())
+        }
+        Cmd::Enqueue { job, request } => {
+            let app = approvald::build_app(config, Arc::new(SystemClock)).await?;
+            match job.as_str() {
+                "review" => {
+                    let id = request.context("--request ID is required for `enqueue review`")?;
+                    approvald::jobs::review::requeue(&app, &id, None).await?;
+                    eprintln!("review job pushed for {id}");
+                }
+                _ => {
+                    let s = approvald::jobs::sla::sweep(&app).await?;
+                    eprintln!("sweep: {} reminded, {} breached, {} review jobs re-pushed", s.reminded, s.breached, s.requeued);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Dead { queue, redrive } => {
+            let app = approvald::build_app(config, Arc::new(SystemClock)).await?;
+            match redrive {
+                Some(id) => {
+                    let ok = app.queue.redrive(&queue, &id).await?;
+                    anyhow::ensure!(ok, "no dead job {id} in queue {queue}");
+                    eprintln!("re-driven {id}");
+                }
+                None => {
+                    for d in app.queue.list_dead(&queue, 100).await? {
+                        println!("{}\t{}\tattempts={}\t{}", d.id, d.died_at_ms, d.attempts, d.last_error);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::CheckConfig => {
+            print!("{}", config.to_masked_toml());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    let listener = if matches!(role, Role::All | Role::Api) {
+        let addr = config.listen_addr();
+        Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("key `server.listen`: cannot bind {addr}; is another process using it?"))?,
+        )
+    } else {
+        None
+    };
+    let outbox = (config.mail.transport == MailTransport::File).then(|| config.mail.outbox_dir.clone());
+    let running = approvald::start(config, role, listener, Arc::new(SystemClock)).await?;
+    if let Some(addr) = running.addr {
+        tracing::info!(%addr, role = ?role, "approvald listening on http://{addr}");
+    } else {
+        tracing::info!(role = ?role, "approvald started");
+    }
+    if let Some(dir) = outbox {
+        tracing::info!(outbox = %dir.display(), "mail is written as .eml files to {}", dir.display());
+    }
+    tracing::info!("create the first API key with: approvald keys create --platform   (cargo run --release -- keys create --platform)");
+    let stop = running_stop(&running);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down gracefully");
+        stop();
+    });
+    running.wait().await
+}
+
+fn running_stop(running: &approvald::Running) -> impl FnOnce() + Send + 'static {
+    let token = running.stop_token();
+    move || token.cancel()
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,1 @@
+//! sqlx repositories: one query set for SQLite and PostgreSQL (see `db`).
