@@ -1,0 +1,324 @@
+//! The integration-test harness: each test starts its own daemon through
+//! `approvald::start` (the same entry point as `main`) on port 0, isolated:
+//!
+//! - `embedded` profile (default): a fresh SQLite file in a temp dir, the queue
+//!   in the same file, mail as `.eml` files in the temp dir;
+//! - `production` profile (`APPROVALD_TEST_PROFILE=production`): a fresh
+//!   PostgreSQL database per test on 127.0.0.1:5432 and a random Redis key
+//!   prefix on 127.0.0.1:6379.
+//!
+//! A missing service fails the test loudly; nothing is skipped.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use approvald::{App, Config, Role, Running};
+use approvald_workers::{Clock, ManualClock, SystemClock};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Embedded,
+    Production,
+}
+
+impl Profile {
+    pub fn from_env() -> Self {
+        match std::env::var("APPROVALD_TEST_PROFILE").as_deref() {
+            Ok("production") => Profile::Production,
+            Ok("embedded") | Err(_) => Profile::Embedded,
+            Ok(other) => panic!("APPROVALD_TEST_PROFILE={other:?}: use embedded or production"),
+        }
+    }
+}
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+/// Options for [`TestApp::spawn_with`].
+#[derive(Default)]
+pub struct Opts {
+    /// Extra TOML merged over the test defaults.
+    pub toml: String,
+    /// Drive time by hand (the SLA tests).
+    pub clock: Option<ManualClock>,
+    pub role: Option<Role>,
+}
+
+pub struct TestApp {
+    pub profile: Profile,
+    pub addr: SocketAddr,
+    pub base: String,
+    pub app: App,
+    pub dir: tempfile::TempDir,
+    pub outbox: PathBuf,
+    pub client: reqwest::Client,
+    pub platform_key: String,
+    pub config: Config,
+    running: Option<Running>,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        self
+    }
+    #[track_caller]
+    pub fn assert_problem(&self) {
+        assert!(self.status.is_client_error(), "expected 4xx, got {}: {}", self.status, self.text);
+        assert_eq!(self.content_type, "application/problem+json", "body: {}", self.text);
+        let j = self.json();
+        for f in ["type", "title", "status", "detail"] {
+            assert!(j.get(f).is_some(), "problem body lacks {f}: {}", self.text);
+        }
+        assert_eq!(j["status"].as_u64(), Some(self.status.as_u16() as u64));
+    }
+}
+
+fn rand_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// Create a fresh PostgreSQL database and return its URL.
+pub async fn fresh_pg_database() -> String {
+    use sqlx::Connection;
+    let name = format!("approvald_t_{}", rand_suffix());
+    let mut c = sqlx::PgConnection::connect(PG_ADMIN)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is required at {PG_ADMIN} for the production profile: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut c)
+        .await
+        .expect("create test database");
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Opts::default()).await
+    }
+
+    pub async fn spawn_with(opts: Opts) -> Self {
+        let profile = Profile::from_env();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = dir.path().join("outbox");
+        let (db_url, queue_url) = match profile {
+            Profile::Embedded => (format!("sqlite://{}/approvald.db?mode=rwc", dir.path().display()), "sqlite".to_string()),
+            Profile::Production => (fresh_pg_database().await, REDIS.to_string()),
+        };
+        let base_toml = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:1"
+[database]
+url = "{db_url}"
+[queue]
+url = "{queue_url}"
+prefix = "t{prefix}"
+lease_secs = 5
+idle_poll_ms = 500
+[mail]
+transport = "file"
+outbox_dir = "{outbox}"
+[sla]
+sweep_interval_secs = 3600
+[workers]
+shutdown_timeout_secs = 5
+[log]
+filter = "warn"
+"#,
+            prefix = rand_suffix(),
+            outbox = outbox.display(),
+        );
+        let mut config = Config::from_toml(&base_toml).expect("base test config");
+        if !opts.toml.is_empty() {
+            config = merge_toml(&base_toml, &opts.toml);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        // Links in emails must point at this test server.
+        config.server.public_url = format!("http://{addr}");
+        let clock: Arc<dyn Clock> = match &opts.clock {
+            Some(c) => Arc::new(c.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let running = approvald::start(config.clone(), opts.role.unwrap_or(Role::All), Some(listener), clock)
+            .await
+            .unwrap_or_else(|e| panic!("daemon failed to start ({profile:?}): {e:#}"));
+        let app = running.app.clone();
+        let platform_key = approvald::store::keys::create(
+            &app.db,
+            approvald::store::keys::KeyScope::Platform,
+            None,
+            app.now_ms(),
+        )
+        .await
+        .expect("platform key");
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Self { profile, addr, base: format!("http://{addr}"), app, dir, outbox, client, platform_key, config, running: Some(running) }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> Resp {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        read(req.send().await.expect("request")).await
+    }
+
+    /// POST raw bytes with a content type (malformed-body tests).
+    pub async fn post_raw(&self, path: &str, key: &str, content_type: &str, body: Vec<u8>) -> Resp {
+        let req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .header("content-type", content_type)
+            .body(body);
+        read(req.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Resp {
+        self.call(Method::GET, path, Some(key), None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(key), Some(&body)).await
+    }
+
+    /// A new org with its owner; returns (org id, org key, owner member id).
+    pub async fn create_org(&self, name: &str, region: &str) -> (String, String, String) {
+        let login = format!("own_{}", &rand_suffix()[..8]);
+        let r = self
+            .post(
+                "/v1/orgs",
+                &self.platform_key,
+                json!({"name": name, "region": region, "locale": "en",
+                       "owner": {"login_id": login, "name": format!("{name} owner"), "email": format!("{login}@example.com")}}),
+            )
+            .await
+            .expect(201);
+        let org = r.json();
+        let org_id = org["id"].as_str().expect("org id").to_string();
+        let owner_id = org["owner"]["id"].as_str().expect("owner id").to_string();
+        let key = self.post(&format!("/v1/orgs/{org_id}/keys"), &self.platform_key, json!({})).await.expect(201).json()["key"]
+            .as_str()
+            .expect("key")
+            .to_string();
+        (org_id, key, owner_id)
+    }
+
+    /// A platform reviewer in `group`.
+    pub async fn create_reviewer(&self, email: &str, group: &str, lead: bool) -> String {
+        let mut body = json!({"email": email, "name": format!("Reviewer {email}"), "locale": "en", "groups": [group]});
+        if lead {
+            body["lead_groups"] = json!([group]);
+        }
+        self.post("/v1/reviewers", &self.platform_key, body).await.expect(201).json()["id"].as_str().unwrap().to_string()
+    }
+
+    /// Wait until every queue is idle (nothing ready, scheduled or running).
+    pub async fn drain(&self) {
+        approvald_workers::testing::drain(&self.app.queue, approvald::jobs::QUEUES, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("queues did not drain: {e:#}"));
+    }
+
+    /// Every `.eml` file written so far, as text.
+    pub fn outbox_messages(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&self.outbox) else { return vec![] };
+        let mut v: Vec<(PathBuf, String)> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .map(|p| {
+                let t = std::fs::read_to_string(&p).unwrap_or_default();
+                (p, t)
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Count rows of a table (state-change checks).
+    pub async fn count(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        approvald::on_db!(&self.app.db, |p| sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(p).await)
+            .unwrap_or_else(|e| panic!("count {table}: {e}"))
+    }
+
+    /// Stop gracefully, and fail if jobs were left behind (ready, scheduled,
+    /// running or dead) — a test must account for every job it caused.
+    pub async fn finish(mut self) {
+        self.drain().await;
+        approvald_workers::testing::assert_empty(&self.app.queue, approvald::jobs::QUEUES)
+            .await
+            .unwrap_or_else(|e| panic!("test left jobs behind: {e:#}"));
+        self.stop().await;
+    }
+
+    /// Stop gracefully without the leftover-jobs check.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop();
+            tokio::time::timeout(Duration::from_secs(30), r.wait())
+                .await
+                .expect("daemon stops within 30 s")
+                .expect("daemon stopped cleanly");
+        }
+    }
+}
+
+async fn read(resp: reqwest::Response) -> Resp {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let text = resp.text().await.unwrap_or_default();
+    Resp { status, content_type, headers, text }
+}
+
+fn merge_toml(base: &str, extra: &str) -> Config {
+    let mut b: toml::Table = toml::from_str(base).expect("base toml");
+    let e: toml::Table = toml::from_str(extra).expect("extra toml");
+    for (k, v) in e {
+        match (b.get_mut(&k), v) {
+            (Some(toml::Value::Table(bt)), toml::Value::Table(et)) => {
+                for (k2, v2) in et {
+                    bt.insert(k2, v2);
+                }
+            }
+            (_, v) => {
+                b.insert(k, v);
+            }
+        }
+    }
+    Config::from_toml(&toml::to_string(&b).unwrap()).expect("merged test config")
+}
