@@ -1,1 +1,2 @@
 //! Pure domain types and rules: no I/O.
+pub mod calendar;
