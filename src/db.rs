@@ -6,7 +6,10 @@
 //! the dialects differ the difference lives here, in one place.
 //!
 //! Run a query on either engine with [`on_db!`] (pool) or [`on_tx!`]
-//! (transaction): the body is written once and compiled for both.
+//! (transaction): the body is written once and compiled for both. The body
+//! must have the same type on both engines: map `execute` results with
+//! `.map(|r| r.rows_affected())`; `fetch_*` into `FromRow` types, tuples or
+//! scalars works as is.
 use std::str::FromStr;
 
 use anyhow::Context;

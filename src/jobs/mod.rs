@@ -58,7 +58,8 @@ pub async fn enqueue<J: Job>(app: &App, tx: &mut Tx, job: &J, opts: PushOptions)
         .bind(new.max_attempts as i64)
         .bind(now)
         .execute(c)
-        .await)
+        .await
+        .map(|r| r.rows_affected()))
         .with_context(|| format!("writing {} job to the outbox", J::NAME))?;
     }
     Ok(())

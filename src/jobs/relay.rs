@@ -94,7 +94,8 @@ pub async fn relay_once(app: &App, limit: i64) -> anyhow::Result<usize> {
             .bind(now)
             .bind(id)
             .execute(c)
-            .await)?;
+            .await
+        .map(|r| r.rows_affected()))?;
     }
     tx.commit().await?;
     Ok(rows.len())
@@ -107,6 +108,7 @@ async fn purge_sent(app: &App) -> anyhow::Result<()> {
     )
     .bind(before)
     .execute(p)
-    .await)?;
+    .await
+        .map(|r| r.rows_affected()))?;
     Ok(())
 }

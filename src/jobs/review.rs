@@ -182,7 +182,8 @@ pub async fn add_event(app: &App, tx: &mut Tx, request_id: &str, kind: &str, act
     .bind(actor)
     .bind(detail.to_string())
     .execute(c)
-    .await)
+    .await
+        .map(|r| r.rows_affected()))
     .context("writing request event")?;
     Ok(())
 }
@@ -217,9 +218,9 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
     .bind(reminder_at)
     .bind(now)
     .execute(c)
-    .await)
-    .context("moving request to in_review")?
-    .rows_affected();
+    .await
+        .map(|r| r.rows_affected()))
+    .context("moving request to in_review")?;
     if moved == 0 {
         tx.rollback().await.ok();
         return Ok(());
@@ -252,7 +253,8 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
         .bind(&r.locale)
         .bind(now)
         .execute(c)
-        .await)
+        .await
+        .map(|r| r.rows_affected()))
         .context("assigning reviewer")?;
         let recipient = r.recipient();
         let params = title_params(recipient.locale);

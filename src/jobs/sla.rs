@@ -131,8 +131,8 @@ pub async fn remind(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
     .bind(now)
     .bind(req.sla_due_at)
     .execute(c)
-    .await)?
-    .rows_affected();
+    .await
+        .map(|r| r.rows_affected()))?;
     if n == 0 {
         tx.rollback().await.ok();
         return Ok(false);
@@ -170,8 +170,8 @@ pub async fn breach(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
     .bind(now)
     .bind(req.sla_due_at)
     .execute(c)
-    .await)?
-    .rows_affected();
+    .await
+        .map(|r| r.rows_affected()))?;
     if n == 0 {
         tx.rollback().await.ok();
         return Ok(false);
@@ -256,8 +256,8 @@ pub async fn extend(app: &App, request_id: &str, days: u32, reason: &str, by: &s
     .bind(now)
     .bind(reason)
     .execute(c)
-    .await)?
-    .rows_affected();
+    .await
+        .map(|r| r.rows_affected()))?;
     if n == 0 {
         tx.rollback().await.ok();
         return Ok(Err(ExtendError::AlreadyExtended));
