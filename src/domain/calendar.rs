@@ -396,8 +396,8 @@ impl Calendar {
 
     /// The due instant of an SLA of `days` business days starting at `start`,
     /// by the DESIGN.md rule (see the module docs, also for daylight saving),
-    /// in the calendar's zone. `days` = 0 gives the start itself, moved to
-    /// 00:00 of the next business date if it is not on one.
+    /// in the calendar's zone. `days` = 0 gives the start's own wall-clock
+    /// time, or 00:00 of the next business date if it is not on one.
     pub fn due_local(
         &self,
         start: DateTime<Utc>,
@@ -664,7 +664,9 @@ pub fn due_for_region(
 
 /// [`due_rfc3339`] for a region named by a string: what `approvald calendar
 /// due --region R --from RFC3339 --days N` prints and
-/// `GET /v1/calendars/{region}/due` returns.
+/// `GET /v1/calendars/{region}/due` returns. Every error it returns comes
+/// from the input (unknown region, bad instant, too many days, a date out of
+/// range): a 4xx for the HTTP API.
 pub fn due_rfc3339_for_region(
     calendars: &Calendars,
     region: &str,
