@@ -82,6 +82,12 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
     };
     let calendars = domain::calendar::Calendars::load(std::path::Path::new(&config.calendars.dir))
         .map_err(|e| anyhow::anyhow!("key `calendars.dir`: {e}"))?;
+    let today = clock.now().date_naive();
+    for gap in calendars.coverage_gaps(today, 60) {
+        tracing::warn!(region = %gap.region, first_uncovered = %gap.first_uncovered,
+            "calendar {} has no holiday data from {} on (within 60 days): only weekends count as days off there; add the official schedule to config/calendars/{}.toml",
+            gap.region, gap.first_uncovered, gap.region);
+    }
     let mailer = mail::Mailer::from_config(&config.mail).context("setting up mail")?;
     Ok(App(Arc::new(app::AppInner { config, db, queue, queue_in_db, mailer, catalog, calendars, clock })))
 }

@@ -56,6 +56,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub platform_key: String,
     pub config: Config,
+    pub clock: Option<ManualClock>,
+    role: Role,
     running: Option<Running>,
 }
 
@@ -174,7 +176,20 @@ filter = "warn"
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
-        Self { profile, addr, base: format!("http://{addr}"), app, dir, outbox, client, platform_key, config, running: Some(running) }
+        Self {
+            profile,
+            addr,
+            base: format!("http://{addr}"),
+            app,
+            dir,
+            outbox,
+            client,
+            platform_key,
+            config,
+            clock: opts.clock,
+            role: opts.role.unwrap_or(Role::All),
+            running: Some(running),
+        }
     }
 
     pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> Resp {
@@ -248,8 +263,10 @@ filter = "warn"
             let mut busy = Vec::new();
             for q in approvald::jobs::QUEUES {
                 let s = self.app.queue.stats(q).await.expect("queue stats");
-                if s.ready + s.running > 0 {
-                    busy.push(format!("{q}: {s:?}"));
+                let now = self.app.now_ms();
+                let due = self.app.queue.next_due_ms(q).await.expect("next due").is_some_and(|t| t <= now);
+                if s.ready + s.running > 0 || due {
+                    busy.push(format!("{q}: {s:?} due={due}"));
                 }
             }
             if busy.is_empty() {
@@ -306,6 +323,49 @@ filter = "warn"
         let dead = self.dead_jobs().await;
         assert!(dead.is_empty(), "test left dead jobs behind: {dead:?}");
         self.stop().await;
+    }
+
+    /// Poll `cond` until it holds (at most 30 s).
+    pub async fn eventually<F, Fut>(&self, what: &str, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !cond().await {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stop the daemon and start it again on the same database, queue and
+    /// port (a process restart).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let listener = tokio::net::TcpListener::bind(self.addr).await.expect("re-bind the same port");
+        let clock: Arc<dyn Clock> = match &self.clock {
+            Some(c) => Arc::new(c.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let running = approvald::start(self.config.clone(), self.role, Some(listener), clock)
+            .await
+            .unwrap_or_else(|e| panic!("daemon failed to restart: {e:#}"));
+        self.app = running.app.clone();
+        self.running = Some(running);
+    }
+
+    /// Move the injected clock and wake the workers so due jobs run now.
+    pub fn advance(&self, by: chrono::Duration) {
+        let c = self.clock.as_ref().expect("advance() needs Opts { clock: Some(..) }");
+        c.advance(by);
+        self.app.queue.notify_all();
+    }
+
+    /// Set the injected clock and wake the workers.
+    pub fn set_time(&self, to: chrono::DateTime<chrono::Utc>) {
+        let c = self.clock.as_ref().expect("set_time() needs Opts { clock: Some(..) }");
+        c.set(to);
+        self.app.queue.notify_all();
     }
 
     /// Stop gracefully without the leftover-jobs check.

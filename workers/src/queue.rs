@@ -79,6 +79,10 @@ pub struct Queue {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: QueueConfig,
+    /// In-process wake-up shared by all clones of this handle: bumped on every
+    /// push through it and by [`Queue::notify_all`]; runtimes built from a
+    /// clone re-check their queues and cron schedules when it changes.
+    pub(crate) wake: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -90,7 +94,20 @@ impl std::fmt::Debug for Queue {
 impl Queue {
     /// A queue over any store (used by the constructors below and by tests).
     pub fn with_store(store: Arc<dyn Store>, config: QueueConfig, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, config }
+        Self { store, clock, config, wake: Arc::new(tokio::sync::watch::channel(0).0) }
+    }
+
+    /// Wake every runtime built from a clone of this handle: workers fetch at
+    /// once and cron schedules re-read the clock. Pushes through this handle
+    /// do this by themselves; tests call it after moving a
+    /// [`ManualClock`](crate::ManualClock), since nothing else tells a
+    /// sleeping worker that time jumped (the fallback is `idle_poll`).
+    pub fn notify_all(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn subscribe_wake(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.wake.subscribe()
     }
 
     /// Redis at `url` (`redis://host:port/db`). Runs `setup`.
@@ -148,7 +165,11 @@ impl Queue {
     pub async fn push_raw(&self, jobs: &[NewJob]) -> Result<Vec<PushResult>, QueueError> {
         let now = self.clock.now().timestamp_millis();
         let window = self.config.dedupe_window.as_millis() as i64;
-        Ok(self.store.push(jobs, now, window).await?)
+        let out = self.store.push(jobs, now, window).await?;
+        if out.iter().any(|p| !p.deduplicated) {
+            self.notify_all();
+        }
+        Ok(out)
     }
 
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
@@ -160,7 +181,16 @@ impl Queue {
     }
 
     pub async fn redrive(&self, queue: &str, id: &str) -> Result<bool, QueueError> {
-        Ok(self.store.redrive(queue, id, self.clock.now().timestamp_millis()).await?)
+        let done = self.store.redrive(queue, id, self.clock.now().timestamp_millis()).await?;
+        if done {
+            self.notify_all();
+        }
+        Ok(done)
+    }
+
+    /// Earliest `run_at` (ms) among jobs of `queue` scheduled for later, if any.
+    pub async fn next_due_ms(&self, queue: &str) -> Result<Option<i64>, QueueError> {
+        Ok(self.store.next_due_ms(queue).await?)
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {

@@ -1,0 +1,213 @@
+//! The SLA timer with an injected clock (issue 6): time moves by hand, no
+//! test sleeps for the deadline.
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+
+use crate::harness::{Opts, TestApp};
+use approvald_workers::ManualClock;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// Monday 2026-03-02 09:00 in Shanghai: one business day later is Tuesday 09:00.
+const START: &str = "2026-03-02T01:00:00Z";
+const DUE: &str = "2026-03-03T01:00:00Z";
+
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    status: String,
+    sla_due_at: i64,
+    reminded_at: Option<i64>,
+    breached_at: Option<i64>,
+}
+
+async fn row(t: &TestApp, id: &str) -> Row {
+    approvald::on_db!(&t.app.db, |p| sqlx::query_as::<_, Row>(
+        "SELECT status, sla_due_at, reminded_at, breached_at FROM requests WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_one(p)
+    .await)
+    .unwrap()
+}
+
+async fn mails(t: &TestApp, id: &str, template: &str) -> i64 {
+    approvald::on_db!(&t.app.db, |p| sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM emails WHERE request_id = $1 AND template = $2"
+    )
+    .bind(id)
+    .bind(template)
+    .fetch_one(p)
+    .await)
+    .unwrap()
+}
+
+async fn events(t: &TestApp, id: &str, kind: &str) -> i64 {
+    approvald::on_db!(&t.app.db, |p| sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM request_events WHERE request_id = $1 AND type = $2"
+    )
+    .bind(id)
+    .bind(kind)
+    .fetch_one(p)
+    .await)
+    .unwrap()
+}
+
+/// A cn org, a marketplace reviewer who is also the group's lead, and one
+/// submitted `ftp_access` request, moved to review.
+async fn setup() -> (TestApp, String) {
+    let clock = ManualClock::new(utc(START));
+    let t = TestApp::spawn_with(Opts { clock: Some(clock), ..Default::default() }).await;
+    t.create_reviewer("lead@platform.example", "marketplace", true).await;
+    let (org, key, _) = t.create_org("Acme", "cn").await;
+    let r = t
+        .post(&format!("/v1/orgs/{org}/requests"), &key, json!({"kind": "ftp_access", "remark": "nightly stock sync"}))
+        .await
+        .expect(202)
+        .json();
+    let id = r["id"].as_str().unwrap().to_string();
+    assert_eq!(utc(r["sla_due_at"].as_str().unwrap()), utc(DUE), "{r}");
+    t.drain().await;
+    let st = row(&t, &id).await;
+    assert_eq!(st.status, "in_review");
+    assert_eq!(st.sla_due_at, utc(DUE).timestamp_millis());
+    (t, id)
+}
+
+#[tokio::test]
+async fn reminder_then_escalation_once() {
+    let (t, id) = setup().await;
+    assert_eq!(mails(&t, &id, "review_requested").await, 1);
+
+    // Before the halfway point: nothing.
+    t.advance(Duration::hours(11));
+    t.drain().await;
+    assert!(row(&t, &id).await.reminded_at.is_none());
+
+    // Halfway (21:00 Shanghai): one reminder.
+    t.advance(Duration::hours(1) + Duration::seconds(1));
+    t.eventually("reminder sent", || async { row(&t, &id).await.reminded_at.is_some() }).await;
+    t.drain().await;
+    assert_eq!(mails(&t, &id, "reminder").await, 1);
+    assert!(row(&t, &id).await.breached_at.is_none());
+
+    // The due instant: breached once, escalated to the group's lead.
+    t.set_time(utc(DUE) + Duration::seconds(1));
+    t.eventually("breach marked", || async { row(&t, &id).await.breached_at.is_some() }).await;
+    t.drain().await;
+    assert_eq!(events(&t, &id, "sla_breached").await, 1);
+    assert_eq!(mails(&t, &id, "sla_escalation").await, 1);
+    assert_eq!(row(&t, &id).await.status, "in_review", "escalate keeps the request in review");
+
+    // A sweep and more time change nothing: escalated exactly once.
+    let s = approvald::jobs::sla::sweep(&t.app).await.unwrap();
+    assert_eq!(s, approvald::jobs::sla::Swept::default());
+    t.advance(Duration::days(2));
+    t.drain().await;
+    assert_eq!(events(&t, &id, "sla_breached").await, 1);
+    assert_eq!(events(&t, &id, "reminder_sent").await, 1);
+    assert_eq!(mails(&t, &id, "sla_escalation").await, 1);
+    let metrics = t.client.get(format!("{}/metrics", t.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("approvald_sla_breaches_total{kind=\"ftp_access\"}"), "{metrics}");
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn decided_before_due_does_nothing() {
+    let (t, id) = setup().await;
+    approvald::store::decisions::decide(
+        &t.app,
+        &id,
+        approvald::store::decisions::Decider::System,
+        approvald::domain::request::Decision::Approve,
+        "fine",
+    )
+    .await
+    .expect("decide");
+    t.set_time(utc(DUE) + Duration::hours(1));
+    t.drain().await;
+    let st = row(&t, &id).await;
+    assert_eq!(st.status, "approved");
+    assert!(st.reminded_at.is_none() && st.breached_at.is_none(), "{st:?}");
+    assert_eq!(mails(&t, &id, "reminder").await, 0);
+    assert_eq!(mails(&t, &id, "sla_escalation").await, 0);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn extension_moves_both_timers() {
+    let (t, id) = setup().await;
+    // Extend to 3 business days: Monday 09:00 + 3 = Thursday 09:00.
+    let due = approvald::jobs::sla::extend(&t.app, &id, 3, "licence check with the regulator", "reviewer").await.unwrap().unwrap();
+    assert_eq!(due, utc("2026-03-05T01:00:00Z").timestamp_millis());
+    assert_eq!(
+        approvald::jobs::sla::extend(&t.app, &id, 2, "again", "reviewer").await.unwrap(),
+        Err(approvald::jobs::sla::ExtendError::AlreadyExtended)
+    );
+    t.drain().await;
+
+    // The old reminder (Monday 21:00) and deadline (Tuesday 09:00) pass: nothing.
+    t.set_time(utc(DUE) + Duration::hours(1));
+    t.drain().await;
+    let st = row(&t, &id).await;
+    assert!(st.reminded_at.is_none() && st.breached_at.is_none(), "{st:?}");
+
+    // New reminder halfway through the new window (Tuesday 21:00), then the new deadline.
+    t.set_time(utc("2026-03-03T13:00:01Z"));
+    t.eventually("moved reminder", || async { row(&t, &id).await.reminded_at.is_some() }).await;
+    t.set_time(utc("2026-03-05T01:00:01Z"));
+    t.eventually("moved breach", || async { row(&t, &id).await.breached_at.is_some() }).await;
+    t.drain().await;
+    assert_eq!(events(&t, &id, "sla_breached").await, 1);
+    assert_eq!(mails(&t, &id, "reminder").await, 1);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn lost_timer_is_caught_by_the_sweep() {
+    let (t, id) = setup().await;
+    // Lose every SLA timer (as if the queue restarted empty).
+    match t.profile {
+        crate::harness::Profile::Embedded => {
+            let p = t.app.db.sqlite_pool().unwrap();
+            sqlx::query("DELETE FROM wq_jobs WHERE queue = 'sla'").execute(p).await.unwrap();
+        }
+        crate::harness::Profile::Production => {
+            let client = redis::Client::open(crate::harness::REDIS).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let pattern = format!("{}:*sla*", t.config.queue.prefix);
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap();
+            if !keys.is_empty() {
+                let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut c).await.unwrap();
+            }
+        }
+    }
+    t.set_time(utc(DUE) + Duration::minutes(5));
+    t.drain().await;
+    assert!(row(&t, &id).await.breached_at.is_none(), "no timer left to fire");
+    let s = approvald::jobs::sla::sweep(&t.app).await.unwrap();
+    assert_eq!(s.breached, 1);
+    assert_eq!(s.reminded, 0, "an overdue request is escalated, not reminded");
+    let again = approvald::jobs::sla::sweep(&t.app).await.unwrap();
+    assert_eq!(again.breached, 0);
+    t.drain().await;
+    assert_eq!(events(&t, &id, "sla_breached").await, 1);
+    assert_eq!(mails(&t, &id, "sla_escalation").await, 1);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn restart_in_the_middle_loses_nothing() {
+    let (mut t, id) = setup().await;
+    t.restart().await;
+    t.set_time(utc("2026-03-02T13:00:01Z"));
+    t.eventually("reminder after restart", || async { row(&t, &id).await.reminded_at.is_some() }).await;
+    t.restart().await;
+    t.set_time(utc(DUE) + Duration::seconds(1));
+    t.eventually("breach after restart", || async { row(&t, &id).await.breached_at.is_some() }).await;
+    t.drain().await;
+    assert_eq!(events(&t, &id, "sla_breached").await, 1);
+    assert_eq!(events(&t, &id, "reminder_sent").await, 1);
+    t.finish().await;
+}
