@@ -13,6 +13,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod memory;
 pub mod redis;
 pub mod sqlite;
 
