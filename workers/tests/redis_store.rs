@@ -353,8 +353,9 @@ async fn kill_list_dead_and_redrive() {
     assert_eq!(s.stats("q").await.unwrap().dead, 3);
     let dead = s.list_dead("q", 2).await.unwrap();
     assert_eq!(dead.len(), 2, "limit is honoured");
-    assert_eq!(dead[0].id, ids[0], "oldest first");
-    assert_eq!(dead[0].last_error, "bad 0");
+    assert_eq!(dead[0].id, ids[2], "newest first");
+    assert_eq!(dead[1].id, ids[1]);
+    assert_eq!(dead[0].last_error, "bad 2");
     assert_eq!(dead[0].attempts, 1);
     assert_eq!(dead[0].queue, "q");
     assert!(s.list_dead("q", 0).await.unwrap().is_empty());

@@ -33,7 +33,7 @@ for _, id in ipairs(expired) do
       redis.call('HSET', jk, 'state', 'dead', 'err', 'lease expired after final attempt', 'died', now)
       redis.call('ZADD', KEYS[4], now, id)
     else
-      redis.call('HSET', jk, 'state', 'queued')
+      redis.call('HSET', jk, 'state', 'queued', 'err', 'lease expired')
       redis.call('ZADD', KEYS[1], f[3], id)
     end
   end

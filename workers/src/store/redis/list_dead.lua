@@ -1,7 +1,7 @@
--- The oldest `limit` dead jobs.
+-- The newest `limit` dead jobs, newest first.
 -- KEYS: dead
 -- ARGV: prefix, limit
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
 local out = {}
 for i = 1, #ids, 2 do
   local f = redis.call('HMGET', ARGV[1] .. ':job:' .. ids[i], 'payload', 'attempt', 'err')
