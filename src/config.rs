@@ -127,6 +127,11 @@ pub struct MailConfig {
     pub outbox_dir: PathBuf,
     pub from: String,
     pub smtp: SmtpConfig,
+    /// First retry delay of a mail that failed transiently (SMTP 4xx,
+    /// timeout, refused connection), milliseconds; it doubles per attempt.
+    pub retry_base_ms: u64,
+    /// Largest delay between two attempts of one mail, seconds.
+    pub retry_cap_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -235,6 +240,8 @@ impl Default for Config {
                     timeout_secs: 10,
                     pool_size: 4,
                 },
+                retry_base_ms: 5_000,
+                retry_cap_secs: 30 * 60,
             },
             orgs: OrgsConfig { max_members: 20 },
             review: ReviewConfig { token_ttl_hours: 7 * 24 },

@@ -10,6 +10,7 @@ use approvald_workers::{Job, PushOptions};
 use crate::{app::App, db::Tx};
 
 pub mod decide;
+pub mod notify;
 pub mod relay;
 pub mod review;
 pub mod sla;
@@ -21,7 +22,9 @@ pub const QUEUES: &[&str] = &[review::ReviewJob::NAME, sla::SlaJob::NAME, "notif
 
 /// Register every job handler (the worker role).
 pub fn register(rt: Runtime, app: &App) -> Runtime {
-    rt.register::<review::ReviewJob>(app.clone()).register::<sla::SlaJob>(app.clone())
+    rt.register::<review::ReviewJob>(app.clone())
+        .register::<sla::SlaJob>(app.clone())
+        .register::<notify::NotifyJob>(app.clone())
 }
 
 /// Cron schedules (the scheduler role). None yet: the SLA sweep runs as a

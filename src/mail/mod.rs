@@ -1,13 +1,579 @@
-//! Mail (placeholder until the mail module lands): the `Mailer` handle.
-use crate::config::MailConfig;
+//! Mail: one [`Mailer`] over three transports (SMTP, `.eml` files, memory),
+//! templates per email and locale embedded in the binary, and
+//! [`queue_email`], the only way the rest of the daemon sends mail.
+//!
+//! A mail is a row in `emails` first: one logical mail per (request,
+//! recipient, template), held by `emails.dedupe_key`, written in the caller's
+//! transaction together with its `notify` job. The job renders and sends it
+//! (see [`crate::jobs::notify`]), so a redelivered job sends nothing new and
+//! every copy of a mail carries the same Message-ID.
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use approvald_workers::PushOptions;
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::Mailbox,
+    transport::smtp::{
+        PoolConfig,
+        authentication::Credentials,
+        client::{Tls, TlsParameters},
+    },
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    app::App,
+    config::{MailConfig, MailTransport, SmtpTls},
+    db::Tx,
+    domain::ids::{Locale, mask_email},
+    jobs::notify::NotifyJob,
+    on_tx,
+};
+
+pub mod render;
+
+pub use render::{MailContext, Rendered, render};
+
+/// Every email approvald sends. The name is stored in `emails.template`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Template {
+    /// To a reviewer: a request waits for you (with the review link).
+    ReviewRequested,
+    /// To a reviewer: the deadline is near (with a fresh review link).
+    Reminder,
+    /// To escalation contacts: the deadline has passed.
+    SlaEscalation,
+    /// To the requester: approved.
+    Approved,
+    /// To the requester: rejected, with the reviewer's reason.
+    Rejected,
+    /// To a reviewer: the request was withdrawn, nothing to do.
+    Cancelled,
+    /// To an org's admins: a member was disabled.
+    MemberDisabled,
+}
+
+impl Template {
+    pub const ALL: [Template; 7] = [
+        Self::ReviewRequested,
+        Self::Reminder,
+        Self::SlaEscalation,
+        Self::Approved,
+        Self::Rejected,
+        Self::Cancelled,
+        Self::MemberDisabled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReviewRequested => "review_requested",
+            Self::Reminder => "reminder",
+            Self::SlaEscalation => "sla_escalation",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+            Self::MemberDisabled => "member_disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Mails that carry a review link (a fresh token is made at send time).
+    pub fn has_review_link(self) -> bool {
+        matches!(self, Self::ReviewRequested | Self::Reminder)
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which table a reviewer lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewerKind {
+    /// A platform reviewer (`reviewers`).
+    Platform,
+    /// An org admin reviewing an org-internal request (`members`).
+    Member,
+}
+
+impl ReviewerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Platform => "platform",
+            Self::Member => "member",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "platform" => Some(Self::Platform),
+            "member" => Some(Self::Member),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewerRef {
+    pub kind: ReviewerKind,
+    pub id: String,
+}
 
 #[derive(Debug, Clone)]
-pub struct Mailer {
-    pub outbox_dir: std::path::PathBuf,
+pub struct Recipient {
+    pub email: String,
+    pub name: String,
+    pub locale: Locale,
+    /// Set when the recipient reviews the request: review-link mails need it.
+    pub reviewer: Option<ReviewerRef>,
+}
+
+/// One logical mail. `params` is a JSON object whose string fields fill or
+/// override the template variables (see [`MailContext`]); mails without a
+/// request must name what they are about in `params.dedupe` (or
+/// `params.member_id`), which scopes their dedupe key.
+#[derive(Debug, Clone)]
+pub struct EmailSpec {
+    pub template: Template,
+    pub request_id: Option<String>,
+    pub to: Recipient,
+    pub params: serde_json::Value,
+}
+
+impl EmailSpec {
+    /// One logical mail per (request or subject, recipient, template).
+    pub fn dedupe_key(&self) -> anyhow::Result<String> {
+        let subject = match &self.request_id {
+            Some(r) => format!("request:{r}"),
+            None => {
+                let p = |k: &str| {
+                    self.params
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string)
+                };
+                match (p("dedupe"), p("member_id")) {
+                    (Some(d), _) => format!("key:{d}"),
+                    (None, Some(m)) => format!("member:{m}"),
+                    (None, None) => anyhow::bail!(
+                        "a {} mail without a request needs params.dedupe or params.member_id",
+                        self.template
+                    ),
+                }
+            }
+        };
+        Ok(format!(
+            "{}|{}|{subject}",
+            self.template,
+            self.to.email.to_lowercase()
+        ))
+    }
+}
+
+/// Write one logical mail and its `notify` job in `tx`. Returns whether it
+/// is new (false: this mail was already queued, nothing was written). Call
+/// [`App::jobs_committed`] after the commit.
+pub async fn queue_email(app: &App, tx: &mut Tx, spec: EmailSpec) -> anyhow::Result<bool> {
+    let dedupe = spec.dedupe_key()?;
+    if !spec.params.is_object() && !spec.params.is_null() {
+        anyhow::bail!("mail params must be a JSON object, got {}", spec.params);
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let message_id = app.mailer.message_id(&id);
+    let now = app.now_ms();
+    let params = if spec.params.is_null() {
+        "{}".to_string()
+    } else {
+        spec.params.to_string()
+    };
+    let (rk, rid) = match &spec.to.reviewer {
+        Some(r) => (Some(r.kind.as_str()), Some(r.id.as_str())),
+        None => (None, None),
+    };
+    let inserted = on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO emails (id, dedupe_key, message_id, request_id, template, recipient, recipient_name, locale, \
+                             reviewer_kind, reviewer_id, params, status, attempts, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12) \
+         ON CONFLICT (dedupe_key) DO NOTHING"
+    )
+    .bind(&id)
+    .bind(&dedupe)
+    .bind(&message_id)
+    .bind(&spec.request_id)
+    .bind(spec.template.as_str())
+    .bind(&spec.to.email)
+    .bind(&spec.to.name)
+    .bind(spec.to.locale.as_str())
+    .bind(rk)
+    .bind(rid)
+    .bind(&params)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .context("writing email row")?
+        == 1;
+    if !inserted {
+        tracing::debug!(template = %spec.template, to = %mask_email(&spec.to.email), "mail already queued; not queued again");
+        return Ok(false);
+    }
+    crate::jobs::enqueue(
+        app,
+        tx,
+        &NotifyJob {
+            email_id: id.clone(),
+        },
+        PushOptions::default().dedupe(format!("notify:{id}")),
+    )
+    .await?;
+    tracing::debug!(email_id = %id, template = %spec.template, to = %mask_email(&spec.to.email), "mail queued");
+    Ok(true)
+}
+
+/// A message captured by the memory transport.
+#[derive(Debug, Clone)]
+pub struct SentMail {
+    pub email_id: String,
+    pub to: Vec<String>,
+    pub raw: Vec<u8>,
+}
+
+/// Why a send failed, classified.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying: SMTP 4xx, timeouts, refused or dropped connections,
+    /// a full disk.
+    #[error("transient: {0:#}")]
+    Transient(anyhow::Error),
+    /// Never worth retrying: SMTP 5xx (unknown mailbox, refused sender...).
+    #[error("permanent: {0:#}")]
+    Permanent(anyhow::Error),
+}
+
+enum Transport {
+    File(PathBuf),
+    Smtp {
+        smtp: AsyncSmtpTransport<Tokio1Executor>,
+        timeout: Duration,
+        endpoint: String,
+    },
+    Memory(Mutex<Vec<SentMail>>),
+}
+
+struct Inner {
+    from: Mailbox,
+    domain: String,
+    transport: Transport,
+}
+
+/// Sends rendered messages. Cheap to clone (the SMTP pool is shared).
+#[derive(Clone)]
+pub struct Mailer(Arc<Inner>);
+
+impl fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mailer")
+            .field("from", &self.0.from.to_string())
+            .field("transport", &self.describe())
+            .finish()
+    }
 }
 
 impl Mailer {
-    pub fn from_config(cfg: &MailConfig) -> anyhow::Result<Self> {
-        Ok(Self { outbox_dir: cfg.outbox_dir.clone() })
+    pub fn from_config(cfg: &MailConfig) -> anyhow::Result<Mailer> {
+        let from: Mailbox = cfg.from.parse().with_context(|| {
+            format!(
+                "key `mail.from`: {:?} is not a mailbox like `approvald <noreply@example.com>`",
+                cfg.from
+            )
+        })?;
+        let domain = from.email.domain().to_string();
+        set_retry_policy(
+            Duration::from_millis(cfg.retry_base_ms.max(1)),
+            Duration::from_secs(cfg.retry_cap_secs.max(1)),
+        );
+        let transport = match cfg.transport {
+            MailTransport::File => Transport::File(cfg.outbox_dir.clone()),
+            MailTransport::Memory => Transport::Memory(Mutex::new(Vec::new())),
+            MailTransport::Smtp => {
+                let s = &cfg.smtp;
+                let tls = match s.tls {
+                    SmtpTls::None => Tls::None,
+                    SmtpTls::Starttls => Tls::Required(
+                        TlsParameters::new(s.host.clone())
+                            .context("key `mail.smtp.tls`: TLS setup")?,
+                    ),
+                    SmtpTls::Tls => Tls::Wrapper(
+                        TlsParameters::new(s.host.clone())
+                            .context("key `mail.smtp.tls`: TLS setup")?,
+                    ),
+                };
+                let timeout = Duration::from_secs(s.timeout_secs.max(1));
+                let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.clone())
+                    .port(s.port)
+                    .tls(tls)
+                    .timeout(Some(timeout))
+                    .pool_config(
+                        PoolConfig::new()
+                            .max_size(s.pool_size.max(1))
+                            .idle_timeout(Duration::from_secs(60)),
+                    );
+                if !s.username.is_empty() {
+                    b = b.credentials(Credentials::new(
+                        s.username.clone(),
+                        s.password.expose().to_string(),
+                    ));
+                }
+                Transport::Smtp {
+                    smtp: b.build(),
+                    timeout,
+                    endpoint: format!("{}:{} ({:?})", s.host, s.port, s.tls),
+                }
+            }
+        };
+        Ok(Mailer(Arc::new(Inner {
+            from,
+            domain,
+            transport,
+        })))
+    }
+
+    /// `smtp host:port`, `file <dir>` or `memory`, for logs.
+    pub fn describe(&self) -> String {
+        match &self.0.transport {
+            Transport::File(d) => format!("file {}", d.display()),
+            Transport::Smtp { endpoint, .. } => format!("smtp {endpoint}"),
+            Transport::Memory(_) => "memory".into(),
+        }
+    }
+
+    /// The folder `.eml` files go to, with the file transport.
+    pub fn outbox_dir(&self) -> Option<&Path> {
+        match &self.0.transport {
+            Transport::File(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn from_mailbox(&self) -> &Mailbox {
+        &self.0.from
+    }
+
+    /// The Message-ID of logical mail `email_id`: `<{email_id}@{domain of mail.from}>`.
+    pub fn message_id(&self, email_id: &str) -> String {
+        format!("<{email_id}@{}>", self.0.domain)
+    }
+
+    /// Messages captured by the memory transport (empty for the others).
+    pub fn captured(&self) -> Vec<SentMail> {
+        match &self.0.transport {
+            Transport::Memory(m) => m.lock().expect("mail capture lock").clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Deliver one message of logical mail `email_id`.
+    pub async fn send(&self, email_id: &str, msg: &Message) -> Result<(), SendError> {
+        match &self.0.transport {
+            Transport::File(dir) => write_eml(dir, email_id, &msg.formatted())
+                .await
+                .map_err(|e| {
+                    SendError::Transient(e.context(format!("writing .eml to {}", dir.display())))
+                }),
+            Transport::Memory(m) => {
+                let to = msg.envelope().to().iter().map(|a| a.to_string()).collect();
+                m.lock().expect("mail capture lock").push(SentMail {
+                    email_id: email_id.to_string(),
+                    to,
+                    raw: msg.formatted(),
+                });
+                Ok(())
+            }
+            Transport::Smtp { smtp, timeout, .. } => {
+                // lettre applies `timeout` to each command; this bounds the
+                // whole exchange (connect, TLS, envelope, data).
+                let whole = *timeout * 4;
+                match tokio::time::timeout(whole, smtp.send(msg.clone())).await {
+                    Err(_) => Err(SendError::Transient(anyhow::anyhow!(
+                        "SMTP exchange timed out after {whole:?}"
+                    ))),
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(classify_smtp(e)),
+                }
+            }
+        }
+    }
+}
+
+/// 5xx is permanent; everything else (4xx, timeouts, refused or dropped
+/// connections, TLS hiccups, garbled replies) is worth another try.
+fn classify_smtp(e: lettre::transport::smtp::Error) -> SendError {
+    let permanent = e.is_permanent();
+    let err = match e.status() {
+        Some(code) => anyhow::Error::new(e).context(format!("SMTP server answered {code}")),
+        None if e.is_timeout() => anyhow::Error::new(e).context("SMTP timeout"),
+        None => anyhow::Error::new(e).context("SMTP connection failed"),
+    };
+    if permanent {
+        SendError::Permanent(err)
+    } else {
+        SendError::Transient(err)
+    }
+}
+
+/// Write `<dir>/<email_id>.eml` atomically: a temp file in the same folder,
+/// flushed, then renamed over the final name. Readers never see half a file;
+/// writing the same mail twice leaves one file.
+async fn write_eml(dir: &Path, email_id: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    if email_id.is_empty()
+        || !email_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        anyhow::bail!("refusing to name a file after email id {email_id:?}");
+    }
+    let dir = dir.to_path_buf();
+    let name = email_id.to_string();
+    let bytes = bytes.to_vec();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        let fin = dir.join(format!("{name}.eml"));
+        let res = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &fin)
+        })();
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res.with_context(|| format!("writing {}", fin.display()))
+    })
+    .await
+    .context("file writer task failed")?
+}
+
+// The job runtime's backoff hook is a plain `fn(attempt)` with no access to
+// the app, so the notify retry policy (`mail.retry_base_ms`,
+// `mail.retry_cap_secs`) is process-wide. A daemon builds one Mailer; a test
+// binary that builds several keeps the shortest policy any of them asked for,
+// so a test that shortens retries is never slowed down by a concurrent one
+// that did not.
+static RETRY_BASE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(5_000);
+static RETRY_CAP_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30 * 60_000);
+static RETRY_SET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn set_retry_policy(base: Duration, cap: Duration) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (b, c) = (
+        base.as_millis() as u64,
+        cap.as_millis().max(base.as_millis()) as u64,
+    );
+    if RETRY_SET.swap(true, SeqCst) {
+        RETRY_BASE_MS.fetch_min(b, SeqCst);
+        RETRY_CAP_MS.fetch_min(c, SeqCst);
+    } else {
+        RETRY_BASE_MS.store(b, SeqCst);
+        RETRY_CAP_MS.store(c, SeqCst);
+    }
+}
+
+/// (first retry delay, largest delay) of the notify job.
+pub fn retry_policy() -> (Duration, Duration) {
+    use std::sync::atomic::Ordering::SeqCst;
+    (
+        Duration::from_millis(RETRY_BASE_MS.load(SeqCst)),
+        Duration::from_millis(RETRY_CAP_MS.load(SeqCst)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(template: Template, request: Option<&str>, params: serde_json::Value) -> EmailSpec {
+        EmailSpec {
+            template,
+            request_id: request.map(str::to_string),
+            to: Recipient {
+                email: "Alice@Example.com".into(),
+                name: "Alice".into(),
+                locale: Locale::En,
+                reviewer: None,
+            },
+            params,
+        }
+    }
+
+    #[test]
+    fn dedupe_keys() {
+        let a = spec(Template::Approved, Some("r1"), serde_json::json!({}));
+        assert_eq!(
+            a.dedupe_key().unwrap(),
+            "approved|alice@example.com|request:r1"
+        );
+        let b = spec(Template::Rejected, Some("r1"), serde_json::json!({}));
+        assert_ne!(a.dedupe_key().unwrap(), b.dedupe_key().unwrap());
+        let m = spec(
+            Template::MemberDisabled,
+            None,
+            serde_json::json!({"member_id": "m1"}),
+        );
+        assert_eq!(
+            m.dedupe_key().unwrap(),
+            "member_disabled|alice@example.com|member:m1"
+        );
+        assert!(
+            spec(Template::MemberDisabled, None, serde_json::json!({}))
+                .dedupe_key()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn template_names_round_trip() {
+        for t in Template::ALL {
+            assert_eq!(Template::parse(t.as_str()), Some(t));
+        }
+    }
+
+    #[tokio::test]
+    async fn file_transport_writes_one_eml_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        write_eml(dir.path(), "0190-abc", b"one").await.unwrap();
+        write_eml(dir.path(), "0190-abc", b"two").await.unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("0190-abc.eml")]);
+        assert_eq!(
+            std::fs::read(dir.path().join("0190-abc.eml")).unwrap(),
+            b"two"
+        );
+        assert!(write_eml(dir.path(), "../etc/passwd", b"x").await.is_err());
+    }
+
+    #[test]
+    fn message_ids_use_the_from_domain() {
+        let cfg = crate::config::Config::default();
+        let mut mail = cfg.mail.clone();
+        mail.transport = MailTransport::Memory;
+        let m = Mailer::from_config(&mail).unwrap();
+        assert_eq!(m.message_id("abc"), "<abc@approvald.invalid>");
     }
 }

@@ -1,0 +1,270 @@
+//! The `notify` job (DESIGN flow step 4): send one logical mail (a row in
+//! `emails`, written by [`crate::mail::queue_email`]) once.
+//!
+//! Idempotent (invariant 3): a mail already `sent`, `failed` or `skipped` is
+//! left alone, and every attempt of one mail carries the same Message-ID.
+//! Review-link mails get their link token here, at send time, because the
+//! token itself is never stored: each attempt issues a fresh token and revokes
+//! the reviewer's earlier unused ones, so the delivered mail's link is the
+//! only live one. Failures are classified: transient ones are retried with
+//! exponential backoff for hours (`mail.retry_base_ms` doubling up to
+//! `mail.retry_cap_secs`, 20 attempts); permanent ones (SMTP 5xx) are
+//! recorded once, on the mail, on the request's events and in metrics.
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use approvald_workers::{Job, JobError, JobInfo, job::exponential_backoff};
+use lettre::{
+    Message,
+    message::{
+        Mailbox, MultiPart,
+        header::{HeaderName, HeaderValue},
+    },
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    app::App,
+    domain::{calendar::Region, ids::Locale, ids::mask_email},
+    mail::{
+        MailContext, Rendered, ReviewerKind, ReviewerRef, SendError, Template, render,
+        render::format_time,
+    },
+    on_db,
+    store::{decisions, emails, emails::EmailRow, requests::add_event, tokens},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotifyJob {
+    pub email_id: String,
+}
+
+impl Job for NotifyJob {
+    const NAME: &'static str = "notify";
+    /// With the default policy (5 s doubling, capped at 30 min) 20 attempts
+    /// keep trying for about six hours.
+    const MAX_ATTEMPTS: u32 = 20;
+    const TIMEOUT: Duration = Duration::from_secs(120);
+    type Context = App;
+
+    fn backoff(attempt: u32) -> Duration {
+        let (base, cap) = crate::mail::retry_policy();
+        exponential_backoff(attempt, base, cap)
+    }
+
+    async fn run(self, app: App, info: JobInfo) -> Result<(), JobError> {
+        deliver(&app, &self.email_id, info.attempt, info.max_attempts).await
+    }
+}
+
+fn count(template: &str, outcome: &'static str) {
+    metrics::counter!("approvald_emails_total", "template" => template.to_string(), "outcome" => outcome).increment(1);
+}
+
+/// The timezone of an org's calendar region (UTC when unknown).
+pub fn region_tz(app: &App, region: &str) -> chrono_tz::Tz {
+    Region::parse(region)
+        .ok()
+        .and_then(|r| app.calendars.get(&r).map(|c| c.tz()))
+        .unwrap_or(chrono_tz::UTC)
+}
+
+/// One attempt at sending mail `email_id`.
+pub async fn deliver(
+    app: &App,
+    email_id: &str,
+    attempt: u32,
+    max_attempts: u32,
+) -> Result<(), JobError> {
+    let Some(row) = emails::get(&app.db, email_id).await? else {
+        return Err(JobError::permanent(anyhow::anyhow!(
+            "email {email_id} does not exist"
+        )));
+    };
+    if row.is_final() {
+        tracing::debug!(email_id, status = %row.status, "mail already finished; nothing to do");
+        return Ok(());
+    }
+    let Some(template) = Template::parse(&row.template) else {
+        return fail(app, &row, &format!("unknown template {:?}", row.template)).await;
+    };
+    let locale = Locale::or_en(&row.locale);
+    let params: serde_json::Value = serde_json::from_str(&row.params).unwrap_or_else(|_| json!({}));
+    let mut ctx = MailContext {
+        recipient_name: row.recipient_name.clone(),
+        ..MailContext::default()
+    };
+    let mut status = None;
+    let mut tz = chrono_tz::UTC;
+    if let Some(rid) = &row.request_id {
+        let Some(v) = decisions::view(&app.db, rid).await? else {
+            return fail(app, &row, "the request no longer exists").await;
+        };
+        tz = region_tz(app, &v.region);
+        ctx.org_name = Some(v.org_name.clone());
+        ctx.request_number = Some(v.number.clone());
+        ctx.kind_title = Some(
+            app.catalog
+                .kind(&v.kind)
+                .map(|k| k.titles.get(locale).to_string())
+                .unwrap_or_else(|| v.kind.clone()),
+        );
+        ctx.requester_name = v.requester_name.clone();
+        ctx.remark = Some(v.remark.clone()).filter(|r| !r.is_empty());
+        ctx.due_at = Some(format_time(v.sla_due_at, tz, locale));
+        ctx.decided_by = v.decided_by.clone();
+        ctx.decided_at = v.decided_at.map(|t| format_time(t, tz, locale));
+        ctx.comment = v.decision_comment.clone().filter(|c| !c.is_empty());
+        status = Some(v.status.clone());
+    } else if let Some(org_id) = params.get("org_id").and_then(|v| v.as_str()) {
+        let org: Option<(String, String)> = on_db!(&app.db, |p| sqlx::query_as(
+            "SELECT name, region FROM orgs WHERE id = $1"
+        )
+        .bind(org_id)
+        .fetch_optional(p)
+        .await)
+        .context("loading org")?;
+        if let Some((name, region)) = org {
+            ctx.org_name = Some(name);
+            tz = region_tz(app, &region);
+        }
+    }
+    ctx.apply_params(&params);
+
+    if template.has_review_link() {
+        let (Some(rid), Some(reviewer)) = (&row.request_id, reviewer_of(&row)) else {
+            return fail(
+                app,
+                &row,
+                "a review-link mail needs a request and a reviewer",
+            )
+            .await;
+        };
+        if status.as_deref() != Some("in_review") {
+            let why = format!(
+                "request is {}; no review needed",
+                status.as_deref().unwrap_or("gone")
+            );
+            let mut tx = app.db.begin().await.context("begin")?;
+            emails::finish(&mut tx, &row.id, "skipped", &why).await?;
+            tx.commit().await.context("commit")?;
+            count(&row.template, "skipped");
+            tracing::info!(email_id, template = %template, "mail skipped: {why}");
+            return Ok(());
+        }
+        let ttl = (app.config.review.token_ttl_hours as i64).saturating_mul(3_600_000);
+        let mut tx = app.db.begin().await.context("begin")?;
+        let issued = tokens::issue(&mut tx, rid, &reviewer, app.now_ms(), ttl).await?;
+        tx.commit().await.context("committing link token")?;
+        ctx.link = Some(format!(
+            "{}/review/{}",
+            app.config.public_url(),
+            issued.token
+        ));
+        ctx.link_expires_at = Some(format_time(issued.expires_at, tz, locale));
+    }
+
+    let rendered = match render(template, locale, &ctx) {
+        Ok(r) => r,
+        Err(e) => return fail(app, &row, &format!("{e:#}")).await,
+    };
+    let msg = match build_message(app, &row, locale, rendered) {
+        Ok(m) => m,
+        Err(e) => return fail(app, &row, &format!("{e:#}")).await,
+    };
+    emails::count_attempt(&app.db, &row.id).await?;
+    let to = mask_email(&row.recipient);
+    match app.mailer.send(&row.id, &msg).await {
+        Ok(()) => {
+            emails::mark_sent(&app.db, &row.id, app.now_ms()).await?;
+            count(&row.template, "sent");
+            tracing::info!(email_id, template = %template, to = %to, attempt, "mail sent");
+            Ok(())
+        }
+        Err(SendError::Transient(e)) if attempt < max_attempts => {
+            let msg = format!("{e:#}");
+            emails::note_error(&app.db, &row.id, &msg).await?;
+            count(&row.template, "retry");
+            tracing::warn!(email_id, template = %template, to = %to, attempt, error = %msg, "mail not sent; will retry");
+            Err(JobError::Retryable(e))
+        }
+        Err(SendError::Transient(e)) => {
+            fail(
+                app,
+                &row,
+                &format!("gave up after {attempt} attempts: {e:#}"),
+            )
+            .await
+        }
+        Err(SendError::Permanent(e)) => fail(app, &row, &format!("{e:#}")).await,
+    }
+}
+
+fn reviewer_of(row: &EmailRow) -> Option<ReviewerRef> {
+    Some(ReviewerRef {
+        kind: ReviewerKind::parse(row.reviewer_kind.as_deref()?)?,
+        id: row.reviewer_id.clone()?,
+    })
+}
+
+/// Record a permanent failure once (mail row, request event, metric) and
+/// stop retrying.
+async fn fail(app: &App, row: &EmailRow, error: &str) -> Result<(), JobError> {
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await.context("begin")?;
+    let moved = emails::finish(&mut tx, &row.id, "failed", error).await?;
+    if moved && let Some(rid) = &row.request_id {
+        add_event(
+            &mut tx,
+            rid,
+            "email_failed",
+            Some("system"),
+            &json!({"template": row.template, "recipient": mask_email(&row.recipient), "error": error}),
+            now,
+        )
+        .await
+        .context("writing email_failed event")?;
+    }
+    tx.commit().await.context("commit")?;
+    if moved {
+        count(&row.template, "failed");
+        tracing::error!(email_id = %row.id, template = %row.template, to = %mask_email(&row.recipient), error, "mail failed for good");
+    }
+    Err(JobError::Permanent(anyhow::anyhow!(
+        "mail {} failed: {error}",
+        row.id
+    )))
+}
+
+fn build_message(
+    app: &App,
+    row: &EmailRow,
+    locale: Locale,
+    r: Rendered,
+) -> anyhow::Result<Message> {
+    let addr = row.recipient.parse().with_context(|| {
+        format!(
+            "recipient {} is not a mail address",
+            mask_email(&row.recipient)
+        )
+    })?;
+    let name = Some(row.recipient_name.clone()).filter(|n| !n.is_empty());
+    let date = SystemTime::UNIX_EPOCH + Duration::from_millis(app.now_ms().max(0) as u64);
+    Message::builder()
+        .from(app.mailer.from_mailbox().clone())
+        .to(Mailbox::new(name, addr))
+        .subject(r.subject)
+        .message_id(Some(row.message_id.clone()))
+        .date(date)
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".into(),
+        ))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Content-Language"),
+            locale.as_str().into(),
+        ))
+        .multipart(MultiPart::alternative_plain_html(r.text, r.html))
+        .context("building the message")
+}
