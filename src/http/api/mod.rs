@@ -1,8 +1,97 @@
-//! API v1 for upstream apps (owned by the API work; placeholder router).
-use axum::Router;
+//! API v1 for upstream apps (DESIGN "HTTP API v1"): JSON in and out,
+//! `application/problem+json` errors, RFC 3339 times, bearer keys.
+//!
+//! Every change made here writes an `operation` row to `audit_log` in its own
+//! transaction, with the calling key as the actor; every body is validated in
+//! full before a transaction opens, so bad input writes nothing.
+use axum::{
+    Router,
+    routing::{get, post},
+};
+use chrono::{DateTime, SecondsFormat};
 
 use crate::app::App;
 
+pub mod auth;
+pub mod body;
+pub mod page;
+
+mod audit;
+mod catalog;
+mod grants;
+mod members;
+mod orgs;
+mod requests;
+mod reviewers;
+
+pub use auth::{Caller, CallerScope};
+
 pub fn router() -> Router<App> {
     Router::new()
+        .route("/v1/catalog", get(catalog::catalog))
+        .route("/v1/calendars/{region}/due", get(catalog::due))
+        .route("/v1/reviewers", post(reviewers::create))
+        .route("/v1/reviewers/{id}", get(reviewers::get))
+        .route("/v1/orgs", post(orgs::create))
+        .route("/v1/orgs/{org}", get(orgs::get))
+        .route("/v1/orgs/{org}/keys", post(orgs::create_key))
+        .route(
+            "/v1/orgs/{org}/members",
+            post(members::create).get(members::list),
+        )
+        .route(
+            "/v1/orgs/{org}/members/{id}",
+            get(members::get).patch(members::update),
+        )
+        .route(
+            "/v1/orgs/{org}/members/{id}/disable",
+            post(members::disable),
+        )
+        .route("/v1/orgs/{org}/members/{id}/enable", post(members::enable))
+        .route(
+            "/v1/orgs/{org}/requests",
+            post(requests::submit).get(requests::list),
+        )
+        .route("/v1/orgs/{org}/requests/{id}", get(requests::get))
+        .route(
+            "/v1/orgs/{org}/requests/{id}/cancel",
+            post(requests::cancel),
+        )
+        .route("/v1/orgs/{org}/grants", get(grants::list))
+        .route("/v1/orgs/{org}/grants/{kind}/revoke", post(grants::revoke))
+        .route("/v1/orgs/{org}/audit", get(audit::list))
+        .route("/v1/orgs/{org}/audit/logins", post(audit::login))
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
+pub fn time(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+pub fn opt_time(ms: Option<i64>) -> Option<String> {
+    ms.map(time)
+}
+
+/// A stored JSON text column as a value (`{}` if it is somehow not JSON).
+pub fn json_column(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::json!({}))
+}
+
+/// A fresh time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(1_771_034_400_123), "2026-02-14T02:00:00.123Z");
+        assert_eq!(opt_time(None), None);
+    }
 }

@@ -1,0 +1,121 @@
+//! Bearer-key authentication and the org boundary (invariant 5).
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderValue, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+
+use crate::{
+    app::App,
+    http::ApiError,
+    store::{self, orgs::Org},
+};
+
+/// Who is calling: the key that authenticated the request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: String,
+    pub scope: CallerScope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerScope {
+    Platform,
+    Org(String),
+}
+
+impl Caller {
+    /// `key:<id>`: the actor recorded in audit rows and request events.
+    pub fn actor(&self) -> String {
+        format!("key:{}", self.key_id)
+    }
+
+    /// Platform-only operations answer 403 to an org key.
+    pub fn require_platform(&self) -> Result<(), ApiError> {
+        match self.scope {
+            CallerScope::Platform => Ok(()),
+            CallerScope::Org(_) => Err(ApiError::forbidden("this operation needs a platform key")),
+        }
+    }
+
+    /// The org `org_id`, if this caller may act on it: a platform key may act
+    /// on any org, an org key only on its own. Anything else is 404, exactly
+    /// as if the org did not exist (an org key learns nothing of others).
+    pub async fn org(&self, app: &App, org_id: &str) -> Result<Org, ApiError> {
+        if let CallerScope::Org(own) = &self.scope
+            && own != org_id
+        {
+            return Err(ApiError::not_found("org"));
+        }
+        store::orgs::get(&app.db, org_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("org"))
+    }
+}
+
+/// A 401 carries `WWW-Authenticate: Bearer` (RFC 6750).
+pub struct AuthRejection(ApiError);
+
+impl IntoResponse for AuthRejection {
+    fn into_response(self) -> Response {
+        let unauthorized = self.0.status == axum::http::StatusCode::UNAUTHORIZED;
+        let mut resp = self.0.into_response();
+        if unauthorized {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"approvald\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<ApiError> for AuthRejection {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+/// The bearer token of an `Authorization` header, if it has that shape.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized("send an API key as `Authorization: Bearer <key>`")
+    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("use `Authorization: Bearer <key>`"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthorized("use `Authorization: Bearer <key>`"));
+    }
+    Ok(token.trim())
+}
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        let key = store::keys::authenticate(&app.db, token)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::unauthorized("the API key is unknown or revoked"))?;
+        let scope = match (key.scope.as_str(), key.org_id) {
+            ("platform", _) => CallerScope::Platform,
+            ("org", Some(org)) => CallerScope::Org(org),
+            (other, _) => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "api key {} has an unusable scope {other:?}",
+                    key.id
+                ))
+                .into());
+            }
+        };
+        Ok(Caller {
+            key_id: key.id,
+            scope,
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! Grants: what the org holds; revoke = "close a permission no longer needed".
+use axum::{Json, extract::State};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Caller, opt_time, time};
+use crate::{
+    app::App,
+    domain::catalog::Scope,
+    http::{
+        ApiError, ApiResult,
+        extract::{ApiPath, ApiQuery},
+    },
+    store::{self, audit, grants::Grant},
+};
+
+#[derive(Serialize)]
+pub struct GrantOut {
+    id: String,
+    kind: String,
+    /// The member it is for; absent for the whole org.
+    member_id: Option<String>,
+    status: String,
+    request_id: Option<String>,
+    granted_at: String,
+    revoked_at: Option<String>,
+}
+
+impl From<Grant> for GrantOut {
+    fn from(g: Grant) -> Self {
+        Self {
+            id: g.id,
+            kind: g.kind,
+            member_id: Some(g.member_id).filter(|m| !m.is_empty()),
+            status: g.status,
+            request_id: g.request_id,
+            granted_at: time(g.granted_at),
+            revoked_at: opt_time(g.revoked_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct GrantList {
+    items: Vec<GrantOut>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    all: Option<bool>,
+}
+
+/// Active grants; `?all=true` includes revoked ones.
+pub async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<GrantList>> {
+    let org = caller.org(&app, &org_id).await?;
+    let rows = store::grants::list(&app.db, &org.id, q.all.unwrap_or(false)).await?;
+    Ok(Json(GrantList {
+        items: rows.into_iter().map(GrantOut::from).collect(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeQuery {
+    /// For a member-scoped kind: the member (id or login id).
+    #[serde(default)]
+    member: Option<String>,
+}
+
+pub async fn revoke(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((org_id, kind)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<RevokeQuery>,
+) -> ApiResult<Json<GrantOut>> {
+    let org = caller.org(&app, &org_id).await?;
+    let member_scoped = app
+        .catalog
+        .kind(&kind)
+        .is_some_and(|k| k.scope == Scope::Member);
+    let member_id = match q.member.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        Some(m) => {
+            let found = if m.len() > 64 {
+                None
+            } else {
+                store::members::find(&app.db, &org.id, m).await?
+            };
+            found.ok_or_else(|| ApiError::not_found("member"))?.id
+        }
+        None if member_scoped => {
+            return Err(ApiError::bad_request(format!(
+                "{kind:?} is granted per member; name one with ?member="
+            )));
+        }
+        None => String::new(),
+    };
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    let g = store::grants::get_tx(&mut tx, &org.id, &kind, &member_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("grant"))?;
+    if !store::grants::revoke(&mut tx, &g.id, now).await? {
+        return Err(ApiError::conflict(format!(
+            "the {kind:?} grant is already revoked"
+        )));
+    }
+    let actor = caller.actor();
+    if let Some(request_id) = &g.request_id {
+        store::requests::add_event(
+            &mut tx,
+            request_id,
+            "grant_revoked",
+            Some(&actor),
+            &json!({ "grant": g.id }),
+            now,
+        )
+        .await?;
+    }
+    audit::operation(
+        &mut tx,
+        audit::Operation {
+            org_id: &org.id,
+            actor: &actor,
+            action: "grant.revoke",
+            target: Some(&g.id),
+            detail: json!({ "kind": kind, "member_id": Some(&member_id).filter(|m| !m.is_empty()) }),
+            at: now,
+        },
+    )
+    .await?;
+    let g = store::grants::get_tx(&mut tx, &org.id, &kind, &member_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("grant"))?;
+    tx.commit().await?;
+    Ok(Json(g.into()))
+}

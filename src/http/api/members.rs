@@ -1,0 +1,474 @@
+//! Members of an org: create (within `orgs.max_members`), list, get, edit,
+//! disable (access stops at once, nothing is deleted) and enable.
+use axum::{Json, extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    Caller,
+    body::{JsonBody, double_option},
+    new_id, opt_time, page, time,
+};
+use crate::{
+    app::App,
+    db::is_unique_violation,
+    domain::ids::{Email, Invalid, Locale, LoginId, MemberKind, parse_name},
+    http::{
+        ApiError, ApiResult,
+        extract::{ApiPath, ApiQuery},
+    },
+    store::{self, audit, members::Member},
+};
+
+#[derive(Debug, Serialize)]
+pub struct MemberOut {
+    id: String,
+    org_id: String,
+    login_id: String,
+    name: String,
+    email: String,
+    phone: Option<String>,
+    kind: String,
+    role: Option<String>,
+    locale: String,
+    status: String,
+    created_at: String,
+    updated_at: String,
+    disabled_at: Option<String>,
+}
+
+impl From<Member> for MemberOut {
+    fn from(m: Member) -> Self {
+        Self {
+            id: m.id,
+            org_id: m.org_id,
+            login_id: m.login_id,
+            name: m.name,
+            email: m.email,
+            phone: m.phone,
+            kind: m.kind,
+            role: m.role,
+            locale: m.locale,
+            status: m.status,
+            created_at: time(m.created_at),
+            updated_at: time(m.updated_at),
+            disabled_at: opt_time(m.disabled_at),
+        }
+    }
+}
+
+/// A phone number: 3-32 characters of digits, spaces and `+ - ( ) .`, with at least 3 digits.
+pub fn parse_phone(s: &str) -> Result<String, Invalid> {
+    let t = s.trim();
+    let n = t.chars().count();
+    if !(3..=32).contains(&n)
+        || !t
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-' | '(' | ')' | '.'))
+        || t.chars().filter(char::is_ascii_digit).count() < 3
+    {
+        return Err(Invalid::new(
+            "phone",
+            "must be 3-32 characters of digits, spaces and + - ( ) .",
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// A role name: 1-64 characters, no control characters, no `/`.
+pub fn parse_role(s: &str) -> Result<String, Invalid> {
+    let t = s.trim();
+    let n = t.chars().count();
+    if n == 0 || n > 64 || t.chars().any(|c| c.is_control() || c == '/') {
+        return Err(Invalid::new(
+            "role",
+            "must be 1-64 characters without control characters or /",
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// `admin` or `member`: there is exactly one super admin, the org's owner.
+fn parse_kind(s: &str) -> Result<MemberKind, Invalid> {
+    match MemberKind::parse(s)? {
+        MemberKind::SuperAdmin => Err(Invalid::new(
+            "kind",
+            "an org has one super_admin, its owner; use admin or member",
+        )),
+        k => Ok(k),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMember {
+    login_id: String,
+    name: String,
+    email: String,
+    #[serde(default)]
+    phone: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    locale: Option<String>,
+}
+
+fn audit_op<'a>(
+    org_id: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    target: &'a str,
+    detail: serde_json::Value,
+    at: i64,
+) -> audit::Operation<'a> {
+    audit::Operation {
+        org_id,
+        actor,
+        action,
+        target: Some(target),
+        detail,
+        at,
+    }
+}
+
+pub async fn create(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<String>,
+    body: JsonBody<CreateMember>,
+) -> ApiResult<(StatusCode, Json<MemberOut>)> {
+    let org = caller.org(&app, &org_id).await?;
+    let b = body.value;
+    let login_id = LoginId::parse(&b.login_id)?;
+    let name = parse_name("name", &b.name)?;
+    let email = Email::parse(&b.email)?;
+    let phone = b.phone.as_deref().map(parse_phone).transpose()?;
+    let kind = b
+        .kind
+        .as_deref()
+        .map(parse_kind)
+        .transpose()?
+        .unwrap_or(MemberKind::Member);
+    let role = b.role.as_deref().map(parse_role).transpose()?;
+    let locale = match b.locale.as_deref() {
+        Some(l) => Locale::parse(l)?,
+        None => Locale::or_en(&org.locale),
+    };
+
+    let now = app.now_ms();
+    let m = Member {
+        id: new_id(),
+        org_id: org.id.clone(),
+        login_id: login_id.as_str().to_string(),
+        name,
+        email: email.as_str().to_string(),
+        phone,
+        kind: kind.as_str().to_string(),
+        role,
+        locale: locale.as_str().to_string(),
+        status: store::members::ACTIVE.to_string(),
+        created_at: now,
+        updated_at: now,
+        disabled_at: None,
+    };
+    let mut tx = app.db.begin().await?;
+    store::orgs::lock(&mut tx, &org.id).await?;
+    check_room(&app, &mut tx, &org.id).await?;
+    if let Err(e) = store::members::insert(&mut tx, &m).await {
+        return Err(if is_unique_violation(&e) {
+            ApiError::conflict(format!(
+                "login_id: {:?} is already taken in this org",
+                m.login_id
+            ))
+        } else {
+            e.into()
+        });
+    }
+    let actor = caller.actor();
+    audit::operation(
+        &mut tx,
+        audit_op(
+            &org.id,
+            &actor,
+            "member.create",
+            &m.id,
+            json!({ "login_id": m.login_id, "kind": m.kind, "role": m.role }),
+            now,
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(m.into())))
+}
+
+/// 409 when the org already has `orgs.max_members` active members (the
+/// owner counts). Call with the org row locked.
+async fn check_room(app: &App, tx: &mut crate::db::Tx, org_id: &str) -> ApiResult<()> {
+    let max = i64::from(app.config.orgs.max_members);
+    let n = store::members::count_active(tx, org_id).await?;
+    if n >= max {
+        return Err(ApiError::conflict(format!(
+            "the org has {n} active members, the most allowed (orgs.max_members = {max}); disable one first"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<page::Page<MemberOut>>> {
+    let org = caller.org(&app, &org_id).await?;
+    let limit = page::limit(q.limit)?;
+    let after = q.cursor.as_deref().map(page::decode).transpose()?;
+    let rows = store::members::list(
+        &app.db,
+        &org.id,
+        after.as_ref().map(|(a, i)| (*a, i.as_str())),
+        limit + 1,
+    )
+    .await?;
+    Ok(Json(page::paginate(
+        rows,
+        limit,
+        |m| (m.created_at, m.id.clone()),
+        MemberOut::from,
+    )))
+}
+
+async fn load(app: &App, caller: &Caller, org_id: &str, id: &str) -> ApiResult<Member> {
+    let org = caller.org(app, org_id).await?;
+    store::members::get(&app.db, &org.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))
+}
+
+pub async fn get(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((org_id, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<MemberOut>> {
+    Ok(Json(load(&app, &caller, &org_id, &id).await?.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMember {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    phone: Option<Option<String>>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    role: Option<Option<String>>,
+    #[serde(default)]
+    locale: Option<String>,
+}
+
+pub async fn update(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((org_id, id)): ApiPath<(String, String)>,
+    body: JsonBody<UpdateMember>,
+) -> ApiResult<Json<MemberOut>> {
+    let org = caller.org(&app, &org_id).await?;
+    let b = body.value;
+    let name = b
+        .name
+        .as_deref()
+        .map(|s| parse_name("name", s))
+        .transpose()?;
+    let email = b.email.as_deref().map(Email::parse).transpose()?;
+    let phone = b
+        .phone
+        .map(|p| p.as_deref().map(parse_phone).transpose())
+        .transpose()?;
+    let kind = b.kind.as_deref().map(parse_kind).transpose()?;
+    let role = b
+        .role
+        .map(|r| r.as_deref().map(parse_role).transpose())
+        .transpose()?;
+    let locale = b.locale.as_deref().map(Locale::parse).transpose()?;
+
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    let mut m = store::members::get_tx(&mut tx, &org.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    if let Some(k) = kind
+        && m.kind == MemberKind::SuperAdmin.as_str()
+        && k != MemberKind::SuperAdmin
+    {
+        return Err(ApiError::conflict("the super admin's kind cannot change"));
+    }
+    let mut changed = Vec::new();
+    if let Some(v) = name {
+        m.name = v;
+        changed.push("name");
+    }
+    if let Some(v) = email {
+        m.email = v.as_str().to_string();
+        changed.push("email");
+    }
+    if let Some(v) = phone {
+        m.phone = v;
+        changed.push("phone");
+    }
+    if let Some(k) = kind {
+        m.kind = k.as_str().to_string();
+        changed.push("kind");
+    }
+    if let Some(v) = role {
+        m.role = v;
+        changed.push("role");
+    }
+    if let Some(l) = locale {
+        m.locale = l.as_str().to_string();
+        changed.push("locale");
+    }
+    if changed.is_empty() {
+        return Ok(Json(m.into()));
+    }
+    m.updated_at = now;
+    store::members::update(&mut tx, &m).await?;
+    let actor = caller.actor();
+    audit::operation(
+        &mut tx,
+        audit_op(
+            &org.id,
+            &actor,
+            "member.update",
+            &m.id,
+            json!({ "fields": changed }),
+            now,
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(m.into()))
+}
+
+/// 202: the member is disabled at once and their review links revoked in the
+/// same transaction; every row they own stays. Disabling a disabled member
+/// changes nothing and answers the same.
+pub async fn disable(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((org_id, id)): ApiPath<(String, String)>,
+) -> ApiResult<(StatusCode, Json<MemberOut>)> {
+    let org = caller.org(&app, &org_id).await?;
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    let m = store::members::get_tx(&mut tx, &org.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    if m.kind == MemberKind::SuperAdmin.as_str() {
+        return Err(ApiError::conflict(
+            "the super admin (the org's owner) cannot be disabled",
+        ));
+    }
+    if store::members::disable(&mut tx, &org.id, &id, now).await? {
+        let revoked = store::members::revoke_review_tokens(&mut tx, &id, now).await?;
+        let actor = caller.actor();
+        audit::operation(
+            &mut tx,
+            audit_op(
+                &org.id,
+                &actor,
+                "member.disable",
+                &id,
+                json!({ "login_id": m.login_id, "review_tokens_revoked": revoked }),
+                now,
+            ),
+        )
+        .await?;
+    }
+    let m = store::members::get_tx(&mut tx, &org.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, Json(m.into())))
+}
+
+/// Enable a disabled member again, within the member limit.
+pub async fn enable(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((org_id, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<MemberOut>> {
+    let org = caller.org(&app, &org_id).await?;
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    store::orgs::lock(&mut tx, &org.id).await?;
+    let m = store::members::get_tx(&mut tx, &org.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    if m.status == store::members::DISABLED {
+        check_room(&app, &mut tx, &org.id).await?;
+        store::members::enable(&mut tx, &org.id, &id, now).await?;
+        let actor = caller.actor();
+        audit::operation(
+            &mut tx,
+            audit_op(
+                &org.id,
+                &actor,
+                "member.enable",
+                &id,
+                json!({ "login_id": m.login_id }),
+                now,
+            ),
+        )
+        .await?;
+    }
+    let m = store::members::get_tx(&mut tx, &org.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    tx.commit().await?;
+    Ok(Json(m.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_roles_kinds() {
+        assert_eq!(
+            parse_phone(" +86 (10) 1234-5678 ").unwrap(),
+            "+86 (10) 1234-5678"
+        );
+        for bad in [
+            "",
+            "12",
+            "call me",
+            "+++",
+            "1234567890123456789012345678901234",
+            "12\n34",
+        ] {
+            assert!(parse_phone(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_role("采购").unwrap(), "采购");
+        for bad in ["", "a/b", "x\u{0}", &"r".repeat(65)] {
+            assert!(parse_role(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_kind("admin").unwrap(), MemberKind::Admin);
+        assert!(parse_kind("super_admin").is_err());
+        assert!(parse_kind("owner").is_err());
+    }
+}

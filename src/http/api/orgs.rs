@@ -1,0 +1,202 @@
+//! `POST /v1/orgs`, `GET /v1/orgs/{org}`, `POST /v1/orgs/{org}/keys`.
+use axum::{Json, extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Caller, body::JsonBody, members::MemberOut, new_id, time};
+use crate::{
+    app::App,
+    domain::{
+        calendar::Region,
+        ids::{Email, Locale, LoginId, MemberKind, parse_name},
+    },
+    http::{ApiError, ApiResult, extract::ApiPath},
+    store::{self, audit, keys::KeyScope, members::Member, orgs::Org},
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    name: String,
+    region: String,
+    locale: String,
+    owner: OwnerIn,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerIn {
+    login_id: String,
+    name: String,
+    email: String,
+    #[serde(default)]
+    phone: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct OrgOut {
+    id: String,
+    name: String,
+    region: String,
+    locale: String,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<MemberOut>,
+}
+
+impl OrgOut {
+    fn new(o: Org, owner: Option<Member>) -> Self {
+        Self {
+            id: o.id,
+            name: o.name,
+            region: o.region,
+            locale: o.locale,
+            created_at: time(o.created_at),
+            owner: owner.map(MemberOut::from),
+        }
+    }
+}
+
+/// A region with a calendar, or 422 naming the known ones.
+pub fn parse_region(app: &App, s: &str) -> Result<Region, ApiError> {
+    let known = || {
+        app.calendars
+            .regions()
+            .map(|r| r.as_str().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let region = Region::parse(s).map_err(|_| {
+        ApiError::invalid(format!(
+            "region: {s:?} is not a region; use one of {}",
+            known()
+        ))
+    })?;
+    if app.calendars.get(&region).is_none() {
+        return Err(ApiError::invalid(format!(
+            "region: no calendar for {s:?}; use one of {}",
+            known()
+        )));
+    }
+    Ok(region)
+}
+
+pub async fn create(
+    State(app): State<App>,
+    caller: Caller,
+    body: JsonBody<CreateOrg>,
+) -> ApiResult<(StatusCode, Json<OrgOut>)> {
+    caller.require_platform()?;
+    let b = body.value;
+    let name = parse_name("name", &b.name)?;
+    let region = parse_region(&app, &b.region)?;
+    let locale = Locale::parse(&b.locale)?;
+    let login_id = LoginId::parse(&b.owner.login_id)?;
+    let owner_name = parse_name("owner.name", &b.owner.name)?;
+    let email = Email::parse(&b.owner.email)?;
+    let phone = b
+        .owner
+        .phone
+        .as_deref()
+        .map(super::members::parse_phone)
+        .transpose()?;
+
+    let now = app.now_ms();
+    let org = Org {
+        id: new_id(),
+        name,
+        region: region.as_str().to_string(),
+        locale: locale.as_str().to_string(),
+        created_at: now,
+    };
+    let owner = Member {
+        id: new_id(),
+        org_id: org.id.clone(),
+        login_id: login_id.as_str().to_string(),
+        name: owner_name,
+        email: email.as_str().to_string(),
+        phone,
+        kind: MemberKind::SuperAdmin.as_str().to_string(),
+        role: None,
+        locale: org.locale.clone(),
+        status: store::members::ACTIVE.to_string(),
+        created_at: now,
+        updated_at: now,
+        disabled_at: None,
+    };
+    let mut tx = app.db.begin().await?;
+    store::orgs::insert(&mut tx, &org).await?;
+    store::members::insert(&mut tx, &owner).await?;
+    let actor = caller.actor();
+    audit::operation(
+        &mut tx,
+        audit::Operation {
+            org_id: &org.id,
+            actor: &actor,
+            action: "org.create",
+            target: Some(&org.id),
+            detail: json!({ "name": org.name, "region": org.region, "owner": owner.id }),
+            at: now,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(OrgOut::new(org, Some(owner)))))
+}
+
+pub async fn get(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<String>,
+) -> ApiResult<Json<OrgOut>> {
+    let org = caller.org(&app, &org_id).await?;
+    Ok(Json(OrgOut::new(org, None)))
+}
+
+#[derive(Serialize)]
+pub struct KeyOut {
+    id: String,
+    key: String,
+    scope: &'static str,
+    org_id: String,
+    created_at: String,
+}
+
+/// A new key for the org, shown once (platform keys only).
+pub async fn create_key(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<KeyOut>)> {
+    caller.require_platform()?;
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    if !store::orgs::lock(&mut tx, &org_id).await? {
+        return Err(ApiError::not_found("org"));
+    }
+    let (id, key) = store::keys::insert(&mut tx, KeyScope::Org, Some(&org_id), now).await?;
+    let actor = caller.actor();
+    audit::operation(
+        &mut tx,
+        audit::Operation {
+            org_id: &org_id,
+            actor: &actor,
+            action: "key.create",
+            target: Some(&id),
+            detail: json!({ "scope": "org" }),
+            at: now,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyOut {
+            id,
+            key,
+            scope: "org",
+            org_id,
+            created_at: time(now),
+        }),
+    ))
+}

@@ -1,0 +1,703 @@
+//! Permission requests: submit (one transaction with its review job,
+//! `Idempotency-Key` replay), history list, one request with its events, cancel.
+use approvald_workers::PushOptions;
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{Caller, body::JsonBody, json_column, new_id, opt_time, page, time};
+use crate::{
+    app::App,
+    domain::{
+        calendar::Region,
+        catalog::{PermissionKind, Scope},
+        ids::{Invalid, parse_text},
+        request::{RequestStatus, request_number},
+    },
+    http::{
+        ApiError, ApiResult,
+        extract::{ApiPath, ApiQuery},
+    },
+    jobs::{self, review::ReviewJob},
+    store::{self, audit, idempotency, orgs::Org, requests::Request},
+};
+
+pub const MAX_REMARK: usize = 2000;
+pub const MAX_DOCUMENTS: usize = 10;
+pub const MAX_URL: usize = 2000;
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submit {
+    kind: String,
+    #[serde(default)]
+    requester: Option<String>,
+    remark: String,
+    #[serde(default)]
+    documents: Option<Vec<Document>>,
+}
+
+/// An attached document: a link the reviewer opens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub url: String,
+}
+
+/// Check and tidy the documents: at most 10; `type` a word such as
+/// `liquor_licence`; `name` 1-200 characters on one line; `url` an https
+/// URL of at most 2000 characters with a host and no credentials, spaces or
+/// control characters.
+pub fn parse_documents(docs: Vec<Document>) -> Result<Vec<Document>, Invalid> {
+    if docs.len() > MAX_DOCUMENTS {
+        return Err(Invalid::new(
+            "documents",
+            format!("at most {MAX_DOCUMENTS} documents, got {}", docs.len()),
+        ));
+    }
+    docs.into_iter()
+        .map(|d| {
+            let kind = d.kind.trim();
+            if kind.is_empty()
+                || kind.len() > 64
+                || !kind
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(Invalid::new(
+                    "documents[].type",
+                    "must be 1-64 letters, digits, _ or -",
+                ));
+            }
+            let name = d.name.trim();
+            let n = name.chars().count();
+            if n == 0 || n > 200 || name.chars().any(char::is_control) {
+                return Err(Invalid::new(
+                    "documents[].name",
+                    "must be 1-200 characters on one line",
+                ));
+            }
+            Ok(Document {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                url: parse_https_url(d.url.trim())?,
+            })
+        })
+        .collect()
+}
+
+/// An absolute `https://` URL with a host; no credentials, whitespace or
+/// control characters; at most [`MAX_URL`] characters.
+pub fn parse_https_url(url: &str) -> Result<String, Invalid> {
+    let bad = |why: &str| Err(Invalid::new("documents[].url", why.to_string()));
+    if url.len() > MAX_URL {
+        return bad("must be at most 2000 characters");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("must not contain spaces or control characters");
+    }
+    let Some(rest) = url
+        .get(..8)
+        .filter(|s| s.eq_ignore_ascii_case("https://"))
+        .map(|_| &url[8..])
+    else {
+        return bad("must be an https:// URL");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return bad("must not carry credentials");
+    }
+    let host = authority.rsplit_once(':').map_or(authority, |(h, port)| {
+        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            authority
+        }
+    });
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+    {
+        return bad("must name a host, as in https://files.example.com/licence.pdf");
+    }
+    Ok(url.to_string())
+}
+
+/// The `Idempotency-Key` header, if sent: 1-255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(format!(
+            "Idempotency-Key: must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// JSON with object keys sorted at every level: the same logical body always
+/// gives the same text, whatever order the client wrote its fields in.
+pub fn canonical_json(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&m[k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
+/// SHA-256 hex of the body's canonical JSON.
+pub fn body_hash(bytes: &[u8]) -> String {
+    let canon = serde_json::from_slice::<Value>(bytes)
+        .map(|v| canonical_json(&v))
+        .unwrap_or_default();
+    hex::encode(Sha256::digest(canon.as_bytes()))
+}
+
+#[derive(Serialize)]
+struct Submitted<'a> {
+    id: &'a str,
+    number: &'a str,
+    status: &'static str,
+    kind: &'a str,
+    sla_due_at: String,
+    created_at: String,
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, Body::from(body)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The stored first answer, or 422 when the key came with another body.
+fn replay(stored: idempotency::Stored, hash: &str) -> ApiResult<Response> {
+    if stored.body_hash != hash {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key reused",
+            "this Idempotency-Key was already used with a different body; use a new key for a new request",
+        ));
+    }
+    let status = u16::try_from(stored.status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::ACCEPTED);
+    let mut resp = json_response(status, stored.response);
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+/// Everything a submission needs, checked before the transaction opens.
+struct Valid<'a> {
+    kind: &'a PermissionKind,
+    requester_id: Option<String>,
+    remark: String,
+    documents: String,
+}
+
+async fn validate<'a>(app: &'a App, org: &Org, b: Submit) -> ApiResult<Valid<'a>> {
+    let kind = app.catalog.kind(&b.kind).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "kind: {:?} is not in the catalog (GET /v1/catalog lists the kinds)",
+            b.kind
+        ))
+    })?;
+    let remark = parse_text("remark", &b.remark, MAX_REMARK, true)?;
+    let documents = parse_documents(b.documents.unwrap_or_default())?;
+    let requester_id = match b.requester.as_deref() {
+        None => None,
+        Some(r) => {
+            let r = r.trim();
+            let m = if r.is_empty() || r.len() > 64 {
+                None
+            } else {
+                store::members::find(&app.db, &org.id, r).await?
+            };
+            match m {
+                Some(m) if m.status == store::members::ACTIVE => Some(m.id),
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "requester: {r:?} is not an active member of this org"
+                    )));
+                }
+            }
+        }
+    };
+    if kind.scope == Scope::Member && requester_id.is_none() {
+        return Err(ApiError::invalid(format!(
+            "requester: {:?} is granted to a member; name the requesting member",
+            kind.key
+        )));
+    }
+    let documents = serde_json::to_string(&documents).map_err(anyhow::Error::from)?;
+    Ok(Valid {
+        kind,
+        requester_id,
+        remark,
+        documents,
+    })
+}
+
+pub async fn submit(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<String>,
+    headers: HeaderMap,
+    body: JsonBody<Submit>,
+) -> ApiResult<Response> {
+    let org = caller.org(&app, &org_id).await?;
+    let key = idempotency_key(&headers)?;
+    let hash = body_hash(&body.bytes);
+    let v = validate(&app, &org, body.value).await?;
+    if let Some(k) = &key
+        && let Some(stored) = idempotency::get(&app.db, &org.id, k).await?
+    {
+        return replay(stored, &hash);
+    }
+
+    let now_dt = app.clock.now();
+    let now = now_dt.timestamp_millis();
+    let calendar = Region::parse(&org.region)
+        .ok()
+        .and_then(|r| app.calendars.get(&r))
+        .ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "org {} has region {:?}, which has no calendar",
+                org.id,
+                org.region
+            ))
+        })?;
+    let due = calendar
+        .due(now_dt, v.kind.sla_days)
+        .map_err(|e| {
+            ApiError::internal(anyhow::anyhow!(
+                "computing the SLA due time in {}: {e}",
+                org.region
+            ))
+        })?
+        .timestamp_millis();
+
+    let mut tx = app.db.begin().await?;
+    if let Some(k) = &key
+        && !idempotency::reserve(&mut tx, &org.id, k, &hash, now).await?
+    {
+        // A concurrent duplicate committed first: answer what it answered.
+        tx.rollback().await?;
+        return match idempotency::get(&app.db, &org.id, k).await? {
+            Some(stored) => replay(stored, &hash),
+            None => Err(ApiError::conflict(
+                "a request with this Idempotency-Key is in progress; retry",
+            )),
+        };
+    }
+    let seq = store::orgs::next_request_seq(&mut tx, &org.id).await?;
+    let number = request_number(seq);
+    let id = new_id();
+    store::requests::insert(
+        &mut tx,
+        &store::requests::NewRequest {
+            id: &id,
+            org_id: &org.id,
+            number: &number,
+            kind: &v.kind.key,
+            requester_id: v.requester_id.as_deref(),
+            remark: &v.remark,
+            documents: &v.documents,
+            sla_days: i64::from(v.kind.sla_days),
+            sla_due_at: due,
+            now,
+        },
+    )
+    .await?;
+    let actor = caller.actor();
+    store::requests::add_event(
+        &mut tx,
+        &id,
+        "submitted",
+        Some(&actor),
+        &json!({ "kind": v.kind.key, "number": number, "requester": v.requester_id }),
+        now,
+    )
+    .await?;
+    audit::operation(
+        &mut tx,
+        audit::Operation {
+            org_id: &org.id,
+            actor: &actor,
+            action: "request.submit",
+            target: Some(&id),
+            detail: json!({ "kind": v.kind.key, "number": number }),
+            at: now,
+        },
+    )
+    .await?;
+    jobs::enqueue(
+        &app,
+        &mut tx,
+        &ReviewJob {
+            request_id: id.clone(),
+        },
+        PushOptions::default(),
+    )
+    .await?;
+    let answer = serde_json::to_string(&Submitted {
+        id: &id,
+        number: &number,
+        status: RequestStatus::Submitted.as_str(),
+        kind: &v.kind.key,
+        sla_due_at: time(due),
+        created_at: time(now),
+    })
+    .map_err(anyhow::Error::from)?;
+    if let Some(k) = &key {
+        idempotency::complete(&mut tx, &org.id, k, StatusCode::ACCEPTED.as_u16(), &answer).await?;
+    }
+    tx.commit().await?;
+    app.jobs_committed();
+    metrics::counter!("approvald_requests_submitted_total", "kind" => v.kind.key.clone())
+        .increment(1);
+    tracing::info!(request_id = %id, number = %number, kind = %v.kind.key, org_id = %org.id, "request submitted");
+    Ok(json_response(StatusCode::ACCEPTED, answer))
+}
+
+#[derive(Serialize)]
+pub struct Summary {
+    id: String,
+    number: String,
+    kind: String,
+    status: String,
+    requester_id: Option<String>,
+    remark: String,
+    sla_due_at: String,
+    decided_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<Request> for Summary {
+    fn from(r: Request) -> Self {
+        Self {
+            id: r.id,
+            number: r.number,
+            kind: r.kind,
+            status: r.status,
+            requester_id: r.requester_id,
+            remark: r.remark,
+            sla_due_at: time(r.sla_due_at),
+            decided_at: opt_time(r.decided_at),
+            created_at: time(r.created_at),
+            updated_at: time(r.updated_at),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// The org's history, newest first.
+pub async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<page::Page<Summary>>> {
+    let org = caller.org(&app, &org_id).await?;
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(RequestStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "status: {s:?}: use submitted, in_review, approved, rejected or cancelled"
+            ))
+        })?),
+    };
+    let kind = q.kind.as_deref().filter(|s| !s.is_empty());
+    if let Some(k) = kind
+        && app.catalog.kind(k).is_none()
+    {
+        return Err(ApiError::bad_request(format!(
+            "kind: {k:?} is not in the catalog"
+        )));
+    }
+    let limit = page::limit(q.limit)?;
+    let before = q.cursor.as_deref().map(page::decode).transpose()?;
+    let filter = store::requests::Filter {
+        status: status.map(RequestStatus::as_str),
+        kind,
+        before: before.as_ref().map(|(a, i)| (*a, i.as_str())),
+    };
+    let rows = store::requests::list(&app.db, &org.id, &filter, limit + 1).await?;
+    Ok(Json(page::paginate(
+        rows,
+        limit,
+        |r| (r.created_at, r.id.clone()),
+        Summary::from,
+    )))
+}
+
+#[derive(Serialize)]
+pub struct EventOut {
+    #[serde(rename = "type")]
+    kind: String,
+    at: String,
+    actor: Option<String>,
+    detail: Value,
+}
+
+#[derive(Serialize)]
+pub struct Detail {
+    id: String,
+    number: String,
+    kind: String,
+    status: String,
+    requester_id: Option<String>,
+    remark: String,
+    documents: Value,
+    sla_days: i64,
+    sla_due_at: String,
+    reminder_at: Option<String>,
+    breached_at: Option<String>,
+    extended_at: Option<String>,
+    extension_reason: Option<String>,
+    decided_by: Option<String>,
+    decided_at: Option<String>,
+    decision_comment: Option<String>,
+    created_at: String,
+    updated_at: String,
+    events: Vec<EventOut>,
+}
+
+async fn detail(app: &App, r: Request) -> ApiResult<Detail> {
+    let events = store::requests::events(&app.db, &r.id)
+        .await?
+        .into_iter()
+        .map(|e| EventOut {
+            kind: e.kind,
+            at: time(e.at),
+            actor: e.actor,
+            detail: json_column(&e.detail),
+        })
+        .collect();
+    Ok(Detail {
+        id: r.id,
+        number: r.number,
+        kind: r.kind,
+        status: r.status,
+        requester_id: r.requester_id,
+        remark: r.remark,
+        documents: serde_json::from_str(&r.documents).unwrap_or_else(|_| json!([])),
+        sla_days: r.sla_days,
+        sla_due_at: time(r.sla_due_at),
+        reminder_at: opt_time(r.reminder_at),
+        breached_at: opt_time(r.breached_at),
+        extended_at: opt_time(r.extended_at),
+        extension_reason: r.extension_reason,
+        decided_by: r.decided_by,
+        decided_at: opt_time(r.decided_at),
+        decision_comment: r.decision_comment,
+        created_at: time(r.created_at),
+        updated_at: time(r.updated_at),
+        events,
+    })
+}
+
+pub async fn get(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((org_id, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Detail>> {
+    let org = caller.org(&app, &org_id).await?;
+    let r = store::requests::get(&app.db, &org.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("request"))?;
+    Ok(Json(detail(&app, r).await?))
+}
+
+/// Cancel a request still `submitted` or `in_review`; its review links stop
+/// working at once. 409 (naming the status) once it is decided or cancelled.
+pub async fn cancel(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((org_id, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Detail>> {
+    let org = caller.org(&app, &org_id).await?;
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    if !store::requests::cancel(&mut tx, &org.id, &id, now).await? {
+        let r = store::requests::get_tx(&mut tx, &org.id, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("request"))?;
+        return Err(ApiError::conflict(format!(
+            "request {} is already {}; only submitted or in_review requests can be cancelled",
+            r.number, r.status
+        )));
+    }
+    let actor = caller.actor();
+    let revoked = store::requests::revoke_review_tokens(&mut tx, &id, now).await?;
+    store::requests::add_event(
+        &mut tx,
+        &id,
+        "cancelled",
+        Some(&actor),
+        &json!({ "review_tokens_revoked": revoked }),
+        now,
+    )
+    .await?;
+    audit::operation(
+        &mut tx,
+        audit::Operation {
+            org_id: &org.id,
+            actor: &actor,
+            action: "request.cancel",
+            target: Some(&id),
+            detail: json!({}),
+            at: now,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let r = store::requests::get(&app.db, &org.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("request"))?;
+    Ok(Json(detail(&app, r).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(url: &str) -> Document {
+        Document {
+            kind: "liquor_licence".into(),
+            name: "licence.pdf".into(),
+            url: url.into(),
+        }
+    }
+
+    #[test]
+    fn urls() {
+        for ok in [
+            "https://files.example.com/a.pdf",
+            "HTTPS://x.example/a?b=c#d",
+            "https://example.com:8443/x",
+            "https://[::1]/x",
+            "https://例え.jp/x",
+        ] {
+            assert!(parse_https_url(ok).is_ok(), "{ok}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL));
+        for bad in [
+            "http://example.com/a",
+            "ftp://example.com/a",
+            "https://",
+            "https:///path",
+            "https://user:pw@example.com/",
+            "https://exa mple.com/",
+            "https://example.com/\u{0}",
+            "javascript:alert(1)",
+            "https://<script>/",
+            long.as_str(),
+        ] {
+            assert!(parse_https_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn documents() {
+        assert_eq!(
+            parse_documents(vec![doc(" https://a.example/x ")]).unwrap()[0].url,
+            "https://a.example/x"
+        );
+        assert!(parse_documents(vec![doc("https://a.example/x"); MAX_DOCUMENTS]).is_ok());
+        assert!(parse_documents(vec![doc("https://a.example/x"); MAX_DOCUMENTS + 1]).is_err());
+        let mut d = doc("https://a.example/x");
+        d.kind = "bad type".into();
+        assert!(parse_documents(vec![d]).is_err());
+        let mut d = doc("https://a.example/x");
+        d.name = "two\nlines".into();
+        assert!(parse_documents(vec![d]).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        let mut h = HeaderMap::new();
+        assert_eq!(idempotency_key(&h).unwrap(), None);
+        h.insert("idempotency-key", HeaderValue::from_static("order-42"));
+        assert_eq!(idempotency_key(&h).unwrap().as_deref(), Some("order-42"));
+        for bad in ["", "has space", &"k".repeat(MAX_IDEMPOTENCY_KEY + 1)] {
+            h.insert("idempotency-key", HeaderValue::from_str(bad).unwrap());
+            assert!(idempotency_key(&h).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn body_hash_ignores_key_order_and_spacing_only() {
+        let a = body_hash(br#"{"kind":"ftp_access","remark":"x","documents":[{"type":"a","name":"b","url":"c"}]}"#);
+        let b = body_hash(br#"{ "remark": "x", "documents": [ {"url":"c","name":"b","type":"a"} ], "kind": "ftp_access" }"#);
+        let c = body_hash(br#"{"kind":"ftp_access","remark":"y"}"#);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            canonical_json(&json!({"b": [1, {"d": "\"", "c": null}], "a": true})),
+            r#"{"a":true,"b":[1,{"c":null,"d":"\""}]}"#
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! Platform reviewers (platform keys only).
+use std::collections::BTreeMap;
+
+use axum::{Json, extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Caller, body::JsonBody, new_id, time};
+use crate::{
+    app::App,
+    db::is_unique_violation,
+    domain::ids::{Email, Invalid, Locale, parse_name},
+    http::{ApiError, ApiResult, extract::ApiPath},
+    store::{
+        self, audit,
+        reviewers::{Membership, Reviewer},
+    },
+};
+
+pub const MAX_GROUPS: usize = 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateReviewer {
+    email: String,
+    name: String,
+    locale: String,
+    groups: Vec<String>,
+    #[serde(default)]
+    lead_groups: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct ReviewerOut {
+    id: String,
+    email: String,
+    name: String,
+    locale: String,
+    status: String,
+    groups: Vec<String>,
+    lead_groups: Vec<String>,
+    created_at: String,
+}
+
+impl ReviewerOut {
+    fn new(r: Reviewer, groups: &[Membership]) -> Self {
+        Self {
+            id: r.id,
+            email: r.email,
+            name: r.name,
+            locale: r.locale,
+            status: r.status,
+            groups: groups.iter().map(|g| g.grp.clone()).collect(),
+            lead_groups: groups
+                .iter()
+                .filter(|g| g.lead)
+                .map(|g| g.grp.clone())
+                .collect(),
+            created_at: time(r.created_at),
+        }
+    }
+}
+
+fn parse_group(s: &str) -> Result<String, Invalid> {
+    let t = s.trim();
+    if t.is_empty()
+        || t.len() > 64
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(Invalid::new(
+            "groups",
+            format!("{s:?}: a group is 1-64 letters, digits, _ or -"),
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// Groups and lead groups as membership rows: a lead group is a group too.
+pub fn memberships(groups: &[String], leads: &[String]) -> Result<Vec<Membership>, Invalid> {
+    let mut m: BTreeMap<String, bool> = BTreeMap::new();
+    for g in groups {
+        m.entry(parse_group(g)?).or_insert(false);
+    }
+    for g in leads {
+        m.insert(parse_group(g)?, true);
+    }
+    if m.is_empty() {
+        return Err(Invalid::new("groups", "name at least one group"));
+    }
+    if m.len() > MAX_GROUPS {
+        return Err(Invalid::new(
+            "groups",
+            format!("at most {MAX_GROUPS} groups"),
+        ));
+    }
+    Ok(m.into_iter()
+        .map(|(grp, lead)| Membership { grp, lead })
+        .collect())
+}
+
+pub async fn create(
+    State(app): State<App>,
+    caller: Caller,
+    body: JsonBody<CreateReviewer>,
+) -> ApiResult<(StatusCode, Json<ReviewerOut>)> {
+    caller.require_platform()?;
+    let b = body.value;
+    let email = Email::parse(&b.email)?;
+    let name = parse_name("name", &b.name)?;
+    let locale = Locale::parse(&b.locale)?;
+    let groups = memberships(&b.groups, &b.lead_groups)?;
+    let now = app.now_ms();
+    let r = Reviewer {
+        id: new_id(),
+        email: email.as_str().to_string(),
+        name,
+        locale: locale.as_str().to_string(),
+        status: "active".into(),
+        created_at: now,
+    };
+    let mut tx = app.db.begin().await?;
+    if let Err(e) = store::reviewers::insert(&mut tx, &r, &groups).await {
+        return Err(if is_unique_violation(&e) {
+            ApiError::conflict("a reviewer with this email exists already")
+        } else {
+            e.into()
+        });
+    }
+    let actor = caller.actor();
+    audit::operation(
+        &mut tx,
+        audit::Operation {
+            org_id: audit::PLATFORM,
+            actor: &actor,
+            action: "reviewer.create",
+            target: Some(&r.id),
+            detail: json!({ "groups": groups.iter().map(|g| &g.grp).collect::<Vec<_>>() }),
+            at: now,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(ReviewerOut::new(r, &groups))))
+}
+
+pub async fn get(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<ReviewerOut>> {
+    caller.require_platform()?;
+    let (r, groups) = store::reviewers::get(&app.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("reviewer"))?;
+    Ok(Json(ReviewerOut::new(r, &groups)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lead_groups_are_groups_too() {
+        let m = memberships(
+            &["alcohol".into(), "ftp".into()],
+            &["alcohol".into(), "esc".into()],
+        )
+        .unwrap();
+        let got: Vec<(&str, bool)> = m.iter().map(|x| (x.grp.as_str(), x.lead)).collect();
+        assert_eq!(got, vec![("alcohol", true), ("esc", true), ("ftp", false)]);
+        assert!(memberships(&[], &[]).is_err());
+        assert!(memberships(&["a b".into()], &[]).is_err());
+        let many: Vec<String> = (0..=MAX_GROUPS).map(|i| format!("g{i}")).collect();
+        assert!(memberships(&many, &[]).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! `api_keys`: bearer keys for upstream apps. A key is `apd_` followed by 43
+//! characters (base64url of 32 random bytes); only its SHA-256 is stored
+//! (invariant 9), so a key is shown once, when it is made.
+use anyhow::Context;
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    db::{Db, Tx},
+    on_db, on_tx,
+};
+
+pub const PREFIX: &str = "apd_";
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyScope {
+    /// Manage orgs, reviewers and keys.
+    Platform,
+    /// Act for one org.
+    Org,
+}
+
+impl KeyScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Platform => "platform",
+            Self::Org => "org",
+        }
+    }
+}
+
+/// A live key, as authentication finds it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKey {
+    pub id: String,
+    pub scope: String,
+    pub org_id: Option<String>,
+}
+
+/// A fresh random key.
+pub fn generate() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "{PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Does `key` have the shape of one of our keys? (Checked before hashing, so
+/// garbage never reaches the database.)
+pub fn well_formed(key: &str) -> bool {
+    key.strip_prefix(PREFIX).is_some_and(|rest| {
+        rest.len() == 43
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// SHA-256 hex: what is stored and looked up.
+pub fn hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Make a key in `tx`; returns `(id, key)`. The caller checks that the org exists.
+pub async fn insert(
+    tx: &mut Tx,
+    scope: KeyScope,
+    org_id: Option<&str>,
+    now_ms: i64,
+) -> Result<(String, String), sqlx::Error> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let key = generate();
+    let h = hash(&key);
+    on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO api_keys (id, hash, scope, org_id, created_at) VALUES ($1, $2, $3, $4, $5)"
+    )
+    .bind(&id)
+    .bind(&h)
+    .bind(scope.as_str())
+    .bind(org_id)
+    .bind(now_ms)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok((id, key))
+}
+
+/// Make a key and return it (the CLI's `keys create`): a platform key when
+/// `scope` is `Platform` (then `org_id` must be `None`), else a key for the
+/// existing org `org_id`. Audited.
+pub async fn create(
+    db: &Db,
+    scope: KeyScope,
+    org_id: Option<&str>,
+    now_ms: i64,
+) -> anyhow::Result<String> {
+    match (scope, org_id) {
+        (KeyScope::Platform, Some(_)) => anyhow::bail!("a platform key belongs to no org"),
+        (KeyScope::Org, None) => anyhow::bail!("an org key needs the org's id"),
+        _ => {}
+    }
+    let mut tx = db.begin().await.context("opening a transaction")?;
+    if let Some(org) = org_id
+        && !super::orgs::lock(&mut tx, org).await?
+    {
+        anyhow::bail!("no org with id {org:?}");
+    }
+    let (id, key) = insert(&mut tx, scope, org_id, now_ms)
+        .await
+        .context("storing the key")?;
+    super::audit::operation(
+        &mut tx,
+        super::audit::Operation {
+            org_id: org_id.unwrap_or(super::audit::PLATFORM),
+            actor: "cli",
+            action: "key.create",
+            target: Some(&id),
+            detail: serde_json::json!({ "scope": scope.as_str() }),
+            at: now_ms,
+        },
+    )
+    .await?;
+    tx.commit().await.context("committing the key")?;
+    Ok(key)
+}
+
+/// The live key whose hash matches `key`, if any.
+pub async fn authenticate(db: &Db, key: &str) -> Result<Option<ApiKey>, sqlx::Error> {
+    if !well_formed(key) {
+        return Ok(None);
+    }
+    let h = hash(key);
+    on_db!(db, |c| sqlx::query_as::<_, ApiKey>(
+        "SELECT id, scope, org_id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL"
+    )
+    .bind(&h)
+    .fetch_optional(c)
+    .await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_documented_shape() {
+        let a = generate();
+        let b = generate();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 4 + 43);
+        assert!(well_formed(&a), "{a}");
+        assert!(!well_formed("apd_short"));
+        assert!(!well_formed(&a.replace(PREFIX, "xyz_")));
+        assert!(!well_formed(&format!("{a}x")));
+        assert!(!well_formed(&format!("{}+", &a[..a.len() - 1])));
+    }
+
+    #[test]
+    fn hash_is_sha256_hex() {
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let k = generate();
+        assert_eq!(hash(&k).len(), 64);
+        assert!(!hash(&k).contains(&k[4..]));
+    }
+}

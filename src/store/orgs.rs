@@ -1,0 +1,67 @@
+//! `orgs`: an upstream app's customer account (a seller, a company).
+use crate::{
+    db::{Db, Tx},
+    on_db, on_tx,
+};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    pub locale: String,
+    pub created_at: i64,
+}
+
+pub async fn insert(tx: &mut Tx, org: &Org) -> Result<(), sqlx::Error> {
+    on_tx!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO orgs (id, name, region, locale, next_request_seq, created_at) VALUES ($1, $2, $3, $4, 0, $5)"
+    )
+    .bind(&org.id)
+    .bind(&org.name)
+    .bind(&org.region)
+    .bind(&org.locale)
+    .bind(org.created_at)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(())
+}
+
+pub async fn get(db: &Db, id: &str) -> Result<Option<Org>, sqlx::Error> {
+    on_db!(db, |c| sqlx::query_as::<_, Org>(
+        "SELECT id, name, region, locale, created_at FROM orgs WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(c)
+    .await)
+}
+
+/// Serialize changes to one org's members (the member limit) across
+/// concurrent transactions: a no-op update takes the org row's write lock on
+/// PostgreSQL (SQLite's `BEGIN IMMEDIATE` already serializes writers).
+/// Returns false when the org does not exist.
+pub async fn lock(tx: &mut Tx, id: &str) -> Result<bool, sqlx::Error> {
+    let done = on_tx!(tx, |c| sqlx::query(
+        "UPDATE orgs SET next_request_seq = next_request_seq WHERE id = $1"
+    )
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(done == 1)
+}
+
+/// Take the org's next request sequence number (1, 2, ...), atomically.
+pub async fn next_request_seq(tx: &mut Tx, id: &str) -> Result<i64, sqlx::Error> {
+    on_tx!(tx, |c| {
+        sqlx::query_scalar::<_, i64>(
+        "UPDATE orgs SET next_request_seq = next_request_seq + 1 WHERE id = $1 RETURNING next_request_seq"
+    )
+    .bind(id)
+    .fetch_one(c)
+    .await
+    })
+}
