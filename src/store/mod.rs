@@ -1,1 +1,12 @@
 //! sqlx repositories: one query set for SQLite and PostgreSQL (see `db`).
+pub mod audit;
+pub mod grants;
+pub mod idempotency;
+pub mod keys;
+pub mod members;
+pub mod orgs;
+pub mod requests;
+pub mod reviewers;
+pub mod decisions;
+pub mod emails;
+pub mod tokens;
