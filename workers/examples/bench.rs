@@ -256,7 +256,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = match argv.as_slice() {
+    match argv.as_slice() {
         ["drain", url, prefix, jobs, conc] => {
             check_concurrency(conc)?;
             let r = drain(url, prefix, jobs.parse().context("jobs")?).await;
@@ -278,6 +278,5 @@ async fn main() -> anyhow::Result<()> {
         _ => bail!(
             "usage: bench drain <redis-url> <prefix> <jobs> <concurrency>\n       bench pickup <redis-url> <prefix> <rate> <seconds> <concurrency>"
         ),
-    };
-    result
+    }
 }
