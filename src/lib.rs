@@ -52,6 +52,8 @@ impl Role {
 /// Open the database, run migrations, connect the queue: everything a
 /// process needs before it serves or works.
 pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    // Install the recorder before anything counts, so no early sample is lost.
+    telemetry::metrics_handle();
     let db = db::Db::connect(&config).await?;
     db.migrate().await.context("applying database migrations")?;
     let qcfg = QueueConfig {
