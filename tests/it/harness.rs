@@ -261,6 +261,12 @@ filter = "warn"
         let mut idle = 0;
         loop {
             let mut busy = Vec::new();
+            if !self.app.queue_in_db {
+                let pending = self.count("outbox WHERE sent_at IS NULL").await;
+                if pending > 0 {
+                    busy.push(format!("outbox: {pending} not yet relayed"));
+                }
+            }
             for q in approvald::jobs::QUEUES {
                 let s = self.app.queue.stats(q).await.expect("queue stats");
                 let now = self.app.now_ms();
