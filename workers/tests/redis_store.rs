@@ -499,6 +499,14 @@ async fn twenty_thousand_jobs_due_at_once_are_fetched_in_bounded_batches() {
         let got = s.fetch("bulk", "w", 100, due, 10_000).await.unwrap();
         calls += 1;
         assert!(got.len() <= 100);
+        if calls == 1 {
+            // one call promoted one bounded batch, not all 20,000
+            let stats = s.stats("bulk").await.unwrap();
+            assert_eq!(
+                (stats.ready, stats.scheduled, stats.running),
+                (0, 19_900, 100)
+            );
+        }
         if got.is_empty() {
             break;
         }
