@@ -157,39 +157,73 @@ async fn setup_is_idempotent_and_creates_the_wq_tables() {
     store.ping().await.expect("ping");
 }
 
+/// The query plan of `stmt`, one line per step.
+async fn plan(pool: &SqlitePool, stmt: &str) -> Vec<String> {
+    let rows: Vec<(i64, i64, i64, String)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {stmt}")))
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|e| panic!("explain {stmt}: {e}"));
+    rows.into_iter().map(|r| r.3).collect()
+}
+
 #[tokio::test]
-async fn fetch_is_served_by_the_partial_indexes() {
+async fn every_statement_is_served_by_an_index() {
+    use sqlite::sql::*;
     let (_dir, store) = fresh().await;
-    let plan = |sql: &'static str| {
-        let pool = store.pool().clone();
-        async move {
-            let rows: Vec<(i64, i64, i64, String)> =
-                sqlx::query_as(sql).fetch_all(&pool).await.expect("explain");
-            rows.into_iter()
-                .map(|r| r.3)
-                .collect::<Vec<_>>()
-                .join(" | ")
+    let all = [
+        ("CLAIM_DEDUPE", CLAIM_DEDUPE),
+        ("DEDUPE_HOLDER", DEDUPE_HOLDER),
+        ("FETCH_PRECHECK", FETCH_PRECHECK),
+        ("RECLAIM", RECLAIM),
+        ("LEASE", LEASE),
+        ("RENEW", RENEW),
+        ("COMPLETE", COMPLETE),
+        ("RETRY", RETRY),
+        ("KILL", KILL),
+        ("RELEASE", RELEASE),
+        ("NEXT_DUE", NEXT_DUE),
+        ("STATS", STATS),
+        ("LIST_DEAD", LIST_DEAD),
+        ("REDRIVE", REDRIVE),
+        ("PURGE_DONE", PURGE_DONE),
+        ("PURGE_DEAD", PURGE_DEAD),
+        ("PURGE_DEDUPE", PURGE_DEDUPE),
+        ("CRON_OLDEST_KEPT", CRON_OLDEST_KEPT),
+        ("PRUNE_TICKS", PRUNE_TICKS),
+        ("LAST_TICK", LAST_TICK),
+    ];
+    let mut plans = HashMap::new();
+    for (name, stmt) in all {
+        let p = plan(store.pool(), stmt).await;
+        for step in &p {
+            // A full scan of a queue table, or a sort, would make the
+            // statement cost grow with the table instead of the batch.
+            assert!(!step.starts_with("SCAN wq_"), "{name} scans a table: {p:?}");
+            assert!(!step.contains("TEMP B-TREE"), "{name} sorts: {p:?}");
         }
+        plans.insert(name, p.join(" | "));
+    }
+    let uses = |name: &str, index: &str| {
+        assert!(
+            plans[name].contains(index),
+            "{name} should use {index}: {}",
+            plans[name]
+        );
     };
-    let due = plan(
-        "EXPLAIN QUERY PLAN SELECT id FROM wq_jobs WHERE queue = 'q' AND state = 'ready' \
-         AND run_at_ms <= 5 ORDER BY run_at_ms LIMIT 10",
-    )
-    .await;
-    assert!(due.contains("wq_jobs_due"), "{due}");
-    assert!(!due.contains("TEMP B-TREE"), "fetch must not sort: {due}");
-    let leases = plan(
-        "EXPLAIN QUERY PLAN SELECT id FROM wq_jobs WHERE queue = 'q' AND state = 'leased' \
-         AND lease_until_ms <= 5 ORDER BY lease_until_ms LIMIT 10",
-    )
-    .await;
-    assert!(leases.contains("wq_jobs_leased"), "{leases}");
-    let dead = plan(
-        "EXPLAIN QUERY PLAN SELECT id FROM wq_jobs WHERE queue = 'q' AND state = 'dead' \
-         ORDER BY finished_at_ms DESC LIMIT 10",
-    )
-    .await;
-    assert!(dead.contains("wq_jobs_dead"), "{dead}");
+    uses("LEASE", "wq_jobs_due");
+    uses("RECLAIM", "wq_jobs_leased");
+    uses("FETCH_PRECHECK", "wq_jobs_due");
+    uses("FETCH_PRECHECK", "wq_jobs_leased");
+    uses("NEXT_DUE", "wq_jobs_due");
+    uses("LIST_DEAD", "wq_jobs_dead");
+    uses("PURGE_DONE", "wq_jobs_done");
+    uses("PURGE_DEAD", "wq_jobs_dead");
+    uses("PURGE_DEDUPE", "wq_dedupe_expiry");
+    // Acks and lease renewals find their jobs by primary key.
+    for name in ["RENEW", "RELEASE", "COMPLETE", "RETRY", "KILL", "REDRIVE"] {
+        uses(name, "sqlite_autoindex_wq_jobs_1 (id=?)");
+    }
 }
 
 #[tokio::test]
@@ -1011,4 +1045,80 @@ async fn connect_options_accepts_paths_and_urls() {
     assert!(sqlite::try_connect_options("sqlite://x.db?bogus=1").is_err());
     let mut conn = store.pool().acquire().await.unwrap();
     conn.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_acks_are_group_committed_each_with_its_own_effect() {
+    let (_dir, store) = fresh().await;
+    let jobs: Vec<NewJob> = (0..400).map(|_| job("q", "{}", T0)).collect();
+    store.push(&jobs, T0, WINDOW).await.unwrap();
+    let got = store.fetch("q", "w", 400, T0, 60_000).await.unwrap();
+    assert_eq!(got.len(), 400);
+    // Four kinds of ack, interleaved, all in flight at once.
+    let acks = got.iter().enumerate().map(|(i, j)| {
+        let s = store.clone();
+        let id = j.id.clone();
+        async move {
+            match i % 4 {
+                0 => s.complete("q", &id, "w", T0 + 1).await,
+                1 => s.kill("q", &id, "w", T0 + 1, "bad").await,
+                2 => s.retry("q", &id, "w", T0 + 5_000, "again").await,
+                _ => s.complete("q", &id, "intruder", T0 + 1).await,
+            }
+        }
+    });
+    for r in futures::future::join_all(acks).await {
+        r.expect("ack");
+    }
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM wq_jobs GROUP BY state ORDER BY state")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let counts: Vec<(&str, i64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+    assert_eq!(
+        counts,
+        [
+            ("dead", 100),
+            ("done", 100),
+            ("leased", 100),
+            ("ready", 100)
+        ]
+    );
+    for (i, j) in got.iter().enumerate() {
+        let want = ["done", "dead", "ready", "leased"][i % 4];
+        assert_eq!(state_of(&store, &j.id).await.0, want, "job {i}");
+    }
+}
+
+/// The ack writer is a task; a store that outlives the runtime that spawned
+/// it (one runtime per test, a daemon restarting its runtime) keeps working.
+#[test]
+fn acks_keep_working_after_the_runtime_that_started_the_writer_is_gone() {
+    let dir = TempDir::new();
+    let rt1 = tokio::runtime::Runtime::new().unwrap();
+    let (store, ids) = rt1.block_on(async {
+        let store = SqliteStore::new(pool(&dir.db(), 2).await);
+        store.setup().await.unwrap();
+        let jobs: Vec<NewJob> = (0..3).map(|_| job("q", "{}", T0)).collect();
+        store.push(&jobs, T0, WINDOW).await.unwrap();
+        let ids: Vec<String> = store
+            .fetch("q", "w", 3, T0, 60_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        store.complete("q", &ids[0], "w", T0).await.unwrap();
+        (store, ids)
+    });
+    drop(rt1);
+    let rt2 = tokio::runtime::Runtime::new().unwrap();
+    rt2.block_on(async {
+        store.complete("q", &ids[1], "w", T0).await.unwrap();
+        store.kill("q", &ids[2], "w", T0, "x").await.unwrap();
+        assert_eq!(state_of(&store, &ids[0]).await.0, "done");
+        assert_eq!(state_of(&store, &ids[1]).await.0, "done");
+        assert_eq!(state_of(&store, &ids[2]).await.0, "dead");
+    });
 }

@@ -10,6 +10,11 @@
 //!   write lock is taken (waiting up to the busy timeout) before anything is
 //!   read, so writers from several pools or processes queue up instead of
 //!   failing with `SQLITE_BUSY` on a read-to-write lock upgrade.
+//! - Within one process the store's writers first take an async write gate
+//!   per database file, so they queue without SQLite's busy-handler sleeps;
+//!   `complete` / `retry` / `kill` calls that arrive together are written in
+//!   one transaction (group commit, see `acks`), each caller returning after
+//!   that commit.
 //! - Every statement is bounded: `fetch` reclaims at most
 //!   [`SqliteStore::with_reclaim_batch`] expired leases and leases at most
 //!   `limit` jobs, `purge` deletes at most `limit` rows, and so on. The hot
@@ -74,6 +79,12 @@ use sqlx::{
 };
 use tokio::sync::Notify;
 
+mod acks;
+#[doc(hidden)]
+pub mod sql;
+
+use sql::*;
+
 use super::{DeadJob, LeasedJob, NewJob, Pushed, QueueStats, Store, StoreError, StoreResult};
 
 /// Longest wait in [`Store::wait_for_push`] before the caller polls again
@@ -91,160 +102,6 @@ const PUSH_CHUNK: usize = 500;
 pub const LEASE_EXPIRED_FINAL: &str = "lease expired after final attempt";
 /// Error recorded on a job whose lease expired with attempts left.
 pub const LEASE_EXPIRED: &str = "lease expired";
-
-/// The queue tables. Idempotent; the application's migrations do not own
-/// these tables.
-///
-/// Indexes are partial, one per state, so each job sits in exactly one of
-/// them and a state change moves one index entry:
-/// - `wq_jobs_due (queue, run_at_ms) WHERE state = 'ready'`: fetch, `next_due_ms`,
-///   ready / scheduled counts;
-/// - `wq_jobs_leased (queue, lease_until_ms) WHERE state = 'leased'`: lease reclaim,
-///   running count;
-/// - `wq_jobs_done` / `wq_jobs_dead (queue, finished_at_ms)`: purge, `list_dead`,
-///   dead count.
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS wq_jobs (
-    id             TEXT PRIMARY KEY NOT NULL,
-    queue          TEXT NOT NULL,
-    payload        TEXT NOT NULL,
-    state          TEXT NOT NULL CHECK (state IN ('ready', 'leased', 'done', 'dead')),
-    run_at_ms      INTEGER NOT NULL,
-    attempt        INTEGER NOT NULL DEFAULT 0,
-    max_attempts   INTEGER NOT NULL,
-    lease_until_ms INTEGER,
-    worker_id      TEXT,
-    enqueued_at_ms INTEGER NOT NULL,
-    finished_at_ms INTEGER,
-    last_error     TEXT
-);
-CREATE INDEX IF NOT EXISTS wq_jobs_due    ON wq_jobs (queue, run_at_ms)      WHERE state = 'ready';
-CREATE INDEX IF NOT EXISTS wq_jobs_leased ON wq_jobs (queue, lease_until_ms) WHERE state = 'leased';
-CREATE INDEX IF NOT EXISTS wq_jobs_done   ON wq_jobs (queue, finished_at_ms) WHERE state = 'done';
-CREATE INDEX IF NOT EXISTS wq_jobs_dead   ON wq_jobs (queue, finished_at_ms) WHERE state = 'dead';
-CREATE TABLE IF NOT EXISTS wq_dedupe (
-    queue         TEXT NOT NULL,
-    key           TEXT NOT NULL,
-    job_id        TEXT NOT NULL,
-    expires_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (queue, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS wq_dedupe_expiry ON wq_dedupe (queue, expires_at_ms);
-CREATE TABLE IF NOT EXISTS wq_cron (
-    schedule TEXT NOT NULL,
-    tick_ms  INTEGER NOT NULL,
-    PRIMARY KEY (schedule, tick_ms)
-) WITHOUT ROWID;
-"#;
-
-const INSERT_JOB: &str = "INSERT INTO wq_jobs \
-     (id, queue, payload, state, run_at_ms, attempt, max_attempts, enqueued_at_ms) \
-     VALUES (?1, ?2, ?3, 'ready', ?4, 0, ?5, ?6)";
-
-/// Takes the key if it is free or expired; returns the new holder only then.
-const CLAIM_DEDUPE: &str = "INSERT INTO wq_dedupe (queue, key, job_id, expires_at_ms) \
-     VALUES (?1, ?2, ?3, ?4) \
-     ON CONFLICT (queue, key) DO UPDATE \
-       SET job_id = excluded.job_id, expires_at_ms = excluded.expires_at_ms \
-       WHERE wq_dedupe.expires_at_ms <= ?5 \
-     RETURNING job_id";
-
-const DEDUPE_HOLDER: &str = "SELECT job_id FROM wq_dedupe WHERE queue = ?1 AND key = ?2";
-
-/// Read-only: is there anything `fetch` would act on?
-const FETCH_PRECHECK: &str = "SELECT \
-     EXISTS (SELECT 1 FROM wq_jobs WHERE queue = ?1 AND state = 'ready' AND run_at_ms <= ?2) \
-  OR EXISTS (SELECT 1 FROM wq_jobs WHERE queue = ?1 AND state = 'leased' AND lease_until_ms <= ?2)";
-
-const RECLAIM: &str = "UPDATE wq_jobs SET \
-       state          = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'ready' END, \
-       finished_at_ms = CASE WHEN attempt >= max_attempts THEN ?2 ELSE NULL END, \
-       last_error     = CASE WHEN attempt >= max_attempts THEN ?4 ELSE ?5 END, \
-       worker_id      = NULL, \
-       lease_until_ms = NULL \
-     WHERE id IN ( \
-       SELECT id FROM wq_jobs \
-       WHERE queue = ?1 AND state = 'leased' AND lease_until_ms <= ?2 \
-       ORDER BY lease_until_ms LIMIT ?3)";
-
-const LEASE: &str = "UPDATE wq_jobs SET \
-       state = 'leased', worker_id = ?1, lease_until_ms = ?2, attempt = attempt + 1 \
-     WHERE id IN ( \
-       SELECT id FROM wq_jobs \
-       WHERE queue = ?3 AND state = 'ready' AND run_at_ms <= ?4 \
-       ORDER BY run_at_ms LIMIT ?5) \
-     RETURNING id, queue, payload, attempt, max_attempts, enqueued_at_ms, run_at_ms, lease_until_ms";
-
-const RENEW: &str = "UPDATE wq_jobs SET lease_until_ms = ?1 \
-     WHERE queue = ?2 AND state = 'leased' AND worker_id = ?3 \
-       AND id IN (SELECT value FROM json_each(?4)) \
-     RETURNING id";
-
-const COMPLETE: &str = "UPDATE wq_jobs SET \
-       state = 'done', finished_at_ms = ?1, lease_until_ms = NULL, last_error = NULL \
-     WHERE id = ?2 AND queue = ?3 AND state = 'leased' AND worker_id = ?4";
-
-/// Also enforces the attempt limit: a retry of the final attempt dead-letters.
-const RETRY: &str = "UPDATE wq_jobs SET \
-       state          = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'ready' END, \
-       run_at_ms      = CASE WHEN attempt >= max_attempts THEN run_at_ms ELSE ?1 END, \
-       finished_at_ms = CASE WHEN attempt >= max_attempts THEN ?2 ELSE NULL END, \
-       last_error = ?3, worker_id = NULL, lease_until_ms = NULL \
-     WHERE id = ?4 AND queue = ?5 AND state = 'leased' AND worker_id = ?6";
-
-const KILL: &str = "UPDATE wq_jobs SET \
-       state = 'dead', finished_at_ms = ?1, last_error = ?2, lease_until_ms = NULL \
-     WHERE id = ?3 AND queue = ?4 AND state = 'leased' AND worker_id = ?5";
-
-/// The released attempt does not count: the next fetch runs it with the
-/// same attempt number.
-const RELEASE: &str = "UPDATE wq_jobs SET \
-       state = 'ready', attempt = MAX(attempt - 1, 0), worker_id = NULL, lease_until_ms = NULL \
-     WHERE queue = ?1 AND state = 'leased' AND worker_id = ?2 \
-       AND id IN (SELECT value FROM json_each(?3))";
-
-const NEXT_DUE: &str = "SELECT MIN(run_at_ms) FROM wq_jobs WHERE queue = ?1 AND state = 'ready'";
-
-const STATS: &str = "SELECT \
-     (SELECT COUNT(*) FROM wq_jobs WHERE queue = ?1 AND state = 'ready' AND run_at_ms <= ?2), \
-     (SELECT COUNT(*) FROM wq_jobs WHERE queue = ?1 AND state = 'ready' AND run_at_ms > ?2), \
-     (SELECT COUNT(*) FROM wq_jobs WHERE queue = ?1 AND state = 'leased'), \
-     (SELECT COUNT(*) FROM wq_jobs WHERE queue = ?1 AND state = 'dead')";
-
-const LIST_DEAD: &str = "SELECT id, queue, payload, attempt, last_error, finished_at_ms \
-     FROM wq_jobs WHERE queue = ?1 AND state = 'dead' \
-     ORDER BY finished_at_ms DESC LIMIT ?2";
-
-const REDRIVE: &str = "UPDATE wq_jobs SET \
-       state = 'ready', attempt = 0, run_at_ms = ?1, finished_at_ms = NULL, \
-       worker_id = NULL, lease_until_ms = NULL \
-     WHERE id = ?2 AND queue = ?3 AND state = 'dead'";
-
-const PURGE_DONE: &str = "DELETE FROM wq_jobs WHERE id IN ( \
-       SELECT id FROM wq_jobs WHERE queue = ?1 AND state = 'done' AND finished_at_ms < ?2 \
-       ORDER BY finished_at_ms LIMIT ?3)";
-
-const PURGE_DEAD: &str = "DELETE FROM wq_jobs WHERE id IN ( \
-       SELECT id FROM wq_jobs WHERE queue = ?1 AND state = 'dead' AND finished_at_ms < ?2 \
-       ORDER BY finished_at_ms LIMIT ?3)";
-
-const PURGE_DEDUPE: &str = "DELETE FROM wq_dedupe WHERE queue = ?1 AND key IN ( \
-       SELECT key FROM wq_dedupe WHERE queue = ?1 AND expires_at_ms < ?2 \
-       ORDER BY expires_at_ms LIMIT ?3)";
-
-/// The oldest tick still kept when the schedule has `CRON_KEEP_TICKS` of them.
-const CRON_OLDEST_KEPT: &str = "SELECT tick_ms FROM wq_cron WHERE schedule = ?1 \
-     ORDER BY tick_ms DESC LIMIT 1 OFFSET ?2";
-
-const CLAIM_TICK: &str = "INSERT OR IGNORE INTO wq_cron (schedule, tick_ms) VALUES (?1, ?2)";
-
-const PRUNE_TICKS: &str = "DELETE FROM wq_cron WHERE schedule = ?1 AND tick_ms IN ( \
-       SELECT tick_ms FROM wq_cron WHERE schedule = ?1 AND tick_ms < ( \
-         SELECT tick_ms FROM wq_cron WHERE schedule = ?1 \
-         ORDER BY tick_ms DESC LIMIT 1 OFFSET ?2) \
-       ORDER BY tick_ms LIMIT ?3)";
-
-const LAST_TICK: &str = "SELECT MAX(tick_ms) FROM wq_cron WHERE schedule = ?1";
 
 /// Connect options for the application's pool and the queue's: WAL,
 /// `synchronous = NORMAL`, busy timeout 5 s, foreign keys on,
@@ -467,6 +324,24 @@ fn wake(db: &str, queue: &str) {
     n.notify_one();
 }
 
+/// One write gate per database file in this process.
+///
+/// SQLite admits one writer at a time, and a connection that finds the write
+/// lock taken sleeps in SQLite's busy handler (1, 2, 5, 10... ms steps), which
+/// wastes most of the time when several tasks of one process write at once.
+/// The store's writers take this async mutex first, so within a process they
+/// queue without sleeping; only writers of other processes (and the
+/// application's own transactions) meet the busy handler.
+fn write_gate(db: &str) -> Arc<tokio::sync::Mutex<()>> {
+    type Gates = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+    static GATES: OnceLock<Gates> = OnceLock::new();
+    let mut map = GATES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    map.entry(db.to_owned()).or_default().clone()
+}
+
 /// Identity of the database file behind `pool`, shared by every pool of
 /// this process on that file.
 fn db_key(pool: &SqlitePool) -> String {
@@ -489,19 +364,26 @@ pub struct SqliteStore {
     reclaim_batch: usize,
     /// Caller's clock minus the system clock, as of the last call with a `now_ms`.
     clock_offset_ms: Arc<AtomicI64>,
+    /// Queue of the group-committing ack writer (see [`acks`]).
+    acks: acks::AckWriter,
+    /// This process's write gate for the file (see [`write_gate`]).
+    gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
     /// A store over `pool` (open it with [`connect_options`]). Call
     /// [`Store::setup`] before use.
     pub fn new(pool: SqlitePool) -> Self {
-        let db = db_key(&pool).into();
+        let db: Arc<str> = db_key(&pool).into();
+        let gate = write_gate(&db);
         Self {
             pool,
             db,
             poll_interval: DEFAULT_POLL_INTERVAL,
             reclaim_batch: DEFAULT_RECLAIM_BATCH,
             clock_offset_ms: Arc::new(AtomicI64::new(0)),
+            acks: acks::AckWriter::new(gate.clone()),
+            gate,
         }
     }
 
@@ -586,6 +468,7 @@ fn leased_from_row(row: &SqliteRow) -> StoreResult<LeasedJob> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn setup(&self) -> StoreResult<()> {
+        let _gate = self.gate.lock().await;
         let mut conn = self.pool.acquire().await?;
         self.check_pragmas(&mut conn).await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -604,6 +487,7 @@ impl Store for SqliteStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let out = push_many_in_tx(&mut tx, jobs, now_ms, dedupe_window_ms).await?;
         tx.commit().await?;
@@ -637,6 +521,7 @@ impl Store for SqliteStore {
         if !work {
             return Ok(Vec::new());
         }
+        let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let reclaimed = sqlx::query(RECLAIM)
             .bind(queue)
@@ -677,6 +562,7 @@ impl Store for SqliteStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let _gate = self.gate.lock().await;
         let held: Vec<String> = sqlx::query_scalar(RENEW)
             .bind(until_ms)
             .bind(queue)
@@ -700,23 +586,8 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         self.observe(now_ms);
-        let n = sqlx::query(COMPLETE)
-            .bind(now_ms)
-            .bind(id)
-            .bind(queue)
-            .bind(worker_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if n == 0 {
-            tracing::debug!(
-                queue,
-                id,
-                worker_id,
-                "complete ignored: job not leased by this worker"
-            );
-        }
-        Ok(())
+        let ack = acks::Ack::Complete { now_ms };
+        self.acks.apply(&self.pool, ack, queue, id, worker_id).await
     }
 
     async fn retry(
@@ -727,25 +598,12 @@ impl Store for SqliteStore {
         run_at_ms: i64,
         error: &str,
     ) -> StoreResult<()> {
-        let n = sqlx::query(RETRY)
-            .bind(run_at_ms)
-            .bind(self.now_estimate())
-            .bind(error)
-            .bind(id)
-            .bind(queue)
-            .bind(worker_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if n == 0 {
-            tracing::debug!(
-                queue,
-                id,
-                worker_id,
-                "retry ignored: job not leased by this worker"
-            );
-        }
-        Ok(())
+        let ack = acks::Ack::Retry {
+            run_at_ms,
+            now_ms: self.now_estimate(),
+            error: error.to_owned(),
+        };
+        self.acks.apply(&self.pool, ack, queue, id, worker_id).await
     }
 
     async fn kill(
@@ -757,30 +615,18 @@ impl Store for SqliteStore {
         error: &str,
     ) -> StoreResult<()> {
         self.observe(now_ms);
-        let n = sqlx::query(KILL)
-            .bind(now_ms)
-            .bind(error)
-            .bind(id)
-            .bind(queue)
-            .bind(worker_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if n == 0 {
-            tracing::debug!(
-                queue,
-                id,
-                worker_id,
-                "kill ignored: job not leased by this worker"
-            );
-        }
-        Ok(())
+        let ack = acks::Ack::Kill {
+            now_ms,
+            error: error.to_owned(),
+        };
+        self.acks.apply(&self.pool, ack, queue, id, worker_id).await
     }
 
     async fn release(&self, queue: &str, ids: &[String], worker_id: &str) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
+        let _gate = self.gate.lock().await;
         let n = sqlx::query(RELEASE)
             .bind(queue)
             .bind(worker_id)
@@ -848,6 +694,7 @@ impl Store for SqliteStore {
 
     async fn redrive(&self, queue: &str, id: &str, now_ms: i64) -> StoreResult<bool> {
         self.observe(now_ms);
+        let _gate = self.gate.lock().await;
         let n = sqlx::query(REDRIVE)
             .bind(now_ms)
             .bind(id)
@@ -869,6 +716,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreResult<u64> {
         let limit = clamp_limit(limit);
+        let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(PURGE_DONE)
             .bind(queue)
@@ -901,6 +749,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim_tick(&self, schedule: &str, tick_ms: i64) -> StoreResult<bool> {
+        let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let oldest_kept: Option<i64> = sqlx::query_scalar(CRON_OLDEST_KEPT)
             .bind(schedule)
