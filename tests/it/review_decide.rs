@@ -1,0 +1,361 @@
+//! The review page: GET and HEAD change nothing (mail scanners), 50
+//! concurrent decisions produce exactly one, CSRF and explicit decisions are
+//! required, headers are strict, self-review is refused.
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::{
+    harness::TestApp,
+    review_util::{
+        decide, emails, open, outbox, post_form, reviewer, state_digest, submit_ftp,
+        wait_emails_final, wait_status,
+    },
+};
+
+/// An org with a request in review by two platform reviewers; returns
+/// (org, key, request id, [token of reviewer 1, token of reviewer 2]).
+async fn in_review(t: &TestApp) -> (String, String, String, Vec<String>) {
+    let (org, key, _) = t.create_org("Review Co", "cn").await;
+    reviewer(t, "r1@example.com", "en").await;
+    reviewer(t, "r2@example.com", "en").await;
+    let id = submit_ftp(t, &org, &key, "Line one\n<b>not bold</b> & more").await;
+    wait_status(t, &org, &key, &id, "in_review").await;
+    let rows = wait_emails_final(t, Duration::from_secs(30)).await;
+    let files = outbox(t);
+    let mut tokens = Vec::new();
+    for who in ["r1@example.com", "r2@example.com"] {
+        let row = rows.iter().find(|r| r.recipient == who).unwrap();
+        tokens.push(files[&row.id].review_token(&t.base).unwrap());
+    }
+    (org, key, id, tokens)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_head_change_nothing() {
+    let t = TestApp::spawn().await;
+    let (_org, _key, _id, tokens) = in_review(&t).await;
+    let before = state_digest(&t).await;
+    let follow = reqwest::Client::builder().build().unwrap();
+    for tok in &tokens {
+        let url = format!("{}/review/{tok}", t.base);
+        for _ in 0..3 {
+            let g = open(&t, tok).await;
+            assert_eq!(g.status, StatusCode::OK);
+            let h = t.client.head(&url).send().await.unwrap();
+            assert_eq!(h.status(), StatusCode::OK);
+            let f = follow.get(&url).send().await.unwrap();
+            assert_eq!(f.status(), StatusCode::OK);
+            let q = follow
+                .get(format!("{url}?decision=approve&csrf=x"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                q.status(),
+                StatusCode::OK,
+                "query strings are ignored by GET"
+            );
+        }
+    }
+    assert_eq!(state_digest(&t).await, before, "GET/HEAD changed state");
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_shows_the_request_safely_with_strict_headers() {
+    let t = TestApp::spawn().await;
+    let (_org, _key, _id, tokens) = in_review(&t).await;
+    let o = open(&t, &tokens[0]).await;
+    assert_eq!(o.status, StatusCode::OK);
+    let h = |n: &str| {
+        o.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(h("referrer-policy"), "no-referrer");
+    assert_eq!(h("cache-control"), "no-store");
+    assert_eq!(h("x-frame-options"), "DENY");
+    let csp = h("content-security-policy");
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("script") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    let cookie = o
+        .headers
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.contains("SameSite=Strict") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    assert!(
+        cookie.contains(&format!("Path=/review/{}", tokens[0])),
+        "{cookie}"
+    );
+    let b = &o.body;
+    assert!(
+        b.contains("FTP access") && b.contains("Review Co") && b.contains("R0000"),
+        "{b}"
+    );
+    assert!(
+        b.contains("&lt;b&gt;not bold&lt;&#x2f;b&gt;") || b.contains("&lt;b&gt;not bold&lt;/b&gt;"),
+        "remark escaped: {b}"
+    );
+    assert!(!b.contains("<b>not bold"), "remark escaped");
+    assert!(
+        b.contains("https://files.example.com/plan.pdf?x=1&amp;y=2"),
+        "document URL shown as text: {b}"
+    );
+    assert!(
+        !b.contains("href=\"https://files"),
+        "document links are inert"
+    );
+    assert!(
+        !b.contains("<script") && !b.contains("src="),
+        "no script, no external assets"
+    );
+    assert!(!b.contains(" checked"), "no default decision");
+    assert!(b.contains("(UTC+08:00)"), "due time in the org's zone: {b}");
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_decisions_exactly_one_wins() {
+    let t = TestApp::spawn().await;
+    let (org, key, id, tokens) = in_review(&t).await;
+    let a = open(&t, &tokens[0]).await;
+    let b = open(&t, &tokens[1]).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (tok, page, decision) = if i % 2 == 0 {
+            (&tokens[0], &a, "approve")
+        } else {
+            (&tokens[1], &b, "reject")
+        };
+        let (client, base) = (t.client.clone(), t.base.clone());
+        let (tok, csrf, cookie) = (
+            tok.clone(),
+            page.csrf.clone().unwrap(),
+            page.cookie.clone().unwrap(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let body = format!("decision={decision}&comment=reason+{i}&csrf={csrf}");
+            let r = client
+                .post(format!("{base}/review/{tok}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", cookie)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            r.status()
+        }));
+    }
+    let mut ok = 0;
+    let mut conflict = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => conflict += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((ok, conflict), (1, 49));
+    let req = crate::review_util::request(&t, &org, &key, &id).await;
+    let status = req["status"].as_str().unwrap().to_string();
+    assert!(status == "approved" || status == "rejected", "{req:#}");
+    let decisions = req["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "approved" || e["type"] == "rejected")
+        .count();
+    assert_eq!(decisions, 1, "{req:#}");
+    let grants = t.count("grants").await;
+    assert_eq!(grants, if status == "approved" { 1 } else { 0 });
+    t.drain().await;
+    let outcome = emails(&t)
+        .await
+        .into_iter()
+        .filter(|e| e.template == "approved" || e.template == "rejected")
+        .count();
+    assert_eq!(outcome, 1, "one outcome mail");
+    // Every later attempt, with either link, sees who decided.
+    for tok in &tokens {
+        let again = open(&t, tok).await;
+        assert_eq!(again.status, StatusCode::CONFLICT);
+        assert!(
+            again.body.contains("already been decided") && again.body.contains("Rev r"),
+            "{}",
+            again.body
+        );
+        let r = decide_closed(
+            &t,
+            tok,
+            a.csrf.as_deref().unwrap(),
+            a.cookie.as_deref().unwrap(),
+        )
+        .await;
+        assert_eq!(r, StatusCode::CONFLICT);
+    }
+    t.finish().await;
+}
+
+async fn decide_closed(t: &TestApp, tok: &str, csrf: &str, cookie: &str) -> StatusCode {
+    post_form(
+        t,
+        tok,
+        &[("decision", "approve"), ("csrf", csrf)],
+        Some(cookie),
+    )
+    .await
+    .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csrf_and_an_explicit_decision_are_required() {
+    let t = TestApp::spawn().await;
+    let (org, key, id, tokens) = in_review(&t).await;
+    let tok = &tokens[0];
+    let o = open(&t, tok).await;
+    let (csrf, cookie) = (o.csrf.clone().unwrap(), o.cookie.clone().unwrap());
+    let before = state_digest(&t).await;
+    let cases: Vec<(Vec<(&str, &str)>, Option<&str>, u16)> = vec![
+        (vec![("decision", "approve")], Some(&cookie), 403), // no CSRF field
+        (vec![("decision", "approve"), ("csrf", &csrf)], None, 403), // no cookie
+        (
+            vec![("decision", "approve"), ("csrf", "x")],
+            Some(&cookie),
+            403,
+        ), // wrong field
+        (
+            vec![("decision", "approve"), ("csrf", &csrf)],
+            Some("approvald_csrf=x"),
+            403,
+        ), // wrong cookie
+        (vec![("csrf", &csrf)], Some(&cookie), 422),         // no decision
+        (
+            vec![("decision", "maybe"), ("csrf", &csrf)],
+            Some(&cookie),
+            422,
+        ), // bad decision
+        (
+            vec![("decision", "reject"), ("csrf", &csrf)],
+            Some(&cookie),
+            422,
+        ), // reject without a reason
+        (
+            vec![("decision", "reject"), ("comment", "   "), ("csrf", &csrf)],
+            Some(&cookie),
+            422,
+        ),
+    ];
+    for (fields, cookie, want) in cases {
+        let r = post_form(&t, tok, &fields, cookie).await;
+        assert_eq!(r.status.as_u16(), want, "{fields:?}: {}", r.text);
+        assert!(r.content_type.starts_with("text/html"));
+    }
+    let nul = format!("decision=reject&comment=a%00b&csrf={csrf}");
+    let r = t
+        .client
+        .post(format!("{}/review/{tok}", t.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &cookie)
+        .body(nul)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        state_digest(&t).await,
+        before,
+        "refused posts changed state"
+    );
+    // The form still works, and a rejection reaches the requester with its reason.
+    let r = decide(&t, tok, "reject", "Licence missing").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let req = wait_status(&t, &org, &key, &id, "rejected").await;
+    assert_eq!(req["decided_by"], "Rev r1");
+    t.drain().await;
+    let rows = wait_emails_final(&t, Duration::from_secs(30)).await;
+    let rejected = rows
+        .iter()
+        .find(|r| r.template == "rejected")
+        .expect("rejection mail");
+    let mail = &outbox(&t)[&rejected.id];
+    assert!(mail.text.contains("Licence missing"), "{}", mail.text);
+    assert_eq!(t.count("grants").await, 0);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_reviews_their_own_request() {
+    use approvald::{
+        mail::{ReviewerKind, ReviewerRef},
+        store::tokens,
+    };
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Self Co", "cn").await;
+    // The owner (an admin) asks for payment permission for themself.
+    let r = t
+        .post(
+            &format!("/v1/orgs/{org}/requests"),
+            &key,
+            serde_json::json!({"kind": "payment_permission", "requester": owner, "remark": "me"}),
+        )
+        .await
+        .expect(202)
+        .json();
+    let id = r["id"].as_str().unwrap().to_string();
+    t.drain().await;
+    // The review job never asks the requester; forge a link for them anyway
+    // to prove decide() refuses it.
+    let status = crate::review_util::request(&t, &org, &key, &id).await["status"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    if status != "in_review" {
+        approvald::on_db!(&t.app.db, |p| sqlx::query(
+            "UPDATE requests SET status = 'in_review' WHERE id = $1"
+        )
+        .bind(&id)
+        .execute(p)
+        .await
+        .map(|_| ()))
+        .unwrap();
+    }
+    let links: i64 = approvald::on_db!(&t.app.db, |p| sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM review_tokens WHERE request_id = $1 AND reviewer_id = $2"
+    )
+    .bind(&id)
+    .bind(&owner)
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    assert_eq!(links, 0, "the requester got no link");
+    let mut tx = t.app.db.begin().await.unwrap();
+    let issued = tokens::issue(
+        &mut tx,
+        &id,
+        &ReviewerRef {
+            kind: ReviewerKind::Member,
+            id: owner.clone(),
+        },
+        t.app.now_ms(),
+        3_600_000,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let before = state_digest(&t).await;
+    let r = decide(&t, &issued.token, "approve", "").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(state_digest(&t).await, before);
+    t.finish().await;
+}
