@@ -58,6 +58,8 @@ pub const PUSH_CHUNK_BYTES: usize = 1 << 20;
 pub const MIN_SWEEP: usize = 100;
 /// Most due jobs promoted, expired leases reclaimed, or jobs leased per fetch.
 pub const MAX_SWEEP: usize = 1000;
+/// Most jobs one `purge` deletes or one `list_dead` returns.
+pub const MAX_LISTED: usize = 10_000;
 /// How long a cron tick claim is remembered.
 pub const TICK_CLAIM_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 /// How often an idle pub/sub connection is checked with PING.
@@ -708,7 +710,7 @@ impl Store for RedisStore {
         let mut inv = SCRIPTS.list_dead.prepare_invoke();
         inv.key(self.qkey(queue, "dead"))
             .arg(&self.inner.prefix)
-            .arg(limit);
+            .arg(limit.min(MAX_LISTED));
         let rows: Vec<DeadRow> = self.invoke(inv).await?;
         Ok(rows
             .into_iter()
@@ -751,7 +753,7 @@ impl Store for RedisStore {
             .arg(&self.inner.prefix)
             .arg(before_ms)
             .arg(dead_before_ms)
-            .arg(limit.min(MAX_SWEEP * 10));
+            .arg(limit.min(MAX_LISTED));
         self.invoke(inv).await
     }
 
