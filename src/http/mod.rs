@@ -23,7 +23,28 @@ pub fn router(app: App) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(RequestBodyLimitLayer::new(limit))
+        .layer(axum::middleware::map_response(problem_for_oversized))
         .with_state(app)
+}
+
+/// `RequestBodyLimitLayer` refuses a declared `Content-Length` over the limit
+/// before any extractor runs, with a plain-text 413: answer problem+json
+/// like every other error (invariant 8).
+async fn problem_for_oversized(resp: axum::response::Response) -> axum::response::Response {
+    let plain = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && plain {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Payload too large",
+            "the request body is larger than server.body_limit",
+        )
+        .into_response();
+    }
+    resp
 }
 
 async fn not_found() -> ApiError {

@@ -2,3 +2,14 @@
 //! Redis / SMTP on loopback, each test isolated (see `harness`).
 mod harness;
 mod sla;
+mod api_hostile;
+mod api_idempotency;
+mod api_isolation;
+mod api_lifecycle;
+mod api_members;
+mod api_util;
+mod mail_file;
+mod mail_server;
+mod mail_smtp;
+mod review_decide;
+mod review_util;

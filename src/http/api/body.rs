@@ -62,8 +62,43 @@ where
             }
         })?;
         let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes).map_err(json_rejection)?;
+        // serde lets a struct be written as an array of its fields in order;
+        // a body is an object, nothing else.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
         Ok(Self { value, bytes })
     }
+}
+
+/// For a field holding a struct: refuse anything but a JSON object (serde
+/// would also take an array of the struct's fields in order). Use with
+/// `#[serde(deserialize_with = "object")]`.
+pub fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+    T::deserialize(serde_json::Value::Object(map)).map_err(serde::de::Error::custom)
+}
+
+/// [`object`] for an optional list of structs: `null`/absent, or an array of objects.
+/// Use with `#[serde(default, deserialize_with = "option_objects")]`.
+pub fn option_objects<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let Some(items) = Option::<Vec<serde_json::Map<String, serde_json::Value>>>::deserialize(d)?
+    else {
+        return Ok(None);
+    };
+    items
+        .into_iter()
+        .map(|m| T::deserialize(serde_json::Value::Object(m)).map_err(serde::de::Error::custom))
+        .collect::<Result<Vec<T>, _>>()
+        .map(Some)
 }
 
 /// For PATCH fields: absent = `None`, `null` = `Some(None)`, a value = `Some(Some(v))`.
@@ -106,6 +141,35 @@ mod tests {
     struct Patch {
         #[serde(default, deserialize_with = "double_option")]
         role: Option<Option<String>>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        a: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Outer {
+        #[serde(deserialize_with = "object")]
+        one: Inner,
+        #[serde(default, deserialize_with = "option_objects")]
+        many: Option<Vec<Inner>>,
+    }
+
+    #[test]
+    fn structs_only_from_objects() {
+        let o: Outer =
+            serde_json::from_str(r#"{"one": {"a": "x"}, "many": [{"a": "y"}]}"#).unwrap();
+        assert_eq!(o.one, Inner { a: "x".into() });
+        assert_eq!(o.many.unwrap(), vec![Inner { a: "y".into() }]);
+        let o: Outer = serde_json::from_str(r#"{"one": {"a": "x"}}"#).unwrap();
+        assert!(o.many.is_none());
+        // Plain serde would take these arrays as positional structs.
+        assert!(serde_json::from_str::<Inner>(r#"["x"]"#).is_ok());
+        assert!(serde_json::from_str::<Outer>(r#"{"one": ["x"]}"#).is_err());
+        assert!(serde_json::from_str::<Outer>(r#"{"one": {"a": "x"}, "many": [["y"]]}"#).is_err());
+        assert!(serde_json::from_str::<Outer>(r#"{"one": {"a": "x", "b": 1}}"#).is_err());
     }
 
     #[test]

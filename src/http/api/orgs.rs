@@ -20,6 +20,7 @@ pub struct CreateOrg {
     name: String,
     region: String,
     locale: String,
+    #[serde(deserialize_with = "super::body::object")]
     owner: OwnerIn,
 }
 

@@ -41,7 +41,7 @@ pub struct Submit {
     #[serde(default)]
     requester: Option<String>,
     remark: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::body::option_objects")]
     documents: Option<Vec<Document>>,
 }
 

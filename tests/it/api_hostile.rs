@@ -1,0 +1,544 @@
+//! Invariant 8: bad input gets a 4xx with an RFC 9457 problem body, never a
+//! 5xx, and writes nothing. A table of malformed and hostile bodies and
+//! headers, each checked against the row counts of every table.
+use serde_json::{Value, json};
+
+use crate::{
+    api_util::{add_member, counts},
+    harness::TestApp,
+};
+
+struct Case {
+    name: &'static str,
+    path: String,
+    content_type: Option<&'static str>,
+    extra_headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    platform: bool,
+    status: u16,
+}
+
+fn json_case(name: &'static str, path: &str, body: Value, status: u16) -> Case {
+    Case {
+        name,
+        path: path.to_string(),
+        content_type: Some("application/json"),
+        extra_headers: vec![],
+        body: serde_json::to_vec(&body).unwrap(),
+        platform: false,
+        status,
+    }
+}
+
+fn raw_case(
+    name: &'static str,
+    path: &str,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+) -> Case {
+    Case {
+        name,
+        path: path.to_string(),
+        content_type,
+        extra_headers: vec![],
+        body,
+        platform: false,
+        status,
+    }
+}
+
+fn nested(depth: usize) -> Vec<u8> {
+    let mut s = String::from(r#"{"kind": "ftp_access", "remark": "x", "documents": "#);
+    s.push_str(&"[".repeat(depth));
+    s.push_str(&"]".repeat(depth));
+    s.push('}');
+    s.into_bytes()
+}
+
+#[tokio::test]
+async fn malformed_and_hostile_input_is_refused_and_writes_nothing() {
+    let t = TestApp::spawn().await;
+    let (org, key, _) = t.create_org("Hostile Co", "cn").await;
+    let member = add_member(&t, &org, &key, "member").await;
+    let reqs = format!("/v1/orgs/{org}/requests");
+    let members = format!("/v1/orgs/{org}/members");
+    let mid = member["id"].as_str().unwrap();
+    let doc = |url: &str| json!({"type": "liquor_licence", "name": "licence.pdf", "url": url});
+    let ok_owner = json!({"login_id": "owner_ok1", "name": "Owner", "email": "owner@example.com"});
+    let limit = t.config.server.body_limit;
+
+    let mut cases = vec![
+        // Syntax: 400.
+        raw_case(
+            "truncated JSON",
+            &reqs,
+            Some("application/json"),
+            br#"{"kind": "ftp_access", "remark": "#.to_vec(),
+            400,
+        ),
+        raw_case(
+            "not JSON",
+            &reqs,
+            Some("application/json"),
+            b"hello".to_vec(),
+            400,
+        ),
+        raw_case("empty body", &reqs, Some("application/json"), vec![], 400),
+        raw_case(
+            "trailing garbage",
+            &reqs,
+            Some("application/json"),
+            br#"{"kind": "ftp_access", "remark": "x"} x"#.to_vec(),
+            400,
+        ),
+        raw_case(
+            "JSON with a comment",
+            &reqs,
+            Some("application/json"),
+            b"{\"kind\": \"ftp_access\", // hi\n \"remark\": \"x\"}".to_vec(),
+            400,
+        ),
+        raw_case(
+            "byte order mark",
+            &reqs,
+            Some("application/json"),
+            b"\xEF\xBB\xBF{\"kind\": \"ftp_access\", \"remark\": \"x\"}".to_vec(),
+            400,
+        ),
+        raw_case(
+            "invalid UTF-8 in a string",
+            &reqs,
+            Some("application/json"),
+            b"{\"kind\": \"ftp_access\", \"remark\": \"\xff\xfe bad\"}".to_vec(),
+            400,
+        ),
+        raw_case(
+            "lone surrogate escape",
+            &reqs,
+            Some("application/json"),
+            br#"{"kind": "ftp_access", "remark": "\ud800"}"#.to_vec(),
+            400,
+        ),
+        // Typed parsing stops at the first wrong type, before any recursion limit.
+        raw_case(
+            "deeply nested JSON",
+            &reqs,
+            Some("application/json"),
+            nested(5000),
+            422,
+        ),
+        raw_case(
+            "unclosed nesting 50,000 deep",
+            &reqs,
+            Some("application/json"),
+            "[".repeat(50_000).into_bytes(),
+            422,
+        ),
+        // Media type and size.
+        raw_case(
+            "text/plain",
+            &reqs,
+            Some("text/plain"),
+            br#"{"kind": "ftp_access", "remark": "x"}"#.to_vec(),
+            415,
+        ),
+        raw_case(
+            "form encoded",
+            &reqs,
+            Some("application/x-www-form-urlencoded"),
+            b"kind=ftp_access&remark=x".to_vec(),
+            415,
+        ),
+        raw_case(
+            "no content type",
+            &reqs,
+            None,
+            br#"{"kind": "ftp_access", "remark": "x"}"#.to_vec(),
+            415,
+        ),
+        raw_case(
+            "body over server.body_limit",
+            &reqs,
+            Some("application/json"),
+            serde_json::to_vec(&json!({"kind": "ftp_access", "remark": "x".repeat(limit + 10)}))
+                .unwrap(),
+            413,
+        ),
+        // Shape and types: 422.
+        json_case(
+            "array instead of object",
+            &reqs,
+            json!([{"kind": "ftp_access", "remark": "x"}]),
+            422,
+        ),
+        json_case("string instead of object", &reqs, json!("ftp_access"), 422),
+        json_case("null body", &reqs, Value::Null, 422),
+        json_case(
+            "kind is a number",
+            &reqs,
+            json!({"kind": 7, "remark": "x"}),
+            422,
+        ),
+        json_case(
+            "remark is an array",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": ["x"]}),
+            422,
+        ),
+        json_case(
+            "documents is an object",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "x", "documents": {"type": "a"}}),
+            422,
+        ),
+        json_case(
+            "requester is a number",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "x", "requester": 5}),
+            422,
+        ),
+        json_case("missing remark", &reqs, json!({"kind": "ftp_access"}), 422),
+        json_case(
+            "unknown field",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "x", "priority": "high"}),
+            422,
+        ),
+        json_case(
+            "unknown field in a document",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "x", "documents": [{"type": "a", "name": "b", "url": "https://e.com/x", "size": 1}]}),
+            422,
+        ),
+        raw_case(
+            "duplicate field",
+            &reqs,
+            Some("application/json"),
+            br#"{"kind": "ftp_access", "kind": "alcohol_sales", "remark": "x"}"#.to_vec(),
+            422,
+        ),
+        // Values.
+        json_case(
+            "unknown kind",
+            &reqs,
+            json!({"kind": "launch_missiles", "remark": "x"}),
+            422,
+        ),
+        json_case(
+            "blank remark",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "   "}),
+            422,
+        ),
+        json_case(
+            "remark over 2000 characters",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "x".repeat(2001)}),
+            422,
+        ),
+        json_case(
+            "remark over 2000 CJK characters",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "审".repeat(2001)}),
+            422,
+        ),
+        json_case(
+            "NUL byte in remark",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "before\u{0}after"}),
+            422,
+        ),
+        json_case(
+            "bell control character in remark",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "ding\u{7}"}),
+            422,
+        ),
+        json_case(
+            "11 documents",
+            &reqs,
+            json!({"kind": "alcohol_sales", "remark": "x", "documents": vec![doc("https://e.com/l.pdf"); 11]}),
+            422,
+        ),
+        json_case(
+            "http document url",
+            &reqs,
+            json!({"kind": "alcohol_sales", "remark": "x", "documents": [doc("http://e.com/l.pdf")]}),
+            422,
+        ),
+        json_case(
+            "javascript document url",
+            &reqs,
+            json!({"kind": "alcohol_sales", "remark": "x", "documents": [doc("javascript:alert(1)")]}),
+            422,
+        ),
+        json_case(
+            "document url with credentials",
+            &reqs,
+            json!({"kind": "alcohol_sales", "remark": "x", "documents": [doc("https://u:p@e.com/l.pdf")]}),
+            422,
+        ),
+        json_case(
+            "document url over 2000 characters",
+            &reqs,
+            json!({"kind": "alcohol_sales", "remark": "x", "documents": [doc(&format!("https://e.com/{}", "a".repeat(2000)))]}),
+            422,
+        ),
+        json_case(
+            "document without url",
+            &reqs,
+            json!({"kind": "alcohol_sales", "remark": "x", "documents": [{"type": "liquor_licence", "name": "l.pdf"}]}),
+            422,
+        ),
+        json_case(
+            "unknown requester",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "x", "requester": "ghost_user"}),
+            422,
+        ),
+        json_case(
+            "member kind without requester",
+            &reqs,
+            json!({"kind": "payment_permission", "remark": "x"}),
+            422,
+        ),
+        json_case(
+            "SQL in requester",
+            &reqs,
+            json!({"kind": "ftp_access", "remark": "x", "requester": "' OR 1=1 --"}),
+            422,
+        ),
+        // Members.
+        json_case(
+            "login_id too short",
+            &members,
+            json!({"login_id": "abcd", "name": "A", "email": "a@example.com"}),
+            422,
+        ),
+        json_case(
+            "login_id too long",
+            &members,
+            json!({"login_id": "a".repeat(21), "name": "A", "email": "a@example.com"}),
+            422,
+        ),
+        json_case(
+            "login_id with a dash",
+            &members,
+            json!({"login_id": "abc-def", "name": "A", "email": "a@example.com"}),
+            422,
+        ),
+        json_case(
+            "login_id with full-width letters",
+            &members,
+            json!({"login_id": "ａｂｃｄｅ", "name": "A", "email": "a@example.com"}),
+            422,
+        ),
+        json_case(
+            "bad email",
+            &members,
+            json!({"login_id": "valid_id1", "name": "A", "email": "not-an-email"}),
+            422,
+        ),
+        json_case(
+            "email with a header injection",
+            &members,
+            json!({"login_id": "valid_id1", "name": "A", "email": "a@example.com\r\nBcc: x@evil.com"}),
+            422,
+        ),
+        json_case(
+            "a second super admin",
+            &members,
+            json!({"login_id": "valid_id1", "name": "A", "email": "a@example.com", "kind": "super_admin"}),
+            422,
+        ),
+        json_case(
+            "negative number as name",
+            &members,
+            json!({"login_id": "valid_id1", "name": -1, "email": "a@example.com"}),
+            422,
+        ),
+        json_case(
+            "float as phone",
+            &members,
+            json!({"login_id": "valid_id1", "name": "A", "email": "a@example.com", "phone": 1.5}),
+            422,
+        ),
+        json_case(
+            "name with a newline",
+            &members,
+            json!({"login_id": "valid_id1", "name": "A\nB", "email": "a@example.com"}),
+            422,
+        ),
+        json_case(
+            "PATCH body as array",
+            &format!("{members}/{mid}"),
+            json!(["name"]),
+            422,
+        ),
+        // serde would read these arrays as the struct's fields in order.
+        json_case(
+            "member as a positional array",
+            &members,
+            json!(["valid_id1", "A", "a@example.com"]),
+            422,
+        ),
+        json_case(
+            "request as a positional array",
+            &reqs,
+            json!(["ftp_access", null, "x"]),
+            422,
+        ),
+        json_case(
+            "document as a positional array",
+            &reqs,
+            json!({"kind": "alcohol_sales", "remark": "x", "documents": [["liquor_licence", "l.pdf", "https://e.com/l.pdf"]]}),
+            422,
+        ),
+    ];
+    // Orgs and reviewers (platform key).
+    let mut platform = vec![
+        json_case(
+            "org with unknown region",
+            "/v1/orgs",
+            json!({"name": "X", "region": "atlantis", "locale": "en", "owner": ok_owner}),
+            422,
+        ),
+        json_case(
+            "org with unknown locale",
+            "/v1/orgs",
+            json!({"name": "X", "region": "cn", "locale": "fr", "owner": ok_owner}),
+            422,
+        ),
+        json_case(
+            "org owner as a positional array",
+            "/v1/orgs",
+            json!({"name": "X", "region": "cn", "locale": "en", "owner": ["owner_ok2", "Owner", "o@example.com"]}),
+            422,
+        ),
+        json_case(
+            "org owner as an array",
+            "/v1/orgs",
+            json!({"name": "X", "region": "cn", "locale": "en", "owner": [ok_owner]}),
+            422,
+        ),
+        json_case(
+            "org without owner",
+            "/v1/orgs",
+            json!({"name": "X", "region": "cn", "locale": "en"}),
+            422,
+        ),
+        json_case(
+            "org name over 100 characters",
+            "/v1/orgs",
+            json!({"name": "n".repeat(101), "region": "cn", "locale": "en", "owner": ok_owner}),
+            422,
+        ),
+        json_case(
+            "reviewer groups as a string",
+            "/v1/reviewers",
+            json!({"email": "r@example.com", "name": "R", "locale": "en", "groups": "marketplace"}),
+            422,
+        ),
+        json_case(
+            "reviewer without groups",
+            "/v1/reviewers",
+            json!({"email": "r@example.com", "name": "R", "locale": "en", "groups": []}),
+            422,
+        ),
+        json_case(
+            "reviewer group with spaces",
+            "/v1/reviewers",
+            json!({"email": "r@example.com", "name": "R", "locale": "en", "groups": ["a b"]}),
+            422,
+        ),
+    ];
+    for c in &mut platform {
+        c.platform = true;
+    }
+    cases.extend(platform);
+    // Headers.
+    let mut bad_idem = json_case(
+        "Idempotency-Key with spaces",
+        &reqs,
+        json!({"kind": "ftp_access", "remark": "x"}),
+        400,
+    );
+    bad_idem
+        .extra_headers
+        .push(("idempotency-key", "two words".into()));
+    cases.push(bad_idem);
+    let mut long_idem = json_case(
+        "Idempotency-Key over 255 characters",
+        &reqs,
+        json!({"kind": "ftp_access", "remark": "x"}),
+        400,
+    );
+    long_idem
+        .extra_headers
+        .push(("idempotency-key", "k".repeat(256)));
+    cases.push(long_idem);
+    let mut bad_auth = json_case("bad key before a bad body", &reqs, json!({"kind": 1}), 401);
+    bad_auth
+        .extra_headers
+        .push(("authorization", "Bearer apd_nope".into()));
+    cases.push(bad_auth);
+    assert!(cases.len() >= 30);
+
+    let before = counts(&t).await;
+    for c in cases {
+        let key = if c.platform {
+            t.platform_key.as_str()
+        } else {
+            key.as_str()
+        };
+        let method = if c.path.ends_with(mid) {
+            reqwest::Method::PATCH
+        } else {
+            reqwest::Method::POST
+        };
+        let mut req = t
+            .client
+            .request(method, format!("{}{}", t.base, c.path))
+            .body(c.body.clone());
+        if !c.extra_headers.iter().any(|(h, _)| *h == "authorization") {
+            req = req.bearer_auth(key);
+        }
+        if let Some(ct) = c.content_type {
+            req = req.header("content-type", ct);
+        }
+        for (h, v) in &c.extra_headers {
+            req = req.header(*h, v);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, c.status, "{}: {text}", c.name);
+        assert_eq!(ct, "application/problem+json", "{}: {text}", c.name);
+        let p: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: problem body is not JSON ({e}): {text}", c.name));
+        assert_eq!(p["status"], c.status, "{}", c.name);
+        assert!(
+            p["type"].is_string() && p["title"].is_string() && p["detail"].is_string(),
+            "{}: {text}",
+            c.name
+        );
+        assert_eq!(counts(&t).await, before, "{} wrote something", c.name);
+    }
+    // Still healthy afterwards, and a good body is accepted.
+    let ok = t
+        .post(&reqs, &key, json!({"kind": "ftp_access", "remark": "fine"}))
+        .await;
+    assert_eq!(ok.status.as_u16(), 202, "{}", ok.text);
+    let mut t = t;
+    t.stop().await;
+}

@@ -1,0 +1,286 @@
+//! Members: the per-org limit (the owner counts), edits, disable (access
+//! stops at once: review links revoked; nothing deleted) and enable.
+use reqwest::Method;
+use serde_json::json;
+
+use crate::{
+    api_util::{add_member, counts, login, scalar_i64, submit, wait_status},
+    harness::{Opts, TestApp},
+};
+
+#[tokio::test]
+async fn member_limit_counts_the_owner_and_active_members() {
+    let t = TestApp::spawn_with(Opts {
+        toml: "[orgs]\nmax_members = 3".into(),
+        ..Opts::default()
+    })
+    .await;
+    let (org, key, owner) = t.create_org("Small Co", "cn").await;
+    let admin = add_member(&t, &org, &key, "admin").await;
+    assert_eq!(admin["kind"], "admin");
+    assert_eq!(admin["status"], "active");
+    assert_eq!(admin["locale"], "en", "defaults to the org's locale");
+    let member = add_member(&t, &org, &key, "member").await;
+    let mid = member["id"].as_str().unwrap();
+
+    let before = counts(&t).await;
+    let l = login("full");
+    let full = t
+        .post(
+            &format!("/v1/orgs/{org}/members"),
+            &key,
+            json!({"login_id": l, "name": "One too many", "email": "x@example.com"}),
+        )
+        .await;
+    assert_eq!(full.status.as_u16(), 409, "{}", full.text);
+    full.assert_problem();
+    assert!(
+        full.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_members")
+    );
+    assert_eq!(counts(&t).await, before);
+
+    // A disabled member frees a place; enabling it again needs one.
+    t.post(
+        &format!("/v1/orgs/{org}/members/{mid}/disable"),
+        &key,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    let fourth = add_member(&t, &org, &key, "member").await;
+    let r = t
+        .post(
+            &format!("/v1/orgs/{org}/members/{mid}/enable"),
+            &key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409, "{}", r.text);
+    r.assert_problem();
+    let fid = fourth["id"].as_str().unwrap();
+    t.post(
+        &format!("/v1/orgs/{org}/members/{fid}/disable"),
+        &key,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    let back = t
+        .post(
+            &format!("/v1/orgs/{org}/members/{mid}/enable"),
+            &key,
+            json!({}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(back["status"], "active");
+    assert!(back["disabled_at"].is_null());
+
+    // List with a cursor: oldest first, the owner first.
+    let p1 = t
+        .get(&format!("/v1/orgs/{org}/members?limit=2"), &key)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(p1["items"][0]["id"], owner.as_str());
+    assert_eq!(p1["items"][0]["kind"], "super_admin");
+    let c = p1["next_cursor"].as_str().unwrap();
+    let p2 = t
+        .get(&format!("/v1/orgs/{org}/members?limit=2&cursor={c}"), &key)
+        .await
+        .expect(200)
+        .json();
+    let ids: Vec<&str> = p1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(p2["items"].as_array().unwrap())
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    assert!(p2.get("next_cursor").is_none());
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn member_edits_and_rules() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Edit Co", "jp").await;
+    let m = add_member(&t, &org, &key, "member").await;
+    let mid = m["id"].as_str().unwrap();
+    let path = format!("/v1/orgs/{org}/members/{mid}");
+    let patch = |body: serde_json::Value| {
+        let path = path.clone();
+        let key = key.clone();
+        let t = &t;
+        async move { t.call(Method::PATCH, &path, Some(&key), Some(&body)).await }
+    };
+    let e = patch(json!({"role": "purchasing", "name": "  New Name ", "kind": "admin", "phone": "+81 3-1234-5678", "locale": "ja"})).await.expect(200).json();
+    assert_eq!(
+        (
+            e["role"].as_str(),
+            e["name"].as_str(),
+            e["kind"].as_str(),
+            e["locale"].as_str()
+        ),
+        (
+            Some("purchasing"),
+            Some("New Name"),
+            Some("admin"),
+            Some("ja")
+        )
+    );
+    let e = patch(json!({"role": null})).await.expect(200).json();
+    assert!(e["role"].is_null());
+    assert_eq!(e["phone"], "+81 3-1234-5678");
+    let before = counts(&t).await;
+    for bad in [
+        json!({"kind": "super_admin"}),
+        json!({"email": "nope"}),
+        json!({"name": ""}),
+        json!({"login_id": "changed1"}),
+        json!({"role": 5}),
+    ] {
+        let r = patch(bad.clone()).await;
+        assert_eq!(r.status.as_u16(), 422, "{bad}: {}", r.text);
+        r.assert_problem();
+    }
+    let r = t
+        .call(
+            Method::PATCH,
+            &format!("/v1/orgs/{org}/members/{owner}"),
+            Some(&key),
+            Some(&json!({"kind": "member"})),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409);
+    r.assert_problem();
+    // The owner cannot be disabled; login ids are unique in an org.
+    let r = t
+        .post(
+            &format!("/v1/orgs/{org}/members/{owner}/disable"),
+            &key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409);
+    r.assert_problem();
+    let r = t
+        .post(
+            &format!("/v1/orgs/{org}/members"),
+            &key,
+            json!({"login_id": m["login_id"], "name": "Twin", "email": "twin@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409);
+    r.assert_problem();
+    let r = t
+        .post(&format!("/v1/orgs/{org}/members"), &key, json!({"login_id": login("x"), "name": "Boss 2", "email": "b2@example.com", "kind": "super_admin"}))
+        .await;
+    assert_eq!(r.status.as_u16(), 422);
+    r.assert_problem();
+    assert_eq!(counts(&t).await, before, "refused edits write nothing");
+    let r = t
+        .get(&format!("/v1/orgs/{org}/members/not-a-member"), &key)
+        .await;
+    assert_eq!(r.status.as_u16(), 404);
+    r.assert_problem();
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn disable_stops_access_at_once_and_deletes_nothing() {
+    let mut t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Leaver Co", "cn").await;
+    let admin = add_member(&t, &org, &key, "admin").await;
+    let aid = admin["id"].as_str().unwrap().to_string();
+    let buyer = add_member(&t, &org, &key, "member").await;
+    let bid = buyer["id"].as_str().unwrap().to_string();
+
+    // The buyer asks for payment permission: the org's admins review it.
+    let req = submit(&t, &org, &key, json!({"kind": "payment_permission", "requester": buyer["login_id"], "remark": "I pay suppliers"}))
+        .await
+        .expect(202)
+        .json();
+    let rid = req["id"].as_str().unwrap().to_string();
+    wait_status(&t, &org, &key, &rid, "in_review").await;
+    let live = "SELECT COUNT(*) FROM review_tokens WHERE reviewer_id = $1 AND revoked_at IS NULL";
+    assert!(
+        scalar_i64(&t, live, &aid).await >= 1,
+        "the admin got a review link"
+    );
+    assert!(
+        scalar_i64(&t, live, &owner).await >= 1,
+        "the owner got a review link"
+    );
+    assert_eq!(
+        scalar_i64(&t, live, &bid).await,
+        0,
+        "nobody reviews their own request"
+    );
+
+    let before = counts(&t).await;
+    let d = t
+        .post(
+            &format!("/v1/orgs/{org}/members/{aid}/disable"),
+            &key,
+            json!({}),
+        )
+        .await
+        .expect(202)
+        .json();
+    assert_eq!(d["status"], "disabled");
+    assert!(d["disabled_at"].is_string());
+    // Access stops at once: the admin's links are revoked in the same transaction.
+    assert_eq!(scalar_i64(&t, live, &aid).await, 0);
+    assert!(
+        scalar_i64(&t, live, &owner).await >= 1,
+        "others keep theirs"
+    );
+    // Nothing deleted: every table has as many rows, plus one audit row.
+    let after = counts(&t).await;
+    for ((table, b), (_, a)) in before.iter().zip(&after) {
+        let expected = if *table == "audit_log" { b + 1 } else { *b };
+        assert_eq!(*a, expected, "{table}");
+    }
+    let m = t
+        .get(&format!("/v1/orgs/{org}/members/{aid}"), &key)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(m["status"], "disabled");
+    // Disabling again changes nothing.
+    t.post(
+        &format!("/v1/orgs/{org}/members/{aid}/disable"),
+        &key,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    assert_eq!(counts(&t).await, after);
+
+    // A disabled member cannot ask for anything.
+    t.post(
+        &format!("/v1/orgs/{org}/members/{bid}/disable"),
+        &key,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    let before = counts(&t).await;
+    let r = submit(
+        &t,
+        &org,
+        &key,
+        json!({"kind": "payment_permission", "requester": bid, "remark": "again"}),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text);
+    r.assert_problem();
+    assert_eq!(counts(&t).await, before);
+    t.stop().await;
+}

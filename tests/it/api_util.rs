@@ -1,0 +1,94 @@
+//! Helpers shared by the `api_*` tests.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Profile, Resp, TestApp};
+
+/// Every table a rejected API call must leave alone.
+pub fn guarded_tables(t: &TestApp) -> Vec<&'static str> {
+    let mut v = vec![
+        "orgs",
+        "members",
+        "requests",
+        "request_events",
+        "idempotency_keys",
+        "outbox",
+        "audit_log",
+        "api_keys",
+        "reviewers",
+        "reviewer_groups",
+        "grants",
+        "review_tokens",
+    ];
+    if t.profile == Profile::Embedded {
+        v.push("wq_jobs");
+    }
+    v
+}
+
+/// Row counts of [`guarded_tables`].
+pub async fn counts(t: &TestApp) -> Vec<(&'static str, i64)> {
+    let mut out = Vec::new();
+    for table in guarded_tables(t) {
+        out.push((table, t.count(table).await));
+    }
+    out
+}
+
+/// A unique, valid login id.
+pub fn login(prefix: &str) -> String {
+    let s = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &s[..10])
+}
+
+pub async fn add_member(t: &TestApp, org: &str, key: &str, kind: &str) -> Value {
+    let l = login("m");
+    t.post(
+        &format!("/v1/orgs/{org}/members"),
+        key,
+        json!({"login_id": l, "name": format!("Member {l}"), "email": format!("{l}@example.com"), "kind": kind}),
+    )
+    .await
+    .expect(201)
+    .json()
+}
+
+pub async fn submit(t: &TestApp, org: &str, key: &str, body: Value) -> Resp {
+    t.post(&format!("/v1/orgs/{org}/requests"), key, body).await
+}
+
+/// Poll the request until it has `status` (the review job runs in the
+/// daemon's own workers); panics after 30 s with the last state seen.
+pub async fn wait_status(t: &TestApp, org: &str, key: &str, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = t
+            .get(&format!("/v1/orgs/{org}/requests/{id}"), key)
+            .await
+            .expect(200)
+            .json();
+        if r["status"] == status {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "request {id} never reached {status}: {r:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Run one SQL scalar query (test checks).
+pub async fn scalar_i64(t: &TestApp, sql: &str, arg: &str) -> i64 {
+    let sql = sql.to_string();
+    approvald::on_db!(&t.app.db, |p| sqlx::query_scalar::<_, i64>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(arg)
+    .fetch_one(p)
+    .await)
+    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
