@@ -166,8 +166,9 @@ pub struct ReviewConfig {
 pub struct SlaConfig {
     /// Reminder at this fraction of the review window (0 < f < 1).
     pub reminder_fraction: f64,
-    /// How often the scheduler sweeps for overdue requests whose timer was lost, seconds.
-    pub sweep_interval_secs: u64,
+    /// Cron expression (with seconds, UTC) of the sweep that handles overdue
+    /// work whose timer was lost and re-pushes stuck review jobs.
+    pub sweep_cron: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,7 +246,7 @@ impl Default for Config {
             },
             orgs: OrgsConfig { max_members: 20 },
             review: ReviewConfig { token_ttl_hours: 7 * 24 },
-            sla: SlaConfig { reminder_fraction: 0.5, sweep_interval_secs: 60 },
+            sla: SlaConfig { reminder_fraction: 0.5, sweep_cron: "0 * * * * *".into() },
             catalog: CatalogConfig { path: String::new() },
             calendars: CalendarsConfig { dir: "config/calendars".into() },
             workers: WorkersConfig { shutdown_timeout_secs: 20 },
@@ -386,8 +387,11 @@ impl Config {
         if !(self.sla.reminder_fraction > 0.0 && self.sla.reminder_fraction < 1.0) {
             return bad("sla.reminder_fraction", "must be strictly between 0 and 1, e.g. 0.5".into());
         }
-        if self.sla.sweep_interval_secs == 0 {
-            return bad("sla.sweep_interval_secs", "must be at least 1".into());
+        if let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&self.sla.sweep_cron) {
+            return bad(
+                "sla.sweep_cron",
+                format!("{:?} is not a cron expression ({e}); use 6 fields with seconds, e.g. \"0 * * * * *\"", self.sla.sweep_cron),
+            );
         }
         Ok(())
     }

@@ -171,8 +171,6 @@ pub async fn start(config: Config, role: Role, listener: Option<TcpListener>, cl
         }
         if role.scheduler() {
             rt = jobs::schedule(rt, &app);
-            let (a, s) = (app.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move { ops::sweeper(a, s).await }));
         }
         let s = stop.clone();
         tasks.push(tokio::spawn(async move { rt.run(async move { s.cancelled().await }).await }));

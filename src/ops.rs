@@ -1,9 +1,5 @@
-//! Operator-facing background work: gauges for `/metrics` and the periodic
-//! sweep that keeps the database the truth.
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
-
+//! Gauges read from the database and the queue (refreshed on every
+//! `/metrics` scrape and every sweep tick).
 use crate::{app::App, jobs, on_db};
 
 /// Refresh gauges that are read from the database and the queue.
@@ -33,22 +29,3 @@ pub async fn refresh_gauges(app: &App) {
     }
 }
 
-/// Run the SLA sweep and the reconciler every `sla.sweep_interval_secs`
-/// until `stop`. Failures are logged and retried next round.
-pub async fn sweeper(app: App, stop: CancellationToken) -> anyhow::Result<()> {
-    let every = Duration::from_secs(app.config.sla.sweep_interval_secs);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(every) => {}
-        }
-        match jobs::sla::sweep(&app).await {
-            Ok(s) if s != jobs::sla::Swept::default() => {
-                tracing::info!(reminded = s.reminded, breached = s.breached, requeued = s.requeued, "sweep handled overdue work")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "sweep failed; will retry"),
-        }
-        refresh_gauges(&app).await;
-    }
-}

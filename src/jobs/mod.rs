@@ -14,24 +14,30 @@ pub mod notify;
 pub mod relay;
 pub mod review;
 pub mod sla;
+pub mod sweep;
 
 use approvald_workers::Runtime;
 
 /// Every queue the daemon uses (metrics, drain helpers, `approvald enqueue`).
-pub const QUEUES: &[&str] = &[review::ReviewJob::NAME, sla::SlaJob::NAME, "notify"];
+pub const QUEUES: &[&str] = &[review::ReviewJob::NAME, sla::SlaJob::NAME, notify::NotifyJob::NAME, sweep::SweepJob::NAME];
 
 /// Register every job handler (the worker role).
 pub fn register(rt: Runtime, app: &App) -> Runtime {
     rt.register::<review::ReviewJob>(app.clone())
         .register::<sla::SlaJob>(app.clone())
         .register::<notify::NotifyJob>(app.clone())
+        .register::<sweep::SweepJob>(app.clone())
 }
 
-/// Cron schedules (the scheduler role). None yet: the SLA sweep runs as a
-/// plain periodic task (see `ops::sweeper`) because it must run in every
-/// scheduler process and is safe to.
-pub fn schedule(rt: Runtime, _app: &App) -> Runtime {
-    rt
+/// Cron schedules (the scheduler role): each tick yields exactly one job
+/// across every scheduler process; a tick missed while all were down is
+/// caught up once at start.
+pub fn schedule(rt: Runtime, app: &App) -> Runtime {
+    use approvald_workers::cron::{CatchUp, CronSchedule};
+    rt.cron::<sweep::SweepJob>(
+        CronSchedule::new(sweep::SCHEDULE, app.config.sla.sweep_cron.clone(), chrono_tz::UTC).catch_up(CatchUp::Latest),
+        |tick| sweep::SweepJob { tick_ms: tick.timestamp_millis() },
+    )
 }
 
 /// Write `job` in `tx`. Call [`App::jobs_committed`] after the commit so idle
