@@ -1122,3 +1122,92 @@ fn acks_keep_working_after_the_runtime_that_started_the_writer_is_gone() {
         assert_eq!(state_of(&store, &ids[2]).await.0, "dead");
     });
 }
+
+/// Fetch and complete `q` until it is empty; the ids this worker completed.
+async fn drain_as(store: &SqliteStore, worker: &str) -> Vec<String> {
+    let mut mine = Vec::new();
+    loop {
+        let got = store
+            .fetch("q", worker, 25, T0, 600_000)
+            .await
+            .expect("fetch (SQLITE_BUSY?)");
+        if got.is_empty() {
+            return mine;
+        }
+        let acks = got.iter().map(|j| store.complete("q", &j.id, worker, T0));
+        for r in futures::future::join_all(acks).await {
+            r.expect("complete (SQLITE_BUSY?)");
+        }
+        mine.extend(got.into_iter().map(|j| j.id));
+    }
+}
+
+/// The child half of `two_processes_fetching_concurrently_never_lease_a_job_twice`:
+/// does nothing unless started by it (with `WQ_CHILD_DB` set).
+#[tokio::test]
+async fn cross_process_child() {
+    let (Ok(db), Ok(out)) = (std::env::var("WQ_CHILD_DB"), std::env::var("WQ_CHILD_OUT")) else {
+        return;
+    };
+    let store = SqliteStore::new(pool(&db, 4).await);
+    store.setup().await.expect("child setup");
+    let ids = drain_as(&store, &format!("child-{}", std::process::id())).await;
+    std::fs::write(out, ids.join("\n")).expect("write child ids");
+}
+
+#[tokio::test]
+async fn two_processes_fetching_concurrently_never_lease_a_job_twice() {
+    let (dir, store) = fresh().await;
+    let jobs: Vec<NewJob> = (0..5_000).map(|i| job("q", &i.to_string(), T0)).collect();
+    store.push(&jobs, T0, WINDOW).await.unwrap();
+
+    // Two more processes (this test binary, running only `cross_process_child`)
+    // drain the same file while this one does too.
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<(std::process::Child, PathBuf)> = (0..2)
+        .map(|n| {
+            let out = dir.0.join(format!("child-{n}.ids"));
+            let child = std::process::Command::new(&exe)
+                .args(["--exact", "cross_process_child", "--test-threads=1"])
+                .env("WQ_CHILD_DB", dir.db())
+                .env("WQ_CHILD_OUT", &out)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn child process");
+            (child, out)
+        })
+        .collect();
+    let mut per_worker = vec![("parent".to_string(), drain_as(&store, "parent").await)];
+    for (mut child, out) in children {
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "child process failed: {status}");
+        let text = std::fs::read_to_string(&out).expect("child ids file");
+        let ids = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        per_worker.push((out.display().to_string(), ids));
+    }
+
+    let mut owner: HashMap<&str, &str> = HashMap::new();
+    for (worker, ids) in &per_worker {
+        for id in ids {
+            if let Some(prev) = owner.insert(id, worker) {
+                panic!("job {id} leased by {prev} and {worker}");
+            }
+        }
+    }
+    let sizes: Vec<usize> = per_worker.iter().map(|(_, ids)| ids.len()).collect();
+    assert_eq!(owner.len(), 5_000, "per process: {sizes:?}");
+    let done: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM wq_jobs WHERE state = 'done' AND attempt = 1")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(done, 5_000);
+    eprintln!("jobs per process: {sizes:?}");
+}
