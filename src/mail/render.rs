@@ -78,7 +78,11 @@ impl MailContext {
 /// The template output formatter shared by mail and page templates: a
 /// missing optional field prints as nothing (never as "none"), and HTML
 /// escaping covers `& < > " '` only, so URLs stay readable in the source.
-pub fn formatter(out: &mut minijinja::Output, state: &minijinja::State, value: &Value) -> Result<(), minijinja::Error> {
+pub fn formatter(
+    out: &mut minijinja::Output,
+    state: &minijinja::State,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
     if value.is_none() || value.is_undefined() {
         return Ok(());
     }
@@ -95,7 +99,9 @@ pub fn formatter(out: &mut minijinja::Output, state: &minijinja::State, value: &
                 c => esc.push(c),
             }
         }
-        return out.write_str(&esc).map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed"));
+        return out.write_str(&esc).map_err(|_| {
+            minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed")
+        });
     }
     minijinja::escape_formatter(out, state, value)
 }
@@ -246,23 +252,32 @@ pub fn render(template: Template, locale: Locale, ctx: &MailContext) -> anyhow::
     })
 }
 
-/// A fixed context with every field set (tests and snapshot fixtures).
-pub fn sample_context() -> MailContext {
+/// A fixed context with every field set, in `locale` (tests and snapshot
+/// fixtures): hostile text in the remark and names, times in Asia/Shanghai.
+pub fn sample_context(locale: Locale) -> MailContext {
+    let tz = chrono_tz::Asia::Shanghai;
     MailContext {
         recipient_name: "Alice <Reviewer>".into(),
         org_name: Some("Acme & Sons".into()),
         request_number: Some("R000042".into()),
-        kind_title: Some("FTP access".into()),
+        kind_title: Some(
+            match locale {
+                Locale::En => "FTP access",
+                Locale::ZhCn => "FTP使用权限",
+                Locale::Ja => "FTP利用権限",
+            }
+            .into(),
+        ),
         requester_name: Some("Bob Buyer".into()),
         remark: Some("We upload 20,000 listings nightly.\n<script>alert(1)</script>".into()),
-        due_at: Some("2026-02-14 10:00 (UTC+08:00)".into()),
+        due_at: Some(format_time(1_771_034_400_000, tz, locale)),
         link: Some(
             "https://approvals.example.com/review/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_AbCdE"
                 .into(),
         ),
-        link_expires_at: Some("2026-02-20 10:00 (UTC+08:00)".into()),
+        link_expires_at: Some(format_time(1_771_552_800_000, tz, locale)),
         decided_by: Some("Carol Checker".into()),
-        decided_at: Some("2026-02-13 15:30 (UTC+08:00)".into()),
+        decided_at: Some(format_time(1_770_967_800_000, tz, locale)),
         comment: Some("The licence number does not match the registry.".into()),
         member_name: Some("Dave Departed".into()),
         member_login: Some("dave_01".into()),
@@ -275,9 +290,9 @@ mod tests {
 
     #[test]
     fn every_template_renders_in_every_locale() {
-        let ctx = sample_context();
         for t in Template::ALL {
             for l in Locale::ALL {
+                let ctx = sample_context(l);
                 let r = render(t, l, &ctx).unwrap_or_else(|e| panic!("{t}/{l}: {e:#}"));
                 assert!(
                     !r.subject.is_empty() && !r.subject.contains('\n'),
@@ -305,9 +320,8 @@ mod tests {
 
     #[test]
     fn rejection_carries_the_reason() {
-        let ctx = sample_context();
         for l in Locale::ALL {
-            let r = render(Template::Rejected, l, &ctx).unwrap();
+            let r = render(Template::Rejected, l, &sample_context(l)).unwrap();
             assert!(r.text.contains("The licence number does not match"), "{l}");
         }
     }
@@ -340,7 +354,7 @@ mod tests {
 
     #[test]
     fn params_override_known_fields_only() {
-        let mut ctx = sample_context();
+        let mut ctx = sample_context(Locale::En);
         ctx.apply_params(&serde_json::json!({"comment": "new", "member_name": null, "dedupe": "x", "kind_title": 5}));
         assert_eq!(ctx.comment.as_deref(), Some("new"));
         assert_eq!(ctx.member_name, None);
