@@ -245,12 +245,26 @@ impl Default for Config {
                 retry_cap_secs: 30 * 60,
             },
             orgs: OrgsConfig { max_members: 20 },
-            review: ReviewConfig { token_ttl_hours: 7 * 24 },
-            sla: SlaConfig { reminder_fraction: 0.5, sweep_cron: "0 * * * * *".into() },
-            catalog: CatalogConfig { path: String::new() },
-            calendars: CalendarsConfig { dir: "config/calendars".into() },
-            workers: WorkersConfig { shutdown_timeout_secs: 20 },
-            log: LogConfig { format: LogFormat::Text, filter: "info".into() },
+            review: ReviewConfig {
+                token_ttl_hours: 7 * 24,
+            },
+            sla: SlaConfig {
+                reminder_fraction: 0.5,
+                sweep_cron: "0 * * * * *".into(),
+            },
+            catalog: CatalogConfig {
+                path: String::new(),
+            },
+            calendars: CalendarsConfig {
+                dir: "config/calendars".into(),
+            },
+            workers: WorkersConfig {
+                shutdown_timeout_secs: 20,
+            },
+            log: LogConfig {
+                format: LogFormat::Text,
+                filter: "info".into(),
+            },
         }
     }
 }
@@ -361,7 +375,10 @@ impl Config {
             );
         }
         if self.queue.prefix.is_empty() || self.queue.prefix.contains(char::is_whitespace) {
-            return bad("queue.prefix", "must be a non-empty word without spaces".into());
+            return bad(
+                "queue.prefix",
+                "must be a non-empty word without spaces".into(),
+            );
         }
         if self.queue.lease_secs < 1 {
             return bad("queue.lease_secs", "must be at least 1 second".into());
@@ -375,7 +392,10 @@ impl Config {
         if !self.mail.from.contains('@') {
             return bad(
                 "mail.from",
-                format!("{:?} is not a mail address like `approvald <noreply@example.com>`", self.mail.from),
+                format!(
+                    "{:?} is not a mail address like `approvald <noreply@example.com>`",
+                    self.mail.from
+                ),
             );
         }
         if !(1..=200).contains(&self.orgs.max_members) {
@@ -385,12 +405,18 @@ impl Config {
             return bad("review.token_ttl_hours", "must be at least 1".into());
         }
         if !(self.sla.reminder_fraction > 0.0 && self.sla.reminder_fraction < 1.0) {
-            return bad("sla.reminder_fraction", "must be strictly between 0 and 1, e.g. 0.5".into());
+            return bad(
+                "sla.reminder_fraction",
+                "must be strictly between 0 and 1, e.g. 0.5".into(),
+            );
         }
         if let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&self.sla.sweep_cron) {
             return bad(
                 "sla.sweep_cron",
-                format!("{:?} is not a cron expression ({e}); use 6 fields with seconds, e.g. \"0 * * * * *\"", self.sla.sweep_cron),
+                format!(
+                    "{:?} is not a cron expression ({e}); use 6 fields with seconds, e.g. \"0 * * * * *\"",
+                    self.sla.sweep_cron
+                ),
             );
         }
         Ok(())

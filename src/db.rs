@@ -115,7 +115,10 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        on_db!(self, |p| sqlx::query("SELECT 1").execute(p).await.map(|_| ()))
+        on_db!(self, |p| sqlx::query("SELECT 1")
+            .execute(p)
+            .await
+            .map(|_| ()))
     }
 
     pub fn kind(&self) -> DbKind {

@@ -67,20 +67,31 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
     };
     let queue_in_db = config.queue.url == "sqlite";
     let queue = if queue_in_db {
-        let pool = db.sqlite_pool().context("queue.url = sqlite needs a SQLite database.url")?;
+        let pool = db
+            .sqlite_pool()
+            .context("queue.url = sqlite needs a SQLite database.url")?;
         Queue::sqlite_with_clock(pool.clone(), qcfg, clock.clone()).await?
     } else {
         Queue::redis_with_clock(&config.queue.url, qcfg, clock.clone())
             .await
-            .with_context(|| format!("connecting to the queue at {}", config::mask_url(&config.queue.url)))?
+            .with_context(|| {
+                format!(
+                    "connecting to the queue at {}",
+                    config::mask_url(&config.queue.url)
+                )
+            })?
     };
     let catalog = if config.catalog.path.is_empty() {
         domain::catalog::Catalog::shipped()
     } else {
         let text = std::fs::read_to_string(&config.catalog.path)
             .with_context(|| format!("key `catalog.path`: cannot read {}", config.catalog.path))?;
-        domain::catalog::Catalog::parse(&text)
-            .map_err(|e| anyhow::anyhow!("key `catalog.path`: {} is invalid: {e}", config.catalog.path))?
+        domain::catalog::Catalog::parse(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "key `catalog.path`: {} is invalid: {e}",
+                config.catalog.path
+            )
+        })?
     };
     let calendars = domain::calendar::Calendars::load(std::path::Path::new(&config.calendars.dir))
         .map_err(|e| anyhow::anyhow!("key `calendars.dir`: {e}"))?;
@@ -91,7 +102,16 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
             gap.region, gap.first_uncovered, gap.region);
     }
     let mailer = mail::Mailer::from_config(&config.mail).context("setting up mail")?;
-    Ok(App(Arc::new(app::AppInner { config, db, queue, queue_in_db, mailer, catalog, calendars, clock })))
+    Ok(App(Arc::new(app::AppInner {
+        config,
+        db,
+        queue,
+        queue_in_db,
+        mailer,
+        catalog,
+        calendars,
+        clock,
+    })))
 }
 
 /// A started daemon.
@@ -137,7 +157,12 @@ impl Running {
 
 /// Start the daemon's parts for `role`. `listener` is required for roles that
 /// serve HTTP; tests pass one bound to port 0.
-pub async fn start(config: Config, role: Role, listener: Option<TcpListener>, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+pub async fn start(
+    config: Config,
+    role: Role,
+    listener: Option<TcpListener>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Running> {
     let app = build_app(config, clock).await?;
     let stop = CancellationToken::new();
     let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
@@ -149,10 +174,13 @@ pub async fn start(config: Config, role: Role, listener: Option<TcpListener>, cl
         let router = http::router(app.clone());
         let s = stop.clone();
         tasks.push(tokio::spawn(async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { s.cancelled().await })
-                .await
-                .context("HTTP server failed")
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await
+            .context("HTTP server failed")
         }));
         if !app.queue_in_db {
             let (a, s) = (app.clone(), stop.clone());
@@ -164,8 +192,9 @@ pub async fn start(config: Config, role: Role, listener: Option<TcpListener>, cl
     }
 
     if role.worker() || role.scheduler() {
-        let mut rt = Runtime::new(app.queue.clone())
-            .shutdown_timeout(Duration::from_secs(app.config.workers.shutdown_timeout_secs));
+        let mut rt = Runtime::new(app.queue.clone()).shutdown_timeout(Duration::from_secs(
+            app.config.workers.shutdown_timeout_secs,
+        ));
         if role.worker() {
             rt = jobs::register(rt, &app);
         }
@@ -173,10 +202,17 @@ pub async fn start(config: Config, role: Role, listener: Option<TcpListener>, cl
             rt = jobs::schedule(rt, &app);
         }
         let s = stop.clone();
-        tasks.push(tokio::spawn(async move { rt.run(async move { s.cancelled().await }).await }));
+        tasks.push(tokio::spawn(async move {
+            rt.run(async move { s.cancelled().await }).await
+        }));
     }
 
-    Ok(Running { app, addr, stop, tasks })
+    Ok(Running {
+        app,
+        addr,
+        stop,
+        tasks,
+    })
 }
 
 /// Start, then run until `shutdown` resolves, then stop gracefully.

@@ -7,7 +7,11 @@ use approvald_workers::SystemClock;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "approvald", version, about = "Permission-request approval workflows for multi-account platforms")]
+#[command(
+    name = "approvald",
+    version,
+    about = "Permission-request approval workflows for multi-account platforms"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -86,7 +90,10 @@ fn main() -> ExitCode {
         }
     };
     approvald::telemetry::init_logging(&config.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("approvald: cannot start the async runtime: {e}");
@@ -112,22 +119,41 @@ async fn dispatch(cmd: Cmd, config: Config) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        Cmd::Keys { cmd: KeysCmd::Create { platform, org } } => {
+        Cmd::Keys {
+            cmd: KeysCmd::Create { platform, org },
+        } => {
             let app = approvald::build_app(config, Arc::new(SystemClock)).await?;
             let key = if platform {
-                approvald::store::keys::create(&app.db, approvald::store::keys::KeyScope::Platform, None, app.now_ms()).await?
+                approvald::store::keys::create(
+                    &app.db,
+                    approvald::store::keys::KeyScope::Platform,
+                    None,
+                    app.now_ms(),
+                )
+                .await?
             } else {
                 let org = org.expect("clap requires --org without --platform");
-                approvald::store::keys::create(&app.db, approvald::store::keys::KeyScope::Org, Some(&org), app.now_ms()).await?
+                approvald::store::keys::create(
+                    &app.db,
+                    approvald::store::keys::KeyScope::Org,
+                    Some(&org),
+                    app.now_ms(),
+                )
+                .await?
             };
             println!("{key}");
             Ok(())
         }
-        Cmd::Calendar { cmd: CalendarCmd::Due { region, from, days } } => {
-            let cals = approvald::domain::calendar::Calendars::load(std::path::Path::new(&config.calendars.dir))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let due = approvald::domain::calendar::due_rfc3339_for_region(&cals, &region, &from, days)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Cmd::Calendar {
+            cmd: CalendarCmd::Due { region, from, days },
+        } => {
+            let cals = approvald::domain::calendar::Calendars::load(std::path::Path::new(
+                &config.calendars.dir,
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let due =
+                approvald::domain::calendar::due_rfc3339_for_region(&cals, &region, &from, days)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{due}");
             Ok(())
         }
@@ -141,7 +167,10 @@ async fn dispatch(cmd: Cmd, config: Config) -> anyhow::Result<()> {
                 }
                 _ => {
                     let s = approvald::jobs::sla::sweep(&app).await?;
-                    eprintln!("sweep: {} reminded, {} breached, {} review jobs re-pushed", s.reminded, s.breached, s.requeued);
+                    eprintln!(
+                        "sweep: {} reminded, {} breached, {} review jobs re-pushed",
+                        s.reminded, s.breached, s.requeued
+                    );
                 }
             }
             Ok(())
@@ -156,7 +185,10 @@ async fn dispatch(cmd: Cmd, config: Config) -> anyhow::Result<()> {
                 }
                 None => {
                     for d in app.queue.list_dead(&queue, 100).await? {
-                        println!("{}\t{}\tattempts={}\t{}", d.id, d.died_at_ms, d.attempts, d.last_error);
+                        println!(
+                            "{}\t{}\tattempts={}\t{}",
+                            d.id, d.died_at_ms, d.attempts, d.last_error
+                        );
                     }
                 }
             }
@@ -172,15 +204,14 @@ async fn dispatch(cmd: Cmd, config: Config) -> anyhow::Result<()> {
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     let listener = if matches!(role, Role::All | Role::Api) {
         let addr = config.listen_addr();
-        Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("key `server.listen`: cannot bind {addr}; is another process using it?"))?,
-        )
+        Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("key `server.listen`: cannot bind {addr}; is another process using it?")
+        })?)
     } else {
         None
     };
-    let outbox = (config.mail.transport == MailTransport::File).then(|| config.mail.outbox_dir.clone());
+    let outbox =
+        (config.mail.transport == MailTransport::File).then(|| config.mail.outbox_dir.clone());
     let running = approvald::start(config, role, listener, Arc::new(SystemClock)).await?;
     if let Some(addr) = running.addr {
         tracing::info!(%addr, role = ?role, "approvald listening on http://{addr}");
@@ -190,7 +221,9 @@ async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     if let Some(dir) = outbox {
         tracing::info!(outbox = %dir.display(), "mail is written as .eml files to {}", dir.display());
     }
-    tracing::info!("create the first API key with: approvald keys create --platform   (cargo run --release -- keys create --platform)");
+    tracing::info!(
+        "create the first API key with: approvald keys create --platform   (cargo run --release -- keys create --platform)"
+    );
     let stop = running_stop(&running);
     tokio::spawn(async move {
         shutdown_signal().await;

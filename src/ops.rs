@@ -4,28 +4,37 @@ use crate::{app::App, jobs, on_db};
 
 /// Refresh gauges that are read from the database and the queue.
 pub async fn refresh_gauges(app: &App) {
-    let pending: Result<Vec<(String, i64)>, sqlx::Error> = on_db!(&app.db, |p| sqlx::query_as(
+    let pending: Result<Vec<(String, i64)>, sqlx::Error> = on_db!(&app.db, |p| {
+        sqlx::query_as(
         "SELECT kind, COUNT(*) FROM requests WHERE status IN ('submitted', 'in_review') GROUP BY kind"
     )
     .fetch_all(p)
-    .await);
+    .await
+    });
     if let Ok(rows) = pending {
         for k in &app.catalog.kinds {
-            let n = rows.iter().find(|(kind, _)| *kind == k.key).map(|(_, n)| *n).unwrap_or(0);
+            let n = rows
+                .iter()
+                .find(|(kind, _)| *kind == k.key)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
             metrics::gauge!("approvald_requests_pending", "kind" => k.key.clone()).set(n as f64);
         }
     }
     for q in jobs::QUEUES {
         if let Ok(s) = app.queue.stats(q).await {
-            metrics::gauge!("approvald_queue_depth", "queue" => *q).set((s.ready + s.scheduled + s.running) as f64);
+            metrics::gauge!("approvald_queue_depth", "queue" => *q)
+                .set((s.ready + s.scheduled + s.running) as f64);
         }
     }
     if !app.queue_in_db {
-        let n: Result<i64, sqlx::Error> =
-            on_db!(&app.db, |p| sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetch_one(p).await);
+        let n: Result<i64, sqlx::Error> = on_db!(&app.db, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"
+        )
+        .fetch_one(p)
+        .await);
         if let Ok(n) = n {
             metrics::gauge!("approvald_outbox_pending").set(n as f64);
         }
     }
 }
-

@@ -13,7 +13,9 @@ pub fn init_logging(cfg: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match cfg.format {
-        LogFormat::Json => registry.with(fmt::layer().json().with_current_span(true)).try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_current_span(true))
+            .try_init(),
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
     };
 }
@@ -23,8 +25,20 @@ static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics_handle() -> &'static PrometheusHandle {
     METRICS.get_or_init(|| {
-        let secs = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-        let decision = [60.0, 600.0, 3600.0, 4.0 * 3600.0, 8.0 * 3600.0, 86400.0, 2.0 * 86400.0, 3.0 * 86400.0, 7.0 * 86400.0];
+        let secs = [
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
+        let decision = [
+            60.0,
+            600.0,
+            3600.0,
+            4.0 * 3600.0,
+            8.0 * 3600.0,
+            86400.0,
+            2.0 * 86400.0,
+            3.0 * 86400.0,
+            7.0 * 86400.0,
+        ];
         PrometheusBuilder::new()
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full("approvald_decision_seconds".into()),

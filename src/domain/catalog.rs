@@ -52,7 +52,9 @@ impl Reviewers {
         }
         match s.strip_prefix("platform:") {
             Some(g) if is_word(g) => Ok(Self::Platform(g.to_string())),
-            _ => Err(format!("reviewers {s:?}: use `platform:<group>` or `org:admins`")),
+            _ => Err(format!(
+                "reviewers {s:?}: use `platform:<group>` or `org:admins`"
+            )),
         }
     }
     pub fn as_string(&self) -> String {
@@ -146,7 +148,10 @@ pub struct Menu {
 }
 
 fn is_word(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl Catalog {
@@ -164,7 +169,10 @@ impl Catalog {
         let mut seen = HashSet::new();
         for k in &self.kinds {
             if !is_word(&k.key) {
-                return Err(format!("kind key {:?} must be letters, digits, _ or -", k.key));
+                return Err(format!(
+                    "kind key {:?} must be letters, digits, _ or -",
+                    k.key
+                ));
             }
             if !seen.insert(k.key.as_str()) {
                 return Err(format!("kind {:?} is listed twice", k.key));
@@ -174,11 +182,19 @@ impl Catalog {
             }
             for t in [&k.titles.en, &k.titles.zh_cn, &k.titles.ja] {
                 if t.trim().is_empty() {
-                    return Err(format!("kind {:?}: every title (en, zh-CN, ja) is required", k.key));
+                    return Err(format!(
+                        "kind {:?}: every title (en, zh-CN, ja) is required",
+                        k.key
+                    ));
                 }
             }
-            if k.on_breach == OnBreach::AutoReject && k.breach_reason.as_deref().unwrap_or("").is_empty() {
-                return Err(format!("kind {:?}: on_breach = auto_reject needs a breach_reason", k.key));
+            if k.on_breach == OnBreach::AutoReject
+                && k.breach_reason.as_deref().unwrap_or("").is_empty()
+            {
+                return Err(format!(
+                    "kind {:?}: on_breach = auto_reject needs a breach_reason",
+                    k.key
+                ));
             }
         }
         for m in &self.menus {
@@ -206,7 +222,10 @@ mod tests {
         assert!(c.kinds.len() >= 10);
         let alcohol = c.kind("alcohol_sales").unwrap();
         assert_eq!(alcohol.documents, vec!["liquor_licence".to_string()]);
-        assert_eq!(c.kind("payment_permission").unwrap().reviewers, Reviewers::OrgAdmins);
+        assert_eq!(
+            c.kind("payment_permission").unwrap().reviewers,
+            Reviewers::OrgAdmins
+        );
         assert_eq!(c.kind("payment_permission").unwrap().scope, Scope::Member);
     }
 
@@ -214,7 +233,10 @@ mod tests {
     fn bad_catalogs_are_refused() {
         assert!(Reviewers::parse("platform:").is_err());
         assert!(Reviewers::parse("someone").is_err());
-        let dup = format!("{SHIPPED}\n{}", &SHIPPED[SHIPPED.find("[[kinds]]").unwrap()..]);
+        let dup = format!(
+            "{SHIPPED}\n{}",
+            &SHIPPED[SHIPPED.find("[[kinds]]").unwrap()..]
+        );
         assert!(Catalog::parse(&dup).unwrap_err().contains("twice"));
     }
 }

@@ -13,12 +13,16 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(field: &'static str, why: impl Into<String>) -> Self {
-        Self { field, why: why.into() }
+        Self {
+            field,
+            why: why.into(),
+        }
     }
 }
 
 fn has_control(s: &str, allow_newlines: bool) -> bool {
-    s.chars().any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t' || c == '\r')))
+    s.chars()
+        .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t' || c == '\r')))
 }
 
 /// A member's sign-in id: 5-20 characters of letters, digits, `^`, `@`, `_`.
@@ -30,9 +34,15 @@ impl LoginId {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let n = s.chars().count();
         if !(5..=20).contains(&n) {
-            return Err(Invalid::new("login_id", format!("must be 5-20 characters, got {n}")));
+            return Err(Invalid::new(
+                "login_id",
+                format!("must be 5-20 characters, got {n}"),
+            ));
         }
-        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '^' | '@' | '_'))) {
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '^' | '@' | '_')))
+        {
             return Err(Invalid::new(
                 "login_id",
                 format!("{c:?} is not allowed; use letters, digits, ^, @ or _"),
@@ -57,7 +67,9 @@ impl Email {
         if s.len() > 254 {
             return bad("must be at most 254 characters");
         }
-        if s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')) {
+        if s.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')
+        }) {
             return bad("must not contain spaces, control characters or <>,;\"");
         }
         let Some((local, domain)) = s.split_once('@') else {
@@ -68,8 +80,12 @@ impl Email {
         }
         let labels: Vec<&str> = domain.split('.').collect();
         if labels.len() < 2
-            || labels.iter().any(|l| l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-'))
-            || !labels.iter().all(|l| l.chars().all(|c| c.is_alphanumeric() || c == '-'))
+            || labels
+                .iter()
+                .any(|l| l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-'))
+            || !labels
+                .iter()
+                .all(|l| l.chars().all(|c| c.is_alphanumeric() || c == '-'))
         {
             return bad("domain must look like example.com");
         }
@@ -114,7 +130,10 @@ impl Locale {
             "en" => Ok(Self::En),
             "zh-cn" => Ok(Self::ZhCn),
             "ja" => Ok(Self::Ja),
-            _ => Err(Invalid::new("locale", format!("{s:?}: use en, zh-CN or ja"))),
+            _ => Err(Invalid::new(
+                "locale",
+                format!("{s:?}: use en, zh-CN or ja"),
+            )),
         }
     }
     /// Lenient: anything unknown falls back to English (recipients' stored
@@ -153,14 +172,22 @@ pub fn parse_name(field: &'static str, s: &str) -> Result<String, Invalid> {
 /// Free text such as a request's remark or a reviewer's comment: at most
 /// `max` characters; newlines and tabs allowed, other control characters
 /// (NUL included) refused.
-pub fn parse_text(field: &'static str, s: &str, max: usize, required: bool) -> Result<String, Invalid> {
+pub fn parse_text(
+    field: &'static str,
+    s: &str,
+    max: usize,
+    required: bool,
+) -> Result<String, Invalid> {
     let t = s.trim();
     if required && t.is_empty() {
         return Err(Invalid::new(field, "is required"));
     }
     let n = t.chars().count();
     if n > max {
-        return Err(Invalid::new(field, format!("must be at most {max} characters, got {n}")));
+        return Err(Invalid::new(
+            field,
+            format!("must be at most {max} characters, got {n}"),
+        ));
     }
     if has_control(t, true) {
         return Err(Invalid::new(field, "must not contain control characters"));
@@ -190,7 +217,10 @@ impl MemberKind {
             "super_admin" => Ok(Self::SuperAdmin),
             "admin" => Ok(Self::Admin),
             "member" => Ok(Self::Member),
-            _ => Err(Invalid::new("kind", format!("{s:?}: use super_admin, admin or member"))),
+            _ => Err(Invalid::new(
+                "kind",
+                format!("{s:?}: use super_admin, admin or member"),
+            )),
         }
     }
     /// May review org-internal requests (`org:admins`).
@@ -208,20 +238,45 @@ mod tests {
         for ok in ["abcde", "A^b@c_1", "12345678901234567890"] {
             LoginId::parse(ok).unwrap();
         }
-        for bad in ["abcd", "123456789012345678901", "abc de", "abc-de", "ａｂｃｄｅ", "abc\0de"] {
+        for bad in [
+            "abcd",
+            "123456789012345678901",
+            "abc de",
+            "abc-de",
+            "ａｂｃｄｅ",
+            "abc\0de",
+        ] {
             assert!(LoginId::parse(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn emails() {
-        for ok in ["a@example.com", "first.last+tag@sub.example.co.jp", "x@例え.jp"] {
+        for ok in [
+            "a@example.com",
+            "first.last+tag@sub.example.co.jp",
+            "x@例え.jp",
+        ] {
             Email::parse(ok).unwrap();
         }
-        for bad in ["", "a", "a@", "@b.com", "a@b", "a b@c.com", "a@b..com", "a@@b.com", "a@-b.com", "<a@b.com>"] {
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@b.com",
+            "a@b",
+            "a b@c.com",
+            "a@b..com",
+            "a@@b.com",
+            "a@-b.com",
+            "<a@b.com>",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(Email::parse("alice@example.com").unwrap().masked(), "a***@example.com");
+        assert_eq!(
+            Email::parse("alice@example.com").unwrap().masked(),
+            "a***@example.com"
+        );
     }
 
     #[test]

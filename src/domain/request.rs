@@ -14,8 +14,13 @@ pub enum RequestStatus {
 }
 
 impl RequestStatus {
-    pub const ALL: [RequestStatus; 5] =
-        [Self::Submitted, Self::InReview, Self::Approved, Self::Rejected, Self::Cancelled];
+    pub const ALL: [RequestStatus; 5] = [
+        Self::Submitted,
+        Self::InReview,
+        Self::Approved,
+        Self::Rejected,
+        Self::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -95,7 +100,10 @@ mod tests {
         for s in RequestStatus::ALL {
             assert_eq!(RequestStatus::parse(s.as_str()), Some(s));
             if s.is_terminal() {
-                assert!(RequestStatus::ALL.iter().all(|n| !s.can_become(*n)), "{s:?}");
+                assert!(
+                    RequestStatus::ALL.iter().all(|n| !s.can_become(*n)),
+                    "{s:?}"
+                );
             }
         }
         assert!(InReview.can_become(Approved));

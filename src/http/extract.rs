@@ -35,7 +35,9 @@ pub fn json_rejection(rej: JsonRejection) -> ApiError {
             "Unsupported media type",
             "send the body as JSON with `Content-Type: application/json`",
         ),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(format!("malformed JSON: {}", e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request(format!("malformed JSON: {}", e.body_text()))
+        }
         JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
         JsonRejection::BytesRejection(e) => {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -84,7 +86,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Self(v)),
-            Err(e) => Err(ApiError::bad_request(format!("query string: {}", e.body_text()))),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "query string: {}",
+                e.body_text()
+            ))),
         }
     }
 }

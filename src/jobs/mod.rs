@@ -19,7 +19,12 @@ pub mod sweep;
 use approvald_workers::Runtime;
 
 /// Every queue the daemon uses (metrics, drain helpers, `approvald enqueue`).
-pub const QUEUES: &[&str] = &[review::ReviewJob::NAME, sla::SlaJob::NAME, notify::NotifyJob::NAME, sweep::SweepJob::NAME];
+pub const QUEUES: &[&str] = &[
+    review::ReviewJob::NAME,
+    sla::SlaJob::NAME,
+    notify::NotifyJob::NAME,
+    sweep::SweepJob::NAME,
+];
 
 /// Register every job handler (the worker role).
 pub fn register(rt: Runtime, app: &App) -> Runtime {
@@ -35,22 +40,36 @@ pub fn register(rt: Runtime, app: &App) -> Runtime {
 pub fn schedule(rt: Runtime, app: &App) -> Runtime {
     use approvald_workers::cron::{CatchUp, CronSchedule};
     rt.cron::<sweep::SweepJob>(
-        CronSchedule::new(sweep::SCHEDULE, app.config.sla.sweep_cron.clone(), chrono_tz::UTC).catch_up(CatchUp::Latest),
-        |tick| sweep::SweepJob { tick_ms: tick.timestamp_millis() },
+        CronSchedule::new(
+            sweep::SCHEDULE,
+            app.config.sla.sweep_cron.clone(),
+            chrono_tz::UTC,
+        )
+        .catch_up(CatchUp::Latest),
+        |tick| sweep::SweepJob {
+            tick_ms: tick.timestamp_millis(),
+        },
     )
 }
 
 /// Write `job` in `tx`. Call [`App::jobs_committed`] after the commit so idle
 /// workers (or the relay) wake at once instead of at their next poll.
-pub async fn enqueue<J: Job>(app: &App, tx: &mut Tx, job: &J, opts: PushOptions) -> anyhow::Result<()> {
+pub async fn enqueue<J: Job>(
+    app: &App,
+    tx: &mut Tx,
+    job: &J,
+    opts: PushOptions,
+) -> anyhow::Result<()> {
     let new = app.queue.new_job(job, &opts).context("encoding job")?;
     let now = app.now_ms();
     if app.queue_in_db {
         let Tx::Sqlite(t) = tx else {
-            anyhow::bail!("queue.url = sqlite needs a SQLite database (config validation prevents this)");
+            anyhow::bail!(
+                "queue.url = sqlite needs a SQLite database (config validation prevents this)"
+            );
         };
         let window = app.queue.config().dedupe_window.as_millis() as i64;
-        approvald_workers::store::sqlite::push_in_tx(&mut **t, &new, now, window)
+        approvald_workers::store::sqlite::push_in_tx(t, &new, now, window)
             .await
             .with_context(|| format!("enqueueing {} job", J::NAME))?;
     } else {

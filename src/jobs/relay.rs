@@ -86,15 +86,20 @@ pub async fn relay_once(app: &App, limit: i64) -> anyhow::Result<usize> {
             max_attempts: *max as u32,
         })
         .collect();
-    app.queue.push_raw(&jobs).await.context("pushing outbox rows to the queue")?;
+    app.queue
+        .push_raw(&jobs)
+        .await
+        .context("pushing outbox rows to the queue")?;
     let now = app.now_ms();
     let mut tx = app.db.begin().await?;
     for (id, ..) in &rows {
-        crate::on_tx!(&mut tx, |c| sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(c)
-            .await
+        crate::on_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE outbox SET sent_at = $1 WHERE id = $2"
+        )
+        .bind(now)
+        .bind(id)
+        .execute(c)
+        .await
         .map(|r| r.rows_affected()))?;
     }
     tx.commit().await?;
@@ -103,12 +108,14 @@ pub async fn relay_once(app: &App, limit: i64) -> anyhow::Result<usize> {
 
 async fn purge_sent(app: &App) -> anyhow::Result<()> {
     let before = app.now_ms() - 24 * 3600 * 1000;
-    on_db!(&app.db, |p| sqlx::query(
+    on_db!(&app.db, |p| {
+        sqlx::query(
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT 1000)"
     )
     .bind(before)
     .execute(p)
     .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }

@@ -43,14 +43,16 @@ pub struct RequestInfo {
 }
 
 pub async fn load_request(app: &App, id: &str) -> anyhow::Result<Option<RequestInfo>> {
-    Ok(on_db!(&app.db, |p| sqlx::query_as::<_, RequestInfo>(
+    Ok(on_db!(&app.db, |p| {
+        sqlx::query_as::<_, RequestInfo>(
         "SELECT r.id, r.org_id, r.number, r.kind, r.requester_id, r.documents, r.status, r.sla_due_at, \
                 r.created_at, o.name AS org_name, o.region \
          FROM requests r JOIN orgs o ON o.id = r.org_id WHERE r.id = $1"
     )
     .bind(id)
     .fetch_optional(p)
-    .await)?)
+    .await
+    })?)
 }
 
 /// A person asked to review.
@@ -70,7 +72,11 @@ impl ReviewerRow {
             name: self.name.clone(),
             locale: Locale::or_en(&self.locale),
             reviewer: Some(ReviewerRef {
-                kind: if self.kind == "member" { ReviewerKind::Member } else { ReviewerKind::Platform },
+                kind: if self.kind == "member" {
+                    ReviewerKind::Member
+                } else {
+                    ReviewerKind::Platform
+                },
                 id: self.id.clone(),
             }),
         }
@@ -90,7 +96,10 @@ impl Job for ReviewJob {
 /// Why the review job refused a request outright.
 async fn auto_reject_reason(app: &App, req: &RequestInfo) -> anyhow::Result<Option<String>> {
     let Some(kind) = app.catalog.kind(&req.kind) else {
-        return Ok(Some(format!("permission kind {:?} is no longer offered", req.kind)));
+        return Ok(Some(format!(
+            "permission kind {:?} is no longer offered",
+            req.kind
+        )));
     };
     if let Some(member) = &req.requester_id {
         let status: Option<String> = on_db!(&app.db, |p| sqlx::query_scalar(
@@ -101,27 +110,39 @@ async fn auto_reject_reason(app: &App, req: &RequestInfo) -> anyhow::Result<Opti
         .fetch_optional(p)
         .await)?;
         if status.as_deref() != Some("active") {
-            return Ok(Some("the requesting member is not an active member of this account".into()));
+            return Ok(Some(
+                "the requesting member is not an active member of this account".into(),
+            ));
         }
     } else if kind.scope == Scope::Member {
-        return Ok(Some("this permission is requested for a member; name the requester".into()));
+        return Ok(Some(
+            "this permission is requested for a member; name the requester".into(),
+        ));
     }
     let docs: Vec<serde_json::Value> = serde_json::from_str(&req.documents).unwrap_or_default();
     for needed in &kind.documents {
-        let present = docs.iter().any(|d| d.get("type").and_then(|t| t.as_str()) == Some(needed.as_str()));
+        let present = docs
+            .iter()
+            .any(|d| d.get("type").and_then(|t| t.as_str()) == Some(needed.as_str()));
         if !present {
             return Ok(Some(format!("required document missing: {needed}")));
         }
     }
-    let member_key = if kind.scope == Scope::Member { req.requester_id.clone().unwrap_or_default() } else { String::new() };
-    let granted: Option<String> = on_db!(&app.db, |p| sqlx::query_scalar(
+    let member_key = if kind.scope == Scope::Member {
+        req.requester_id.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let granted: Option<String> = on_db!(&app.db, |p| {
+        sqlx::query_scalar(
         "SELECT id FROM grants WHERE org_id = $1 AND kind = $2 AND member_id = $3 AND status = 'active'"
     )
     .bind(&req.org_id)
     .bind(&req.kind)
     .bind(&member_key)
     .fetch_optional(p)
-    .await)?;
+    .await
+    })?;
     if granted.is_some() {
         return Ok(Some("this permission is already granted".into()));
     }
@@ -146,7 +167,11 @@ async fn auto_reject_reason(app: &App, req: &RequestInfo) -> anyhow::Result<Opti
 }
 
 /// Who should review `req`. Nobody reviews their own request.
-pub async fn find_reviewers(app: &App, req: &RequestInfo, who: &Reviewers) -> anyhow::Result<Vec<ReviewerRow>> {
+pub async fn find_reviewers(
+    app: &App,
+    req: &RequestInfo,
+    who: &Reviewers,
+) -> anyhow::Result<Vec<ReviewerRow>> {
     let rows = match who {
         Reviewers::Platform(group) => on_db!(&app.db, |p| sqlx::query_as::<_, ReviewerRow>(
             "SELECT 'platform' AS kind, r.id, r.email, r.name, r.locale FROM reviewers r \
@@ -169,7 +194,14 @@ pub async fn find_reviewers(app: &App, req: &RequestInfo, who: &Reviewers) -> an
     Ok(rows)
 }
 
-pub async fn add_event(app: &App, tx: &mut Tx, request_id: &str, kind: &str, actor: Option<&str>, detail: serde_json::Value) -> anyhow::Result<()> {
+pub async fn add_event(
+    app: &App,
+    tx: &mut Tx,
+    request_id: &str,
+    kind: &str,
+    actor: Option<&str>,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
     let id = uuid::Uuid::now_v7().to_string();
     let now = app.now_ms();
     on_tx!(tx, |c| sqlx::query(
@@ -190,19 +222,33 @@ pub async fn add_event(app: &App, tx: &mut Tx, request_id: &str, kind: &str, act
 
 async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
     let Some(req) = load_request(app, request_id).await? else {
-        return Err(JobError::permanent(anyhow::anyhow!("request {request_id} does not exist")));
+        return Err(JobError::permanent(anyhow::anyhow!(
+            "request {request_id} does not exist"
+        )));
     };
     if req.status != RequestStatus::Submitted.as_str() {
         tracing::debug!(request_id, status = %req.status, "review: not submitted, nothing to do");
         return Ok(());
     }
     if let Some(reason) = auto_reject_reason(app, &req).await? {
-        crate::jobs::decide::system_decision(app, &req, crate::domain::request::Decision::Reject, &reason).await?;
+        crate::jobs::decide::system_decision(
+            app,
+            &req,
+            crate::domain::request::Decision::Reject,
+            &reason,
+        )
+        .await?;
         return Ok(());
     }
     let kind = app.catalog.kind(&req.kind).expect("checked above").clone();
     if kind.policy == Policy::AutoApprove {
-        crate::jobs::decide::system_decision(app, &req, crate::domain::request::Decision::Approve, "approved automatically by policy").await?;
+        crate::jobs::decide::system_decision(
+            app,
+            &req,
+            crate::domain::request::Decision::Approve,
+            "approved automatically by policy",
+        )
+        .await?;
         return Ok(());
     }
 
@@ -219,7 +265,7 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
     .bind(now)
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))
+    .map(|r| r.rows_affected()))
     .context("moving request to in_review")?;
     if moved == 0 {
         tx.rollback().await.ok();
@@ -237,7 +283,15 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
     .await?;
     if reviewers.is_empty() {
         tracing::warn!(request_id, reviewers = %kind.reviewers.as_string(), "no reviewer available; the SLA escalation will raise it");
-        add_event(app, &mut tx, &req.id, "no_reviewers", Some("system"), serde_json::json!({"by": kind.reviewers.as_string()})).await?;
+        add_event(
+            app,
+            &mut tx,
+            &req.id,
+            "no_reviewers",
+            Some("system"),
+            serde_json::json!({"by": kind.reviewers.as_string()}),
+        )
+        .await?;
     }
     let title_params = |loc: Locale| serde_json::json!({"kind_title": kind.titles.get(loc)});
     for r in &reviewers {
@@ -261,7 +315,12 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
         crate::mail::queue_email(
             app,
             &mut tx,
-            EmailSpec { template: Template::ReviewRequested, request_id: Some(req.id.clone()), to: recipient, params },
+            EmailSpec {
+                template: Template::ReviewRequested,
+                request_id: Some(req.id.clone()),
+                to: recipient,
+                params,
+            },
         )
         .await?;
     }
@@ -275,10 +334,20 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
 /// Push a review job for `request_id` again (the reconciler and `approvald
 /// enqueue review` use this; the job is idempotent).
 pub async fn requeue(app: &App, request_id: &str, dedupe: Option<String>) -> anyhow::Result<()> {
-    let mut opts = PushOptions::default();
-    opts.dedupe_key = dedupe;
+    let opts = PushOptions {
+        dedupe_key: dedupe,
+        ..PushOptions::default()
+    };
     let mut tx = app.db.begin().await?;
-    jobs::enqueue(app, &mut tx, &ReviewJob { request_id: request_id.to_string() }, opts).await?;
+    jobs::enqueue(
+        app,
+        &mut tx,
+        &ReviewJob {
+            request_id: request_id.to_string(),
+        },
+        opts,
+    )
+    .await?;
     tx.commit().await?;
     app.jobs_committed();
     Ok(())

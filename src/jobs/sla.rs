@@ -58,66 +58,97 @@ pub fn reminder_at(app: &App, start_ms: i64, due_ms: i64) -> i64 {
 }
 
 /// Write both timers for `due_ms` in `tx`.
-pub async fn arm_timers(app: &App, tx: &mut Tx, request_id: &str, reminder_at: i64, due_ms: i64) -> anyhow::Result<()> {
+pub async fn arm_timers(
+    app: &App,
+    tx: &mut Tx,
+    request_id: &str,
+    reminder_at: i64,
+    due_ms: i64,
+) -> anyhow::Result<()> {
     let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
     for (stage, when) in [(Stage::Reminder, reminder_at), (Stage::Due, due_ms)] {
         let key = format!("sla:{request_id}:{stage:?}:{due_ms}");
-        let job = SlaJob { request_id: request_id.to_string(), stage, due_ms };
+        let job = SlaJob {
+            request_id: request_id.to_string(),
+            stage,
+            due_ms,
+        };
         jobs::enqueue(app, tx, &job, PushOptions::at(at(when)).dedupe(key)).await?;
     }
     Ok(())
 }
 
 async fn assigned_reviewers(app: &App, request_id: &str) -> anyhow::Result<Vec<ReviewerRow>> {
-    Ok(on_db!(&app.db, |p| sqlx::query_as::<_, ReviewerRow>(
+    Ok(on_db!(&app.db, |p| {
+        sqlx::query_as::<_, ReviewerRow>(
         "SELECT reviewer_kind AS kind, reviewer_id AS id, email, name, locale FROM request_reviewers \
          WHERE request_id = $1 ORDER BY assigned_at, reviewer_id"
     )
     .bind(request_id)
     .fetch_all(p)
-    .await)?)
+    .await
+    })?)
 }
 
 /// Escalation contacts: the platform group's leads, or the org's super admin
 /// for org-reviewed kinds (and as a fallback when a group has no lead).
-async fn escalation_contacts(app: &App, org_id: &str, kind: &str) -> anyhow::Result<Vec<Recipient>> {
+async fn escalation_contacts(
+    app: &App,
+    org_id: &str,
+    kind: &str,
+) -> anyhow::Result<Vec<Recipient>> {
     let group = app.catalog.kind(kind).and_then(|k| match &k.reviewers {
         crate::domain::catalog::Reviewers::Platform(g) => Some(g.clone()),
         crate::domain::catalog::Reviewers::OrgAdmins => None,
     });
     let mut rows: Vec<(String, String, String)> = Vec::new();
     if let Some(g) = group {
-        rows = on_db!(&app.db, |p| sqlx::query_as(
+        rows = on_db!(&app.db, |p| {
+            sqlx::query_as(
             "SELECT r.email, r.name, r.locale FROM reviewers r JOIN reviewer_groups g ON g.reviewer_id = r.id \
              WHERE g.grp = $1 AND g.lead = TRUE AND r.status = 'active' ORDER BY r.created_at LIMIT 20"
         )
         .bind(&g)
         .fetch_all(p)
-        .await)?;
+        .await
+        })?;
     }
     if rows.is_empty() {
-        rows = on_db!(&app.db, |p| sqlx::query_as(
+        rows = on_db!(&app.db, |p| {
+            sqlx::query_as(
             "SELECT email, name, locale FROM members WHERE org_id = $1 AND kind = 'super_admin' AND status = 'active' LIMIT 5"
         )
         .bind(org_id)
         .fetch_all(p)
-        .await)?;
+        .await
+        })?;
     }
     Ok(rows
         .into_iter()
-        .map(|(email, name, locale)| Recipient { email, name, locale: Locale::or_en(&locale), reviewer: None })
+        .map(|(email, name, locale)| Recipient {
+            email,
+            name,
+            locale: Locale::or_en(&locale),
+            reviewer: None,
+        })
         .collect())
 }
 
 fn kind_params(app: &App, kind: &str, number: &str, due_ms: i64, loc: Locale) -> serde_json::Value {
-    let title = app.catalog.kind(kind).map(|k| k.titles.get(loc).to_string()).unwrap_or_else(|| kind.to_string());
+    let title = app
+        .catalog
+        .kind(kind)
+        .map(|k| k.titles.get(loc).to_string())
+        .unwrap_or_else(|| kind.to_string());
     serde_json::json!({"kind_title": title, "number": number, "due_at_ms": due_ms})
 }
 
 /// Send the reminder once, if the request is still in review for this deadline.
 /// Returns whether this call sent it.
 pub async fn remind(app: &App, request_id: &str, armed_for: Option<i64>) -> anyhow::Result<bool> {
-    let Some(req) = load_request(app, request_id).await? else { return Ok(false) };
+    let Some(req) = load_request(app, request_id).await? else {
+        return Ok(false);
+    };
     if req.status != "in_review" || armed_for.is_some_and(|d| d != req.sla_due_at) {
         return Ok(false);
     }
@@ -132,17 +163,34 @@ pub async fn remind(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
     .bind(req.sla_due_at)
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected()))?;
     if n == 0 {
         tx.rollback().await.ok();
         return Ok(false);
     }
-    add_event(app, &mut tx, request_id, "reminder_sent", Some("system"), serde_json::json!({"due_at_ms": req.sla_due_at})).await?;
+    add_event(
+        app,
+        &mut tx,
+        request_id,
+        "reminder_sent",
+        Some("system"),
+        serde_json::json!({"due_at_ms": req.sla_due_at}),
+    )
+    .await?;
     for r in assigned_reviewers(app, request_id).await? {
         let to = r.recipient();
         let params = kind_params(app, &req.kind, &req.number, req.sla_due_at, to.locale);
-        crate::mail::queue_email(app, &mut tx, EmailSpec { template: Template::Reminder, request_id: Some(req.id.clone()), to, params })
-            .await?;
+        crate::mail::queue_email(
+            app,
+            &mut tx,
+            EmailSpec {
+                template: Template::Reminder,
+                request_id: Some(req.id.clone()),
+                to,
+                params,
+            },
+        )
+        .await?;
     }
     tx.commit().await?;
     app.jobs_committed();
@@ -152,15 +200,24 @@ pub async fn remind(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
 /// Handle a breached deadline once: mark it, count it, escalate or
 /// auto-reject per the kind's `on_breach`. Returns whether this call did it.
 pub async fn breach(app: &App, request_id: &str, armed_for: Option<i64>) -> anyhow::Result<bool> {
-    let Some(req) = load_request(app, request_id).await? else { return Ok(false) };
+    let Some(req) = load_request(app, request_id).await? else {
+        return Ok(false);
+    };
     if req.status != "in_review" || armed_for.is_some_and(|d| d != req.sla_due_at) {
         return Ok(false);
     }
     let now = app.now_ms();
     if now < req.sla_due_at {
-        anyhow::bail!("SLA timer for {request_id} fired {} ms before its due time", req.sla_due_at - now);
+        anyhow::bail!(
+            "SLA timer for {request_id} fired {} ms before its due time",
+            req.sla_due_at - now
+        );
     }
-    let on_breach = app.catalog.kind(&req.kind).map(|k| k.on_breach).unwrap_or_default();
+    let on_breach = app
+        .catalog
+        .kind(&req.kind)
+        .map(|k| k.on_breach)
+        .unwrap_or_default();
     let mut tx = app.db.begin().await?;
     let n = on_tx!(&mut tx, |c| sqlx::query(
         "UPDATE requests SET breached_at = $2, updated_at = $2 \
@@ -171,7 +228,7 @@ pub async fn breach(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
     .bind(req.sla_due_at)
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected()))?;
     if n == 0 {
         tx.rollback().await.ok();
         return Ok(false);
@@ -180,15 +237,27 @@ pub async fn breach(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
         OnBreach::Escalate => "escalate",
         OnBreach::AutoReject => "auto_reject",
     };
-    add_event(app, &mut tx, request_id, "sla_breached", Some("system"), serde_json::json!({"due_at_ms": req.sla_due_at, "action": action}))
-        .await?;
+    add_event(
+        app,
+        &mut tx,
+        request_id,
+        "sla_breached",
+        Some("system"),
+        serde_json::json!({"due_at_ms": req.sla_due_at, "action": action}),
+    )
+    .await?;
     if on_breach == OnBreach::Escalate {
         for to in escalation_contacts(app, &req.org_id, &req.kind).await? {
             let params = kind_params(app, &req.kind, &req.number, req.sla_due_at, to.locale);
             crate::mail::queue_email(
                 app,
                 &mut tx,
-                EmailSpec { template: Template::SlaEscalation, request_id: Some(req.id.clone()), to, params },
+                EmailSpec {
+                    template: Template::SlaEscalation,
+                    request_id: Some(req.id.clone()),
+                    to,
+                    params,
+                },
             )
             .await?;
         }
@@ -225,7 +294,13 @@ pub enum ExtendError {
 
 /// Extend the review window, once, to `days` (2 or 3) business days from
 /// submission; both timers move with it.
-pub async fn extend(app: &App, request_id: &str, days: u32, reason: &str, by: &str) -> anyhow::Result<Result<i64, ExtendError>> {
+pub async fn extend(
+    app: &App,
+    request_id: &str,
+    days: u32,
+    reason: &str,
+    by: &str,
+) -> anyhow::Result<Result<i64, ExtendError>> {
     if !(2..=3).contains(&days) {
         return Ok(Err(ExtendError::BadDays));
     }
@@ -233,7 +308,9 @@ pub async fn extend(app: &App, request_id: &str, days: u32, reason: &str, by: &s
     if reason.is_empty() {
         return Ok(Err(ExtendError::NoReason));
     }
-    let Some(req) = load_request(app, request_id).await? else { return Ok(Err(ExtendError::NotInReview)) };
+    let Some(req) = load_request(app, request_id).await? else {
+        return Ok(Err(ExtendError::NotInReview));
+    };
     if req.status != "in_review" {
         return Ok(Err(ExtendError::NotInReview));
     }
@@ -244,7 +321,8 @@ pub async fn extend(app: &App, request_id: &str, days: u32, reason: &str, by: &s
     let reminder = reminder_at(app, req.created_at, due);
     let now = app.now_ms();
     let mut tx = app.db.begin().await?;
-    let n = on_tx!(&mut tx, |c| sqlx::query(
+    let n = on_tx!(&mut tx, |c| {
+        sqlx::query(
         "UPDATE requests SET sla_days = $2, sla_due_at = $3, reminder_at = $4, extended_at = $5, \
                 extension_reason = $6, updated_at = $5 \
          WHERE id = $1 AND status = 'in_review' AND extended_at IS NULL"
@@ -257,13 +335,21 @@ pub async fn extend(app: &App, request_id: &str, days: u32, reason: &str, by: &s
     .bind(reason)
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+    })?;
     if n == 0 {
         tx.rollback().await.ok();
         return Ok(Err(ExtendError::AlreadyExtended));
     }
-    add_event(app, &mut tx, request_id, "extended", Some(by), serde_json::json!({"days": days, "reason": reason, "due_at_ms": due}))
-        .await?;
+    add_event(
+        app,
+        &mut tx,
+        request_id,
+        "extended",
+        Some(by),
+        serde_json::json!({"days": days, "reason": reason, "due_at_ms": due}),
+    )
+    .await?;
     arm_timers(app, &mut tx, request_id, reminder, due).await?;
     tx.commit().await?;
     app.jobs_committed();
@@ -284,25 +370,29 @@ pub struct Swept {
 pub async fn sweep(app: &App) -> anyhow::Result<Swept> {
     let now = app.now_ms();
     let mut out = Swept::default();
-    let due: Vec<String> = on_db!(&app.db, |p| sqlx::query_scalar(
+    let due: Vec<String> = on_db!(&app.db, |p| {
+        sqlx::query_scalar(
         "SELECT id FROM requests WHERE status = 'in_review' AND breached_at IS NULL AND sla_due_at <= $1 \
          ORDER BY sla_due_at LIMIT 200"
     )
     .bind(now)
     .fetch_all(p)
-    .await)?;
+    .await
+    })?;
     for id in due {
         if breach(app, &id, None).await? {
             out.breached += 1;
         }
     }
-    let remind_ids: Vec<String> = on_db!(&app.db, |p| sqlx::query_scalar(
+    let remind_ids: Vec<String> = on_db!(&app.db, |p| {
+        sqlx::query_scalar(
         "SELECT id FROM requests WHERE status = 'in_review' AND reminded_at IS NULL AND breached_at IS NULL \
            AND reminder_at IS NOT NULL AND reminder_at <= $1 ORDER BY reminder_at LIMIT 200"
     )
     .bind(now)
     .fetch_all(p)
-    .await)?;
+    .await
+    })?;
     for id in remind_ids {
         if remind(app, &id, None).await? {
             out.reminded += 1;
@@ -311,12 +401,14 @@ pub async fn sweep(app: &App) -> anyhow::Result<Swept> {
     // A review normally starts within milliseconds; after two minutes the
     // job is presumed lost. The job is idempotent, so a needless push is
     // harmless; the dedupe key limits it to one per request per 10 minutes.
-    let stuck: Vec<String> = on_db!(&app.db, |p| sqlx::query_scalar(
+    let stuck: Vec<String> = on_db!(&app.db, |p| {
+        sqlx::query_scalar(
         "SELECT id FROM requests WHERE status = 'submitted' AND updated_at <= $1 ORDER BY created_at LIMIT 500"
     )
     .bind(now - 120_000)
     .fetch_all(p)
-    .await)?;
+    .await
+    })?;
     let bucket = now / 600_000;
     for id in stuck {
         crate::jobs::review::requeue(app, &id, Some(format!("reconcile:{id}:{bucket}"))).await?;

@@ -23,7 +23,12 @@ impl Job for SweepJob {
     async fn run(self, app: App, _info: JobInfo) -> Result<(), JobError> {
         let s = super::sla::sweep(&app).await?;
         if s != super::sla::Swept::default() {
-            tracing::info!(reminded = s.reminded, breached = s.breached, requeued = s.requeued, "sweep handled overdue work");
+            tracing::info!(
+                reminded = s.reminded,
+                breached = s.breached,
+                requeued = s.requeued,
+                "sweep handled overdue work"
+            );
         }
         let now = app.now_ms();
         let runs: i64 = on_db!(&app.db, |p| sqlx::query_scalar(
@@ -38,7 +43,11 @@ impl Job for SweepJob {
         .await)
         .map_err(anyhow::Error::from)?;
         if runs > 1 {
-            tracing::warn!(tick_ms = self.tick_ms, runs, "cron tick handled more than once");
+            tracing::warn!(
+                tick_ms = self.tick_ms,
+                runs,
+                "cron tick handled more than once"
+            );
         }
         crate::ops::refresh_gauges(&app).await;
         Ok(())

@@ -76,13 +76,27 @@ impl Resp {
     }
     #[track_caller]
     pub fn expect(self, status: u16) -> Self {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
         self
     }
     #[track_caller]
     pub fn assert_problem(&self) {
-        assert!(self.status.is_client_error(), "expected 4xx, got {}: {}", self.status, self.text);
-        assert_eq!(self.content_type, "application/problem+json", "body: {}", self.text);
+        assert!(
+            self.status.is_client_error(),
+            "expected 4xx, got {}: {}",
+            self.status,
+            self.text
+        );
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "body: {}",
+            self.text
+        );
         let j = self.json();
         for f in ["type", "title", "status", "detail"] {
             assert!(j.get(f).is_some(), "problem body lacks {f}: {}", self.text);
@@ -101,7 +115,9 @@ pub async fn fresh_pg_database() -> String {
     let name = format!("approvald_t_{}", rand_suffix());
     let mut c = sqlx::PgConnection::connect(PG_ADMIN)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is required at {PG_ADMIN} for the production profile: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is required at {PG_ADMIN} for the production profile: {e}")
+        });
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut c)
         .await
@@ -119,7 +135,10 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = dir.path().join("outbox");
         let (db_url, queue_url) = match profile {
-            Profile::Embedded => (format!("sqlite://{}/approvald.db?mode=rwc", dir.path().display()), "sqlite".to_string()),
+            Profile::Embedded => (
+                format!("sqlite://{}/approvald.db?mode=rwc", dir.path().display()),
+                "sqlite".to_string(),
+            ),
             Profile::Production => (fresh_pg_database().await, REDIS.to_string()),
         };
         let base_toml = format!(
@@ -152,7 +171,9 @@ filter = "warn"
         if !opts.toml.is_empty() {
             config = merge_toml(&base_toml, &opts.toml);
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().unwrap();
         // Links in emails must point at this test server.
         config.server.public_url = format!("http://{addr}");
@@ -160,9 +181,14 @@ filter = "warn"
             Some(c) => Arc::new(c.clone()),
             None => Arc::new(SystemClock),
         };
-        let running = approvald::start(config.clone(), opts.role.unwrap_or(Role::All), Some(listener), clock)
-            .await
-            .unwrap_or_else(|e| panic!("daemon failed to start ({profile:?}): {e:#}"));
+        let running = approvald::start(
+            config.clone(),
+            opts.role.unwrap_or(Role::All),
+            Some(listener),
+            clock,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("daemon failed to start ({profile:?}): {e:#}"));
         let app = running.app.clone();
         let platform_key = approvald::store::keys::create(
             &app.db,
@@ -193,7 +219,13 @@ filter = "warn"
         }
     }
 
-    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> Resp {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Resp {
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(k) = key {
             req = req.bearer_auth(k);
@@ -238,7 +270,15 @@ filter = "warn"
         let org = r.json();
         let org_id = org["id"].as_str().expect("org id").to_string();
         let owner_id = org["owner"]["id"].as_str().expect("owner id").to_string();
-        let key = self.post(&format!("/v1/orgs/{org_id}/keys"), &self.platform_key, json!({})).await.expect(201).json()["key"]
+        let key = self
+            .post(
+                &format!("/v1/orgs/{org_id}/keys"),
+                &self.platform_key,
+                json!({}),
+            )
+            .await
+            .expect(201)
+            .json()["key"]
             .as_str()
             .expect("key")
             .to_string();
@@ -251,7 +291,13 @@ filter = "warn"
         if lead {
             body["lead_groups"] = json!([group]);
         }
-        self.post("/v1/reviewers", &self.platform_key, body).await.expect(201).json()["id"].as_str().unwrap().to_string()
+        self.post("/v1/reviewers", &self.platform_key, body)
+            .await
+            .expect(201)
+            .json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Wait until no job is ready or running in any queue. Jobs scheduled in
@@ -271,7 +317,13 @@ filter = "warn"
             for q in approvald::jobs::QUEUES {
                 let s = self.app.queue.stats(q).await.expect("queue stats");
                 let now = self.app.now_ms();
-                let due = self.app.queue.next_due_ms(q).await.expect("next due").is_some_and(|t| t <= now);
+                let due = self
+                    .app
+                    .queue
+                    .next_due_ms(q)
+                    .await
+                    .expect("next due")
+                    .is_some_and(|t| t <= now);
                 if s.ready + s.running > 0 || due {
                     busy.push(format!("{q}: {s:?} due={due}"));
                 }
@@ -284,7 +336,11 @@ filter = "warn"
             } else {
                 idle = 0;
             }
-            assert!(std::time::Instant::now() < deadline, "queues did not drain in 60 s: {}", busy.join("; "));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queues did not drain in 60 s: {}",
+                busy.join("; ")
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -302,7 +358,9 @@ filter = "warn"
 
     /// Every `.eml` file written so far, as text.
     pub fn outbox_messages(&self) -> Vec<String> {
-        let Ok(rd) = std::fs::read_dir(&self.outbox) else { return vec![] };
+        let Ok(rd) = std::fs::read_dir(&self.outbox) else {
+            return vec![];
+        };
         let mut v: Vec<(PathBuf, String)> = rd
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -319,8 +377,12 @@ filter = "warn"
     /// Count rows of a table (state-change checks).
     pub async fn count(&self, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM {table}");
-        approvald::on_db!(&self.app.db, |p| sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(p).await)
-            .unwrap_or_else(|e| panic!("count {table}: {e}"))
+        approvald::on_db!(&self.app.db, |p| sqlx::query_scalar::<_, i64>(
+            sqlx::AssertSqlSafe(sql)
+        )
+        .fetch_one(p)
+        .await)
+        .unwrap_or_else(|e| panic!("count {table}: {e}"))
     }
 
     /// Drain, stop gracefully, and fail if any job died: a test must account
@@ -340,7 +402,10 @@ filter = "warn"
     {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !cond().await {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -349,7 +414,9 @@ filter = "warn"
     /// port (a process restart).
     pub async fn restart(&mut self) {
         self.stop().await;
-        let listener = tokio::net::TcpListener::bind(self.addr).await.expect("re-bind the same port");
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("re-bind the same port");
         let clock: Arc<dyn Clock> = match &self.clock {
             Some(c) => Arc::new(c.clone()),
             None => Arc::new(SystemClock),
@@ -363,14 +430,20 @@ filter = "warn"
 
     /// Move the injected clock and wake the workers so due jobs run now.
     pub fn advance(&self, by: chrono::Duration) {
-        let c = self.clock.as_ref().expect("advance() needs Opts { clock: Some(..) }");
+        let c = self
+            .clock
+            .as_ref()
+            .expect("advance() needs Opts { clock: Some(..) }");
         c.advance(by);
         self.app.queue.notify_all();
     }
 
     /// Set the injected clock and wake the workers.
     pub fn set_time(&self, to: chrono::DateTime<chrono::Utc>) {
-        let c = self.clock.as_ref().expect("set_time() needs Opts { clock: Some(..) }");
+        let c = self
+            .clock
+            .as_ref()
+            .expect("set_time() needs Opts { clock: Some(..) }");
         c.set(to);
         self.app.queue.notify_all();
     }
@@ -399,7 +472,12 @@ async fn read(resp: reqwest::Response) -> Resp {
         .unwrap_or("")
         .to_string();
     let text = resp.text().await.unwrap_or_default();
-    Resp { status, content_type, headers, text }
+    Resp {
+        status,
+        content_type,
+        headers,
+        text,
+    }
 }
 
 fn merge_toml(base: &str, extra: &str) -> Config {

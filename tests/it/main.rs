@@ -1,15 +1,17 @@
 //! approvald's integration tests: one binary, real SQLite / PostgreSQL /
 //! Redis / SMTP on loopback, each test isolated (see `harness`).
-mod harness;
-mod sla;
 mod api_hostile;
 mod api_idempotency;
 mod api_isolation;
 mod api_lifecycle;
 mod api_members;
 mod api_util;
+mod harness;
 mod mail_file;
 mod mail_server;
 mod mail_smtp;
+mod mail_snapshots;
+mod review_bad_tokens;
 mod review_decide;
 mod review_util;
+mod sla;

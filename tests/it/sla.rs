@@ -58,11 +58,20 @@ async fn events(t: &TestApp, id: &str, kind: &str) -> i64 {
 /// submitted `ftp_access` request, moved to review.
 async fn setup() -> (TestApp, String) {
     let clock = ManualClock::new(utc(START));
-    let t = TestApp::spawn_with(Opts { clock: Some(clock), ..Default::default() }).await;
-    t.create_reviewer("lead@platform.example", "marketplace", true).await;
+    let t = TestApp::spawn_with(Opts {
+        clock: Some(clock),
+        ..Default::default()
+    })
+    .await;
+    t.create_reviewer("lead@platform.example", "marketplace", true)
+        .await;
     let (org, key, _) = t.create_org("Acme", "cn").await;
     let r = t
-        .post(&format!("/v1/orgs/{org}/requests"), &key, json!({"kind": "ftp_access", "remark": "nightly stock sync"}))
+        .post(
+            &format!("/v1/orgs/{org}/requests"),
+            &key,
+            json!({"kind": "ftp_access", "remark": "nightly stock sync"}),
+        )
         .await
         .expect(202)
         .json();
@@ -87,18 +96,28 @@ async fn reminder_then_escalation_once() {
 
     // Halfway (21:00 Shanghai): one reminder.
     t.advance(Duration::hours(1) + Duration::seconds(1));
-    t.eventually("reminder sent", || async { row(&t, &id).await.reminded_at.is_some() }).await;
+    t.eventually("reminder sent", || async {
+        row(&t, &id).await.reminded_at.is_some()
+    })
+    .await;
     t.drain().await;
     assert_eq!(mails(&t, &id, "reminder").await, 1);
     assert!(row(&t, &id).await.breached_at.is_none());
 
     // The due instant: breached once, escalated to the group's lead.
     t.set_time(utc(DUE) + Duration::seconds(1));
-    t.eventually("breach marked", || async { row(&t, &id).await.breached_at.is_some() }).await;
+    t.eventually("breach marked", || async {
+        row(&t, &id).await.breached_at.is_some()
+    })
+    .await;
     t.drain().await;
     assert_eq!(events(&t, &id, "sla_breached").await, 1);
     assert_eq!(mails(&t, &id, "sla_escalation").await, 1);
-    assert_eq!(row(&t, &id).await.status, "in_review", "escalate keeps the request in review");
+    assert_eq!(
+        row(&t, &id).await.status,
+        "in_review",
+        "escalate keeps the request in review"
+    );
 
     // A sweep and more time change nothing: escalated exactly once.
     let s = approvald::jobs::sla::sweep(&t.app).await.unwrap();
@@ -108,8 +127,19 @@ async fn reminder_then_escalation_once() {
     assert_eq!(events(&t, &id, "sla_breached").await, 1);
     assert_eq!(events(&t, &id, "reminder_sent").await, 1);
     assert_eq!(mails(&t, &id, "sla_escalation").await, 1);
-    let metrics = t.client.get(format!("{}/metrics", t.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("approvald_sla_breaches_total{kind=\"ftp_access\"}"), "{metrics}");
+    let metrics = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("approvald_sla_breaches_total{kind=\"ftp_access\"}"),
+        "{metrics}"
+    );
     t.finish().await;
 }
 
@@ -129,7 +159,10 @@ async fn decided_before_due_does_nothing() {
     t.drain().await;
     let st = row(&t, &id).await;
     assert_eq!(st.status, "approved");
-    assert!(st.reminded_at.is_none() && st.breached_at.is_none(), "{st:?}");
+    assert!(
+        st.reminded_at.is_none() && st.breached_at.is_none(),
+        "{st:?}"
+    );
     assert_eq!(mails(&t, &id, "reminder").await, 0);
     assert_eq!(mails(&t, &id, "sla_escalation").await, 0);
     t.finish().await;
@@ -139,10 +172,21 @@ async fn decided_before_due_does_nothing() {
 async fn extension_moves_both_timers() {
     let (t, id) = setup().await;
     // Extend to 3 business days: Monday 09:00 + 3 = Thursday 09:00.
-    let due = approvald::jobs::sla::extend(&t.app, &id, 3, "licence check with the regulator", "reviewer").await.unwrap().unwrap();
+    let due = approvald::jobs::sla::extend(
+        &t.app,
+        &id,
+        3,
+        "licence check with the regulator",
+        "reviewer",
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(due, utc("2026-03-05T01:00:00Z").timestamp_millis());
     assert_eq!(
-        approvald::jobs::sla::extend(&t.app, &id, 2, "again", "reviewer").await.unwrap(),
+        approvald::jobs::sla::extend(&t.app, &id, 2, "again", "reviewer")
+            .await
+            .unwrap(),
         Err(approvald::jobs::sla::ExtendError::AlreadyExtended)
     );
     t.drain().await;
@@ -151,13 +195,22 @@ async fn extension_moves_both_timers() {
     t.set_time(utc(DUE) + Duration::hours(1));
     t.drain().await;
     let st = row(&t, &id).await;
-    assert!(st.reminded_at.is_none() && st.breached_at.is_none(), "{st:?}");
+    assert!(
+        st.reminded_at.is_none() && st.breached_at.is_none(),
+        "{st:?}"
+    );
 
     // New reminder halfway through the new window (Tuesday 21:00), then the new deadline.
     t.set_time(utc("2026-03-03T13:00:01Z"));
-    t.eventually("moved reminder", || async { row(&t, &id).await.reminded_at.is_some() }).await;
+    t.eventually("moved reminder", || async {
+        row(&t, &id).await.reminded_at.is_some()
+    })
+    .await;
     t.set_time(utc("2026-03-05T01:00:01Z"));
-    t.eventually("moved breach", || async { row(&t, &id).await.breached_at.is_some() }).await;
+    t.eventually("moved breach", || async {
+        row(&t, &id).await.breached_at.is_some()
+    })
+    .await;
     t.drain().await;
     assert_eq!(events(&t, &id, "sla_breached").await, 1);
     assert_eq!(mails(&t, &id, "reminder").await, 1);
@@ -171,24 +224,41 @@ async fn lost_timer_is_caught_by_the_sweep() {
     match t.profile {
         crate::harness::Profile::Embedded => {
             let p = t.app.db.sqlite_pool().unwrap();
-            sqlx::query("DELETE FROM wq_jobs WHERE queue = 'sla'").execute(p).await.unwrap();
+            sqlx::query("DELETE FROM wq_jobs WHERE queue = 'sla'")
+                .execute(p)
+                .await
+                .unwrap();
         }
         crate::harness::Profile::Production => {
             let client = redis::Client::open(crate::harness::REDIS).unwrap();
             let mut c = client.get_multiplexed_async_connection().await.unwrap();
             let pattern = format!("{}:*sla*", t.config.queue.prefix);
-            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut c)
+                .await
+                .unwrap();
             if !keys.is_empty() {
-                let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut c).await.unwrap();
+                let _: () = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
             }
         }
     }
     t.set_time(utc(DUE) + Duration::minutes(5));
     t.drain().await;
-    assert!(row(&t, &id).await.breached_at.is_none(), "no timer left to fire");
+    assert!(
+        row(&t, &id).await.breached_at.is_none(),
+        "no timer left to fire"
+    );
     let s = approvald::jobs::sla::sweep(&t.app).await.unwrap();
     assert_eq!(s.breached, 1);
-    assert_eq!(s.reminded, 0, "an overdue request is escalated, not reminded");
+    assert_eq!(
+        s.reminded, 0,
+        "an overdue request is escalated, not reminded"
+    );
     let again = approvald::jobs::sla::sweep(&t.app).await.unwrap();
     assert_eq!(again.breached, 0);
     t.drain().await;
@@ -202,10 +272,16 @@ async fn restart_in_the_middle_loses_nothing() {
     let (mut t, id) = setup().await;
     t.restart().await;
     t.set_time(utc("2026-03-02T13:00:01Z"));
-    t.eventually("reminder after restart", || async { row(&t, &id).await.reminded_at.is_some() }).await;
+    t.eventually("reminder after restart", || async {
+        row(&t, &id).await.reminded_at.is_some()
+    })
+    .await;
     t.restart().await;
     t.set_time(utc(DUE) + Duration::seconds(1));
-    t.eventually("breach after restart", || async { row(&t, &id).await.breached_at.is_some() }).await;
+    t.eventually("breach after restart", || async {
+        row(&t, &id).await.breached_at.is_some()
+    })
+    .await;
     t.drain().await;
     assert_eq!(events(&t, &id, "sla_breached").await, 1);
     assert_eq!(events(&t, &id, "reminder_sent").await, 1);

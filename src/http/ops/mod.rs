@@ -17,7 +17,10 @@ pub fn router() -> Router<App> {
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
     crate::ops::refresh_gauges(&app).await;
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         crate::telemetry::metrics_handle().render(),
     )
 }
@@ -30,6 +33,15 @@ async fn readyz(State(app): State<App>) -> impl IntoResponse {
     let t = Duration::from_secs(2);
     let db = matches!(tokio::time::timeout(t, app.db.ping()).await, Ok(Ok(())));
     let queue = matches!(tokio::time::timeout(t, app.queue.ping()).await, Ok(Ok(())));
-    let status = if db && queue { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"database": if db {"ok"} else {"down"}, "queue": if queue {"ok"} else {"down"}})))
+    let status = if db && queue {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(
+            json!({"database": if db {"ok"} else {"down"}, "queue": if queue {"ok"} else {"down"}}),
+        ),
+    )
 }
