@@ -1,13 +1,23 @@
-//! Throughput of the SQLite store alone: push 20,000 jobs, then drain them
-//! with concurrent fetch + complete loops, on a temp file.
+//! Throughput of the SQLite queue on a temp file, in two parts:
+//! 1. the store alone: push 20,000 jobs, then drain them with concurrent
+//!    fetch + complete loops (acks of a batch in flight together, as from a
+//!    worker's running handlers);
+//! 2. the whole runtime: push 20,000 no-op jobs, then time a `Runtime` with
+//!    concurrency 50 until the queue is empty.
 //!
 //! `cargo run --release -p approvald-workers --example sqlite_throughput [jobs] [fetchers] [batch]`
 use std::time::Instant;
 
-use approvald_workers::store::{
-    NewJob, Store,
-    sqlite::{self, SqliteStore},
+use std::time::Duration;
+
+use approvald_workers::{
+    Job, JobError, JobInfo, PushOptions, Queue, QueueConfig, Runtime,
+    store::{
+        NewJob, Store,
+        sqlite::{self, SqliteStore},
+    },
 };
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqlitePoolOptions;
 
 #[tokio::main]
@@ -84,6 +94,53 @@ async fn main() -> anyhow::Result<()> {
         "left: {s:?}"
     );
     store.pool().close().await;
+
+    runtime_drain(&dir.join("runtime.db").display().to_string(), jobs).await?;
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Noop {
+    n: usize,
+}
+
+impl Job for Noop {
+    const NAME: &'static str = "noop";
+    const CONCURRENCY: usize = 50;
+    type Context = ();
+
+    async fn run(self, _ctx: (), _info: JobInfo) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+async fn runtime_drain(path: &str, jobs: usize) -> anyhow::Result<()> {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(sqlite::connect_options(path))
+        .await?;
+    let queue = Queue::sqlite(pool, QueueConfig::default()).await?;
+    let payloads: Vec<Noop> = (0..jobs).map(|n| Noop { n }).collect();
+    for chunk in payloads.chunks(1_000) {
+        let batch: Vec<(&Noop, PushOptions)> =
+            chunk.iter().map(|j| (j, PushOptions::default())).collect();
+        queue.push_many(&batch).await?;
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let t = Instant::now();
+    let runtime = Runtime::new(queue.clone()).register::<Noop>(());
+    let run = tokio::spawn(runtime.run(async move {
+        let _ = stopped.await;
+    }));
+    approvald_workers::testing::drain(&queue, &[Noop::NAME], Duration::from_secs(600)).await?;
+    let drain_s = t.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    run.await??;
+    println!(
+        "runtime drain: {jobs} no-op jobs in {drain_s:.3}s = {:.0} jobs/s (concurrency 50, batch {})",
+        jobs as f64 / drain_s,
+        QueueConfig::default().batch
+    );
     Ok(())
 }

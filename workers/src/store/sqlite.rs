@@ -30,8 +30,8 @@
 //! [`notify_pushed`] so that idle workers of this process start at once.
 //!
 //! # Wake-up
-//! - Same process: pushes through [`SqliteStore::push`], `release` and
-//!   `redrive` wake idle workers of that queue at once through an in-process
+//! - Same process: pushes through [`SqliteStore::push`], `retry`, `release`
+//!   and `redrive` wake idle workers of that queue at once through an in-process
 //!   [`tokio::sync::Notify`] keyed by database file and queue (shared by all
 //!   pools and stores of this process on that file). Jobs written with
 //!   [`push_in_tx`] wake workers when the caller calls [`notify_pushed`].
@@ -603,7 +603,12 @@ impl Store for SqliteStore {
             now_ms: self.now_estimate(),
             error: error.to_owned(),
         };
-        self.acks.apply(&self.pool, ack, queue, id, worker_id).await
+        self.acks
+            .apply(&self.pool, ack, queue, id, worker_id)
+            .await?;
+        // Idle workers re-read `next_due_ms`: the retry may be due soon.
+        wake(&self.db, queue);
+        Ok(())
     }
 
     async fn kill(
