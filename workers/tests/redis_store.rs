@@ -233,6 +233,38 @@ async fn expired_lease_is_reclaimed_with_next_attempt_and_old_owner_is_ignored()
 }
 
 #[tokio::test]
+async fn acks_from_a_worker_that_does_not_hold_the_lease_are_ignored() {
+    let (s, _k) = fresh().await;
+    let id = s.push(&[job("q", "{}", T0)], T0, DAY).await.unwrap()[0]
+        .id
+        .clone();
+    s.fetch("q", "owner", 1, T0, 30_000).await.unwrap();
+    let ids = std::slice::from_ref(&id);
+    s.complete("q", &id, "intruder", T0 + 1).await.unwrap();
+    s.retry("q", &id, "intruder", T0 + 1, "x").await.unwrap();
+    s.kill("q", &id, "intruder", T0 + 1, "x").await.unwrap();
+    s.release("q", ids, "intruder").await.unwrap();
+    assert_eq!(
+        s.renew("q", ids, "intruder", T0 + 60_000).await.unwrap(),
+        ids
+    );
+    // wrong queue, right worker: also ignored
+    s.complete("other", &id, "owner", T0 + 1).await.unwrap();
+    let stats = s.stats("q").await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.scheduled, stats.running, stats.dead),
+        (0, 0, 1, 0)
+    );
+    // the intruder's renew did not extend the lease: it still ends at T0 + 30_000
+    let back = s
+        .fetch("q", "other-worker", 1, T0 + 30_000, 30_000)
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].attempt, 2);
+}
+
+#[tokio::test]
 async fn expired_lease_after_final_attempt_goes_dead() {
     let (s, _k) = fresh().await;
     let j = NewJob {
