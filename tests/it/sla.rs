@@ -287,3 +287,68 @@ async fn restart_in_the_middle_loses_nothing() {
     assert_eq!(events(&t, &id, "reminder_sent").await, 1);
     t.finish().await;
 }
+
+#[tokio::test]
+async fn auto_reject_on_breach_when_the_kind_says_so() {
+    // A catalog whose ftp_access kind rejects itself when its SLA passes.
+    let cat_dir = tempfile::tempdir().unwrap();
+    let shipped = approvald::domain::catalog::SHIPPED;
+    let patched = shipped.replacen(
+        "key = \"ftp_access\"\ntitles = { en = \"FTP access\", \"zh-CN\" = \"FTP使用权限\", ja = \"FTP利用権限\" }\nreviewers = \"platform:marketplace\"\nsla_days = 1\npolicy = \"manual\"",
+        "key = \"ftp_access\"\ntitles = { en = \"FTP access\", \"zh-CN\" = \"FTP使用权限\", ja = \"FTP利用権限\" }\nreviewers = \"platform:marketplace\"\nsla_days = 1\npolicy = \"manual\"\non_breach = \"auto_reject\"\nbreach_reason = \"not reviewed within one business day; please apply again\"",
+        1,
+    );
+    assert_ne!(patched, shipped, "catalog patch must apply");
+    let path = cat_dir.path().join("catalog.toml");
+    std::fs::write(&path, patched).unwrap();
+    let clock = ManualClock::new(utc(START));
+    let t = TestApp::spawn_with(Opts {
+        clock: Some(clock),
+        toml: format!("[catalog]\npath = \"{}\"\n", path.display()),
+        ..Default::default()
+    })
+    .await;
+    t.create_reviewer("rev@platform.example", "marketplace", false)
+        .await;
+    let (org, key, _) = t.create_org("Acme", "cn").await;
+    let r = t
+        .post(
+            &format!("/v1/orgs/{org}/requests"),
+            &key,
+            json!({"kind": "ftp_access", "remark": "sync"}),
+        )
+        .await
+        .expect(202)
+        .json();
+    let id = r["id"].as_str().unwrap().to_string();
+    t.drain().await;
+    assert_eq!(row(&t, &id).await.status, "in_review");
+    t.set_time(utc(DUE) + Duration::seconds(1));
+    t.eventually("auto-rejected", || async {
+        row(&t, &id).await.status == "rejected"
+    })
+    .await;
+    t.drain().await;
+    assert_eq!(events(&t, &id, "sla_breached").await, 1);
+    assert_eq!(
+        mails(&t, &id, "sla_escalation").await,
+        0,
+        "auto_reject does not escalate"
+    );
+    assert_eq!(
+        mails(&t, &id, "rejected").await,
+        1,
+        "the requester hears the outcome"
+    );
+    let got = t
+        .get(&format!("/v1/orgs/{org}/requests/{id}"), &key)
+        .await
+        .expect(200)
+        .json();
+    assert!(
+        got.to_string()
+            .contains("not reviewed within one business day"),
+        "{got}"
+    );
+    t.finish().await;
+}
