@@ -107,7 +107,7 @@ impl CronTask {
         let mut wake = queue.subscribe_wake();
 
         let Some(last) = common
-            .retry_store("last_tick", false, || queue.store.last_tick(name))
+            .retry_store("last_tick", || queue.store.last_tick(name))
             .await
         else {
             return Err(gave_up(&common));
@@ -171,9 +171,7 @@ impl CronTask {
         let queue = &common.queue;
         let tick_ms = tick.timestamp_millis();
         let Some(won) = common
-            .retry_store("claim_tick", false, || {
-                queue.store.claim_tick(name, tick_ms)
-            })
+            .retry_store("claim_tick", || queue.store.claim_tick(name, tick_ms))
             .await
         else {
             return false;
@@ -196,7 +194,7 @@ impl CronTask {
                 .store
                 .push(jobs, queue.clock.now().timestamp_millis(), window)
         };
-        let Some(pushed) = common.retry_store("push", false, push).await else {
+        let Some(pushed) = common.retry_store("push", push).await else {
             return false;
         };
         queue.notify_all();

@@ -53,15 +53,9 @@ impl Common {
         self.queue.clock.now().timestamp_millis()
     }
 
-    /// Run a store operation until it succeeds; gives up (returning false)
-    /// only once the runtime gives up on the store, or, when `until_hard` is
-    /// set, once the shutdown timeout has passed.
-    pub(crate) async fn retry_store<T, F, Fut>(
-        &self,
-        what: &str,
-        until_hard: bool,
-        mut op: F,
-    ) -> Option<T>
+    /// Run a store operation until it succeeds, with backoff; gives up
+    /// (returning `None`) only once the runtime gives up on the store.
+    pub(crate) async fn retry_store<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = crate::store::StoreResult<T>>,
@@ -80,15 +74,7 @@ impl Common {
                     }
                 }
             }
-            let delay = backoff.next_delay();
-            if until_hard {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = self.hard.cancelled() => return None,
-                }
-            } else {
-                tokio::time::sleep(delay).await;
-            }
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 }
@@ -225,7 +211,7 @@ impl Shared {
         let c = &self.common;
         for chunk in ids.chunks(ID_CHUNK) {
             let released = c
-                .retry_store("release", false, || {
+                .retry_store("release", || {
                     c.queue.store.release(self.name, chunk, &c.worker_id)
                 })
                 .await;
@@ -348,7 +334,7 @@ impl<J: Job> StoreBackend<J> {
                     let now = c.now_ms();
                     tracing::error!(job = shared.name, job_id = %job.id, error = %error, "job dead-lettered: undecodable payload");
                     m::job_outcome(shared.name, m::Outcome::Dead);
-                    c.retry_store("kill", false, || {
+                    c.retry_store("kill", || {
                         c.queue
                             .store
                             .kill(shared.name, &job.id, &c.worker_id, now, &error)
@@ -651,14 +637,12 @@ impl Shared {
                 m::job_outcome(self.name, m::Outcome::Ok);
                 tracing::debug!(elapsed_ms = elapsed.as_millis() as u64, "job done");
                 let now = c.now_ms();
-                c.retry_store("complete", false, || {
-                    store.complete(self.name, id, wid, now)
-                })
-                .await;
+                c.retry_store("complete", || store.complete(self.name, id, wid, now))
+                    .await;
             }
             Ended::Abandoned => {
                 tracing::warn!("shutdown timeout reached: job aborted and released");
-                c.retry_store("release", false, || {
+                c.retry_store("release", || {
                     store.release(self.name, std::slice::from_ref(&meta.id), wid)
                 })
                 .await;
@@ -682,10 +666,8 @@ impl Shared {
                     };
                     tracing::error!(error = %error, max_attempts = meta.max_attempts, "job dead-lettered ({why})");
                     let now = c.now_ms();
-                    c.retry_store("kill", false, || {
-                        store.kill(self.name, id, wid, now, &error)
-                    })
-                    .await;
+                    c.retry_store("kill", || store.kill(self.name, id, wid, now, &error))
+                        .await;
                 } else {
                     m::job_outcome(self.name, m::Outcome::Retry);
                     let delay = (self.backoff)(meta.attempt);
@@ -696,10 +678,8 @@ impl Shared {
                         "job failed; will retry"
                     );
                     let run_at = c.now_ms() + delay.as_millis() as i64;
-                    c.retry_store("retry", false, || {
-                        store.retry(self.name, id, wid, run_at, &error)
-                    })
-                    .await;
+                    c.retry_store("retry", || store.retry(self.name, id, wid, run_at, &error))
+                        .await;
                 }
             }
         }

@@ -145,6 +145,7 @@ both_stores!(
     idle_worker_is_woken_by_push,
     graceful_shutdown_releases_unfinished_jobs,
     graceful_shutdown_lets_short_jobs_finish,
+    finished_and_dead_jobs_are_purged,
 );
 
 /// A running runtime and the handle to stop it.
@@ -1115,4 +1116,606 @@ async fn graceful_shutdown_lets_short_jobs_finish(kind: Kind) {
         (0, 2, 0),
         "{stats:?}"
     );
+}
+
+// ---- store outages ---------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Work {
+    n: u64,
+}
+
+#[derive(Clone, Default)]
+struct Ran(Arc<Mutex<HashSet<String>>>);
+
+impl Job for Work {
+    const NAME: &'static str = "work";
+    const CONCURRENCY: usize = 8;
+    type Context = Ran;
+    async fn run(self, ctx: Ran, info: JobInfo) -> Result<(), JobError> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        ctx.0.lock().unwrap().insert(info.id);
+        Ok(())
+    }
+}
+
+/// A private redis-server on a spare port, which the test may stop.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    proc: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut me = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            proc: None,
+        };
+        me.spawn();
+        me
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// No RDB snapshots; the append-only file (fsync on every write) keeps
+    /// the data across a restart, so "no pushed job lost" is meaningful.
+    fn spawn(&mut self) {
+        let proc = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for the outage test");
+        self.proc = Some(proc);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "own redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.proc.as_ref().expect("running").id();
+        assert!(
+            std::process::Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if self.proc.is_some() {
+            self.signal("CONT");
+        }
+        self.kill();
+    }
+}
+
+/// Redis frozen (SIGSTOP: replies stop, as with a hung server) and then
+/// killed and restarted 10 s later, all under load: the workers recover by
+/// themselves and every job whose push succeeded runs (apalis: one 500 ms
+/// timeout killed the worker pool). Then Redis goes away for good: `run`
+/// returns an error instead of idling forever (apalis' Monitor returned Ok
+/// with every worker dead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outage_under_load_recovers_then_gives_up_past_limit() {
+    init_tracing();
+    let mut redis = OwnRedis::start();
+    let config = QueueConfig {
+        prefix: "outage".into(),
+        lease: Duration::from_secs(5),
+        idle_poll: Duration::from_millis(500),
+        ..QueueConfig::default()
+    };
+    let queue = Queue::redis(&redis.url(), config).await.expect("own redis");
+    let ran = Ran::default();
+    let runtime = Runtime::new(queue.clone())
+        .register::<Work>(ran.clone())
+        .store_outage_limit(Duration::from_secs(20));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut done = tokio::spawn(runtime.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    // Steady load: a push every 5 ms; a failed push is retried, and only
+    // pushes that returned Ok count as accepted.
+    let accepted = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let failed_pushes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pushing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let pusher = {
+        let (queue, accepted, failed, pushing) = (
+            queue.clone(),
+            accepted.clone(),
+            failed_pushes.clone(),
+            pushing.clone(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while pushing.load(std::sync::atomic::Ordering::SeqCst) {
+                match queue.push(&Work { n }, PushOptions::default()).await {
+                    Ok(p) => {
+                        accepted.lock().unwrap().insert(p.id);
+                        n += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+    };
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = ran.0.lock().unwrap().len();
+    assert!(before > 0, "jobs run before the outage");
+
+    // 1. Frozen for 6 s.
+    redis.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    redis.signal("CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!done.is_finished(), "runtime survives a hung Redis");
+
+    // 2. Stopped for 10 s, then restarted (same port, data from the AOF).
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    redis.spawn();
+    let after_restart = ran.0.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!done.is_finished(), "runtime survives Redis down for 10 s");
+    pushing.store(false, std::sync::atomic::Ordering::SeqCst);
+    pusher.await.unwrap();
+    testing::drain(&queue, &["work"], Duration::from_secs(30))
+        .await
+        .expect("backlog drained after the outage");
+    let accepted = accepted.lock().unwrap().clone();
+    let ran_ids = ran.0.lock().unwrap().clone();
+    let lost: Vec<_> = accepted.difference(&ran_ids).collect();
+    println!(
+        "outage: {} pushes accepted, {} failed during the outages, {} jobs ran ({} before the outages, {} when Redis \
+         came back); lost: {}",
+        accepted.len(),
+        failed_pushes.load(std::sync::atomic::Ordering::SeqCst),
+        ran_ids.len(),
+        before,
+        after_restart,
+        lost.len()
+    );
+    assert!(lost.is_empty(), "accepted jobs never ran: {lost:?}");
+    assert!(
+        ran_ids.len() > after_restart,
+        "jobs ran after Redis came back"
+    );
+
+    // 3. Gone for good: run gives up after the 20 s limit with one clear error.
+    redis.kill();
+    let gone_at = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(60), &mut done)
+        .await
+        .expect("run returns after the limit")
+        .unwrap();
+    let err = result.expect_err("run must fail when the store stays unreachable");
+    let msg = format!("{err:#}");
+    println!(
+        "gave up after {:.1}s: {msg}",
+        gone_at.elapsed().as_secs_f64()
+    );
+    assert!(msg.contains("unreachable"), "{msg}");
+    assert!(
+        gone_at.elapsed() >= Duration::from_secs(20),
+        "not before the limit"
+    );
+    drop(stop_tx);
+}
+
+/// The same supervision on the in-memory store, quickly: a short outage is
+/// ridden out; one past the limit ends `run` with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_short_is_ridden_out_long_fails_run() {
+    use approvald_workers::store::memory::MemoryStore;
+    init_tracing();
+    let store = Arc::new(MemoryStore::new());
+    let config = QueueConfig {
+        idle_poll: Duration::from_millis(100),
+        ..QueueConfig::default()
+    };
+    let queue = Queue::with_store(store.clone(), config, Arc::new(SystemClock));
+    let ran = Ran::default();
+    let runtime = Runtime::new(queue.clone())
+        .register::<Work>(ran.clone())
+        .store_outage_limit(Duration::from_secs(3));
+    let (_stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut done = tokio::spawn(runtime.run(async move {
+        let _ = stop_rx.await;
+    }));
+    queue
+        .push(&Work { n: 1 }, PushOptions::default())
+        .await
+        .unwrap();
+    testing::drain(&queue, &["work"], Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    store.set_down(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    store.set_down(false);
+    queue
+        .push(&Work { n: 2 }, PushOptions::default())
+        .await
+        .unwrap();
+    testing::drain(&queue, &["work"], Duration::from_secs(10))
+        .await
+        .expect("worker recovered");
+    assert_eq!(ran.0.lock().unwrap().len(), 2);
+    assert!(!done.is_finished());
+
+    store.set_down(true);
+    let t0 = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(20), &mut done)
+        .await
+        .expect("run gives up")
+        .unwrap();
+    let msg = format!("{:#}", result.expect_err("past the limit"));
+    assert!(
+        msg.contains("unreachable") && msg.contains("memory store is down"),
+        "{msg}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "not before the limit"
+    );
+}
+
+// ---- metrics ------------------------------------------------------------------------------------------
+
+mod recorder {
+    //! A minimal `metrics` recorder that keeps counters and histogram counts.
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex, OnceLock},
+    };
+
+    use metrics::{
+        Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata,
+        Recorder, SharedString, Unit,
+    };
+
+    #[derive(Default)]
+    pub struct Store {
+        pub counters: Mutex<HashMap<String, u64>>,
+        pub histograms: Mutex<HashMap<String, usize>>,
+        pub gauges: Mutex<HashMap<String, f64>>,
+    }
+
+    fn name(key: &Key) -> String {
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        labels.sort();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    struct Handle(Arc<Store>, String);
+    impl CounterFn for Handle {
+        fn increment(&self, v: u64) {
+            *self
+                .0
+                .counters
+                .lock()
+                .unwrap()
+                .entry(self.1.clone())
+                .or_default() += v;
+        }
+        fn absolute(&self, v: u64) {
+            self.0.counters.lock().unwrap().insert(self.1.clone(), v);
+        }
+    }
+    impl HistogramFn for Handle {
+        fn record(&self, _v: f64) {
+            *self
+                .0
+                .histograms
+                .lock()
+                .unwrap()
+                .entry(self.1.clone())
+                .or_default() += 1;
+        }
+    }
+    impl GaugeFn for Handle {
+        fn increment(&self, v: f64) {
+            *self
+                .0
+                .gauges
+                .lock()
+                .unwrap()
+                .entry(self.1.clone())
+                .or_default() += v;
+        }
+        fn decrement(&self, v: f64) {
+            *self
+                .0
+                .gauges
+                .lock()
+                .unwrap()
+                .entry(self.1.clone())
+                .or_default() -= v;
+        }
+        fn set(&self, v: f64) {
+            self.0.gauges.lock().unwrap().insert(self.1.clone(), v);
+        }
+    }
+
+    struct Rec(Arc<Store>);
+    impl Recorder for Rec {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(Arc::new(Handle(self.0.clone(), name(key))))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(Arc::new(Handle(self.0.clone(), name(key))))
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(Arc::new(Handle(self.0.clone(), name(key))))
+        }
+    }
+
+    /// The process-wide recorder (installed once per test binary).
+    pub fn global() -> Arc<Store> {
+        static STORE: OnceLock<Arc<Store>> = OnceLock::new();
+        STORE
+            .get_or_init(|| {
+                let store = Arc::new(Store::default());
+                metrics::set_global_recorder(Rec(store.clone()))
+                    .expect("only this test installs a recorder");
+                store
+            })
+            .clone()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Metered {
+    Ok,
+    FailOnce,
+    Permanent,
+    Panic,
+    Slow,
+}
+
+impl Job for Metered {
+    const NAME: &'static str = "metered";
+    const MAX_ATTEMPTS: u32 = 2;
+    // Well above the time a panic takes to print its backtrace on a busy
+    // machine, so a panic is never mistaken for a timeout.
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    type Context = ();
+    fn backoff(_attempt: u32) -> Duration {
+        Duration::from_millis(20)
+    }
+    async fn run(self, _ctx: (), info: JobInfo) -> Result<(), JobError> {
+        match (self, info.attempt) {
+            (Metered::FailOnce, 1) => Err(JobError::retryable(anyhow::anyhow!("once"))),
+            (Metered::Permanent, _) => Err(JobError::permanent(anyhow::anyhow!("never"))),
+            (Metered::Panic, _) => panic!("metered panic"),
+            (Metered::Slow, _) => {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Outcomes, durations, pickup latency and queue depth reach the `metrics`
+/// facade under the documented names and labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_recorded() {
+    use approvald_workers::store::memory::MemoryStore;
+    init_tracing();
+    let rec = recorder::global();
+    let queue = Queue::with_store(
+        Arc::new(MemoryStore::new()),
+        QueueConfig::default(),
+        Arc::new(SystemClock),
+    );
+    for job in [
+        Metered::Ok,
+        Metered::FailOnce,
+        Metered::Permanent,
+        Metered::Panic,
+        Metered::Slow,
+    ] {
+        queue.push(&job, PushOptions::default()).await.unwrap();
+    }
+    let rt = Running::start(
+        Runtime::new(queue.clone())
+            .register::<Metered>(())
+            .metrics_interval(Duration::from_millis(50)),
+    );
+    testing::drain(&queue, &["metered"], Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rt.stop().await.unwrap();
+
+    let counters = rec.counters.lock().unwrap().clone();
+    let c = |outcome: &str| {
+        counters
+            .get(&format!(
+                "approvald_jobs_total{{job=metered,outcome={outcome}}}"
+            ))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!("{counters:?}");
+    // Ok: 1 + FailOnce's 2nd attempt. Retry: FailOnce 1st, Panic 1st, Slow 1st.
+    // Dead: Permanent, Panic 2nd, Slow 2nd. Panic: 2. Timeout: 2.
+    assert_eq!(
+        (c("ok"), c("retry"), c("dead"), c("panic"), c("timeout")),
+        (2, 3, 3, 2, 2)
+    );
+    let hist = rec.histograms.lock().unwrap().clone();
+    assert_eq!(
+        hist.get("approvald_job_seconds{job=metered}").copied(),
+        Some(8),
+        "one per attempt: {hist:?}"
+    );
+    assert_eq!(
+        hist.get("approvald_job_pickup_seconds{job=metered}")
+            .copied(),
+        Some(8),
+        "{hist:?}"
+    );
+    let gauges = rec.gauges.lock().unwrap().clone();
+    assert_eq!(
+        gauges
+            .get("approvald_queue_depth{queue=metered,state=dead}")
+            .copied(),
+        Some(3.0),
+        "{gauges:?}"
+    );
+    assert_eq!(
+        gauges
+            .get("approvald_queue_depth{queue=metered,state=ready}")
+            .copied(),
+        Some(0.0),
+        "{gauges:?}"
+    );
+}
+
+// ---- retention -------------------------------------------------------------------------------------------
+
+impl Env {
+    /// Whether the job's record still exists in the store (any state).
+    async fn job_exists(&self, queue: &Queue, id: &str) -> bool {
+        let _ = queue;
+        match self.kind {
+            Kind::Redis => {
+                let client = redis::Client::open(REDIS_URL).unwrap();
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                redis::cmd("EXISTS")
+                    .arg(format!("{}:job:{id}", self.prefix))
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .unwrap()
+                    == 1
+            }
+            Kind::Sqlite => {
+                let pool = sqlx::SqlitePool::connect_with(
+                    approvald_workers::store::sqlite::connect_options(&self.db_path()),
+                )
+                .await
+                .unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM wq_jobs WHERE id = ?1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                n == 1
+            }
+        }
+    }
+}
+
+/// Finished and dead jobs are purged once past `keep_finished` / `keep_dead`
+/// (they do not pile up forever).
+async fn finished_and_dead_jobs_are_purged(kind: Kind) {
+    let env = Env::new(kind);
+    let config = QueueConfig {
+        keep_finished: Duration::from_millis(300),
+        keep_dead: Duration::from_millis(300),
+        ..env.config()
+    };
+    let queue = env.queue_with(config, Arc::new(SystemClock)).await;
+    let ctx = PickyCtx::default();
+    let rt = Running::start(
+        Runtime::new(queue.clone())
+            .register::<Picky>(ctx.clone())
+            .retention_interval(Duration::from_millis(100)),
+    );
+    let dead_id = queue
+        .push(
+            &Picky {
+                ok_after_redrive: false,
+            },
+            PushOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
+    eventually("dead-lettered", Duration::from_secs(10), || {
+        let q = queue.clone();
+        async move { q.stats("picky").await.unwrap().dead == 1 }
+    })
+    .await;
+    ctx.fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let done_id = queue
+        .push(
+            &Picky {
+                ok_after_redrive: false,
+            },
+            PushOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
+    testing::drain(&queue, &["picky"], Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        env.job_exists(&queue, &done_id).await,
+        "finished job kept for keep_finished"
+    );
+    eventually(
+        "dead and finished jobs purged",
+        Duration::from_secs(10),
+        || {
+            let (q, env, done_id, dead_id) =
+                (queue.clone(), &env, done_id.clone(), dead_id.clone());
+            async move {
+                q.stats("picky").await.unwrap().dead == 0
+                    && !env.job_exists(&q, &done_id).await
+                    && !env.job_exists(&q, &dead_id).await
+            }
+        },
+    )
+    .await;
+    rt.stop().await.unwrap();
+    testing::assert_empty(&queue, &["picky"]).await;
 }
