@@ -179,6 +179,7 @@ async fn every_statement_is_served_by_an_index() {
         ("LEASE", LEASE),
         ("RENEW", RENEW),
         ("COMPLETE", COMPLETE),
+        ("COMPLETE_MANY", COMPLETE_MANY),
         ("RETRY", RETRY),
         ("KILL", KILL),
         ("RELEASE", RELEASE),
@@ -221,7 +222,15 @@ async fn every_statement_is_served_by_an_index() {
     uses("PURGE_DEAD", "wq_jobs_dead");
     uses("PURGE_DEDUPE", "wq_dedupe_expiry");
     // Acks and lease renewals find their jobs by primary key.
-    for name in ["RENEW", "RELEASE", "COMPLETE", "RETRY", "KILL", "REDRIVE"] {
+    for name in [
+        "RENEW",
+        "RELEASE",
+        "COMPLETE",
+        "COMPLETE_MANY",
+        "RETRY",
+        "KILL",
+        "REDRIVE",
+    ] {
         uses(name, "sqlite_autoindex_wq_jobs_1 (id=?)");
     }
 }

@@ -14,12 +14,15 @@
 //! The writer is a task spawned on first use; it ends when the last clone of
 //! the store is dropped. If the runtime that spawned it has shut down (tests
 //! run one runtime per test), the next ack spawns a new one.
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
 use sqlx::{Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{COMPLETE, KILL, RETRY};
+use super::sql::{COMPLETE, COMPLETE_MANY, KILL, RETRY};
 use crate::store::{StoreError, StoreResult};
 
 /// Most acks per transaction.
@@ -218,11 +221,35 @@ async fn run_writer(pool: SqlitePool, gate: Gate, mut rx: mpsc::Receiver<Req>) {
     }
 }
 
+/// Write `batch` in one transaction; how many rows each ack changed. The
+/// completes (nearly all acks) go in one statement.
 async fn write_batch(pool: &SqlitePool, batch: &[Req]) -> Result<Vec<u64>, sqlx::Error> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let completes: Vec<serde_json::Value> = batch
+        .iter()
+        .filter_map(|r| match r.ack {
+            Ack::Complete { now_ms } => Some(serde_json::json!({
+                "id": r.id, "q": r.queue, "w": r.worker_id, "t": now_ms,
+            })),
+            _ => None,
+        })
+        .collect();
+    let completed: HashSet<String> = if completes.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar(COMPLETE_MANY)
+            .bind(serde_json::Value::Array(completes).to_string())
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+    };
     let mut changed = Vec::with_capacity(batch.len());
     for req in batch {
-        changed.push(req.execute(&mut *tx).await?);
+        changed.push(match req.ack {
+            Ack::Complete { .. } => u64::from(completed.contains(&req.id)),
+            _ => req.execute(&mut *tx).await?,
+        });
     }
     tx.commit().await?;
     Ok(changed)

@@ -101,6 +101,18 @@ pub const COMPLETE: &str = "UPDATE wq_jobs SET \
        state = 'done', finished_at_ms = ?1, lease_until_ms = NULL, last_error = NULL \
      WHERE id = ?2 AND queue = ?3 AND state = 'leased' AND worker_id = ?4";
 
+/// Many `COMPLETE`s in one statement (group commit). `?1` is a JSON array of
+/// `{"id", "q" (queue), "w" (worker id), "t" (now_ms)}`; returns the ids that
+/// were still leased by their worker. `+` keeps the lookup on the primary key.
+pub const COMPLETE_MANY: &str = "UPDATE wq_jobs SET \
+       state = 'done', finished_at_ms = a.t, lease_until_ms = NULL, last_error = NULL \
+     FROM (SELECT value ->> '$.id' AS id, value ->> '$.q' AS q, \
+                  value ->> '$.w' AS w, value ->> '$.t' AS t \
+           FROM json_each(?1)) AS a \
+     WHERE wq_jobs.id = a.id AND +wq_jobs.queue = a.q AND +wq_jobs.state = 'leased' \
+       AND wq_jobs.worker_id = a.w \
+     RETURNING wq_jobs.id";
+
 /// Also enforces the attempt limit: a retry of the final attempt dead-letters.
 pub const RETRY: &str = "UPDATE wq_jobs SET \
        state          = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'ready' END, \
