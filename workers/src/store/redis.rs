@@ -179,7 +179,10 @@ struct QueueWake {
 
 impl WakeHub {
     fn queue(&self, name: &str) -> Arc<QueueWake> {
-        let mut map = self.queues.lock().expect("wake map poisoned");
+        let mut map = self
+            .queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(w) = map.get(name) {
             return w.clone();
         }
@@ -195,7 +198,7 @@ impl WakeHub {
         let w = self
             .queues
             .lock()
-            .expect("wake map poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
             .cloned();
         if let Some(w) = w {
@@ -207,7 +210,7 @@ impl WakeHub {
         let all: Vec<_> = self
             .queues
             .lock()
-            .expect("wake map poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
