@@ -104,7 +104,7 @@ impl CronTask {
         let name = self.schedule.name.as_str();
         let tz = self.schedule.tz;
         let queue = &common.queue;
-        let mut wake = queue.subscribe_wake();
+        let mut wake = queue.wake.subscribe_all();
 
         let Some(last) = common
             .retry_store("last_tick", || queue.store.last_tick(name))
@@ -197,7 +197,7 @@ impl CronTask {
         let Some(pushed) = common.retry_store("push", push).await else {
             return false;
         };
-        queue.notify_all();
+        queue.wake.queue(self.queue_name);
         let id = pushed.first().map(|p| p.id.clone()).unwrap_or_default();
         tracing::info!(schedule = name, tick = %tick, job = self.queue_name, job_id = %id, "cron tick fired");
         true

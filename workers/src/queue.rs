@@ -79,10 +79,10 @@ pub struct Queue {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: QueueConfig,
-    /// In-process wake-up shared by all clones of this handle: bumped on every
-    /// push through it and by [`Queue::notify_all`]; runtimes built from a
-    /// clone re-check their queues and cron schedules when it changes.
-    pub(crate) wake: Arc<tokio::sync::watch::Sender<u64>>,
+    /// In-process wake-ups shared by all clones of this handle: per queue on
+    /// every push through it, for all on [`Queue::notify_all`]; runtimes
+    /// built from a clone re-check their queues and cron schedules.
+    pub(crate) wake: Arc<crate::worker::Wakeups>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -94,7 +94,7 @@ impl std::fmt::Debug for Queue {
 impl Queue {
     /// A queue over any store (used by the constructors below and by tests).
     pub fn with_store(store: Arc<dyn Store>, config: QueueConfig, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, config, wake: Arc::new(tokio::sync::watch::channel(0).0) }
+        Self { store, clock, config, wake: Arc::default() }
     }
 
     /// Wake every runtime built from a clone of this handle: workers fetch at
@@ -103,11 +103,7 @@ impl Queue {
     /// [`ManualClock`](crate::ManualClock), since nothing else tells a
     /// sleeping worker that time jumped (the fallback is `idle_poll`).
     pub fn notify_all(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    pub(crate) fn subscribe_wake(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.wake.subscribe()
+        self.wake.all();
     }
 
     /// Redis at `url` (`redis://host:port/db`). Runs `setup`.
@@ -166,8 +162,10 @@ impl Queue {
         let now = self.clock.now().timestamp_millis();
         let window = self.config.dedupe_window.as_millis() as i64;
         let out = self.store.push(jobs, now, window).await?;
-        if out.iter().any(|p| !p.deduplicated) {
-            self.notify_all();
+        for (job, pushed) in jobs.iter().zip(&out) {
+            if !pushed.deduplicated {
+                self.wake.queue(&job.queue);
+            }
         }
         Ok(out)
     }
@@ -183,7 +181,7 @@ impl Queue {
     pub async fn redrive(&self, queue: &str, id: &str) -> Result<bool, QueueError> {
         let done = self.store.redrive(queue, id, self.clock.now().timestamp_millis()).await?;
         if done {
-            self.notify_all();
+            self.wake.queue(queue);
         }
         Ok(done)
     }

@@ -37,6 +37,47 @@ const MAX_ERROR_LEN: usize = 2000;
 /// Largest id list sent in one `renew` or `release` call.
 const ID_CHUNK: usize = 500;
 
+/// In-process wake-up signals of one [`Queue`] handle and its clones: one per
+/// queue name (bumped by pushes through the handle) and one for everything
+/// (`Queue::notify_all`).
+#[derive(Debug, Default)]
+pub(crate) struct Wakeups {
+    all: tokio::sync::watch::Sender<u64>,
+    queues: Mutex<std::collections::HashMap<String, tokio::sync::watch::Sender<u64>>>,
+}
+
+impl Wakeups {
+    fn queues(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio::sync::watch::Sender<u64>>>
+    {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake everything.
+    pub(crate) fn all(&self) {
+        self.all.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wake the workers of `queue`.
+    pub(crate) fn queue(&self, queue: &str) {
+        if let Some(tx) = self.queues().get(queue) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    pub(crate) fn subscribe_all(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.all.subscribe()
+    }
+
+    pub(crate) fn subscribe_queue(&self, queue: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.queues()
+            .entry(queue.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+}
+
 /// What the whole runtime shares with each worker.
 pub(crate) struct Common {
     pub(crate) queue: Queue,
@@ -129,14 +170,16 @@ impl Shared {
         let c = &self.common;
         let store = &c.queue.store;
         let cfg = &c.queue.config;
-        let mut wake = c.queue.subscribe_wake();
+        let mut wake_all = c.queue.wake.subscribe_all();
+        let mut wake_queue = c.queue.wake.subscribe_queue(self.name);
         let mut backoff = Backoff::new(Duration::from_secs(5));
         let lease_ms = cfg.lease.as_millis() as i64;
         loop {
             if c.drain.is_cancelled() {
                 return Ok(Vec::new());
             }
-            wake.mark_unchanged();
+            wake_all.mark_unchanged();
+            wake_queue.mark_unchanged();
             let free = self
                 .concurrency
                 .saturating_sub(self.running.load(Ordering::SeqCst))
@@ -177,7 +220,8 @@ impl Shared {
             let woken = tokio::select! {
                 biased;
                 _ = c.drain.cancelled() => return Ok(Vec::new()),
-                _ = wake.changed() => Ok(true),
+                _ = wake_all.changed() => Ok(true),
+                _ = wake_queue.changed() => Ok(true),
                 r = store.wait_for_push(self.name, wait.as_millis() as u64) => r,
                 // In case a store's own timeout is coarser than ours.
                 _ = tokio::time::sleep(wait + Duration::from_millis(5)) => Ok(false),
