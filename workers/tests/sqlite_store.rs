@@ -438,6 +438,16 @@ async fn dedupe_key_holds_within_the_window_also_after_the_job_finished() {
     assert!(again.deduplicated);
     assert_eq!(again.id, first[0].id);
 
+    // Purging the finished job does not free the key either.
+    assert_eq!(store.purge("q", T0 + 10, T0, 10).await.unwrap(), 1);
+    let after_purge = store
+        .push(&[keyed("q", "k")], T0 + WINDOW - 1, WINDOW)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(after_purge.deduplicated);
+    assert_eq!(after_purge.id, first[0].id);
+
     // The same key on another queue is another job.
     let other = store
         .push(&[keyed("other", "k")], T0 + 4, WINDOW)
@@ -445,7 +455,8 @@ async fn dedupe_key_holds_within_the_window_also_after_the_job_finished() {
         .unwrap()
         .remove(0);
     assert!(!other.deduplicated);
-    assert_eq!(count_jobs(&store).await, 2);
+    // The purged job is gone, only the other queue's job is stored.
+    assert_eq!(count_jobs(&store).await, 1);
 }
 
 #[tokio::test]
@@ -1151,19 +1162,59 @@ async fn drain_as(store: &SqliteStore, worker: &str) -> Vec<String> {
     }
 }
 
+/// Cron ticks claimed by the cross-process test.
+const CROSS_TICKS: i64 = 200;
+
+/// Wait until the shared start instant (ms since the epoch), so that all
+/// processes of the cross-process test begin at once.
+async fn wait_until(start_ms: i64) {
+    let now = chrono::Utc::now().timestamp_millis();
+    if start_ms > now {
+        tokio::time::sleep(Duration::from_millis((start_ms - now) as u64)).await;
+    }
+}
+
+/// One process's share of the cross-process test: drain `q` while claiming
+/// every tick of one schedule; the job ids it completed and the ticks it won.
+async fn cross_process_share(store: &SqliteStore, worker: &str) -> (Vec<String>, Vec<i64>) {
+    let claims = async {
+        let mut won = Vec::new();
+        for i in 0..CROSS_TICKS {
+            if store
+                .claim_tick("shared", T0 + i)
+                .await
+                .expect("claim_tick (SQLITE_BUSY?)")
+            {
+                won.push(i);
+            }
+            tokio::task::yield_now().await;
+        }
+        won
+    };
+    tokio::join!(drain_as(store, worker), claims)
+}
+
 /// The child half of `two_processes_fetching_concurrently_never_lease_a_job_twice`:
 /// does nothing unless started by it (with `WQ_CHILD_DB` set).
 #[tokio::test]
 async fn cross_process_child() {
-    let (Ok(db), Ok(out)) = (std::env::var("WQ_CHILD_DB"), std::env::var("WQ_CHILD_OUT")) else {
+    let (Ok(db), Ok(out), Ok(start)) = (
+        std::env::var("WQ_CHILD_DB"),
+        std::env::var("WQ_CHILD_OUT"),
+        std::env::var("WQ_CHILD_START_MS"),
+    ) else {
         return;
     };
     let store = SqliteStore::new(pool(&db, 4).await);
     store.setup().await.expect("child setup");
-    let ids = drain_as(&store, &format!("child-{}", std::process::id())).await;
+    wait_until(start.parse().expect("start ms")).await;
+    let (ids, ticks) = cross_process_share(&store, &format!("child-{}", std::process::id())).await;
+    let ticks: Vec<String> = ticks.iter().map(i64::to_string).collect();
+    std::fs::write(format!("{out}.ticks"), ticks.join("\n")).expect("write child ticks");
     std::fs::write(out, ids.join("\n")).expect("write child ids");
 }
 
+/// Also: every cron tick is won by exactly one of the three processes.
 #[tokio::test]
 async fn two_processes_fetching_concurrently_never_lease_a_job_twice() {
     let (dir, store) = fresh().await;
@@ -1171,7 +1222,8 @@ async fn two_processes_fetching_concurrently_never_lease_a_job_twice() {
     store.push(&jobs, T0, WINDOW).await.unwrap();
 
     // Two more processes (this test binary, running only `cross_process_child`)
-    // drain the same file while this one does too.
+    // drain the same file while this one does too, all from the same instant.
+    let start_ms = chrono::Utc::now().timestamp_millis() + 1_000;
     let exe = std::env::current_exe().unwrap();
     let children: Vec<(std::process::Child, PathBuf)> = (0..2)
         .map(|n| {
@@ -1180,27 +1232,46 @@ async fn two_processes_fetching_concurrently_never_lease_a_job_twice() {
                 .args(["--exact", "cross_process_child", "--test-threads=1"])
                 .env("WQ_CHILD_DB", dir.db())
                 .env("WQ_CHILD_OUT", &out)
+                .env("WQ_CHILD_START_MS", start_ms.to_string())
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .expect("spawn child process");
             (child, out)
         })
         .collect();
-    let mut per_worker = vec![("parent".to_string(), drain_as(&store, "parent").await)];
+    wait_until(start_ms).await;
+    let (ids, ticks) = cross_process_share(&store, "parent").await;
+    let mut per_worker = vec![("parent".to_string(), ids)];
+    let mut tick_winner: HashMap<i64, String> =
+        ticks.into_iter().map(|t| (t, "parent".into())).collect();
     for (mut child, out) in children {
         let status = tokio::task::spawn_blocking(move || child.wait())
             .await
             .unwrap()
             .unwrap();
         assert!(status.success(), "child process failed: {status}");
+        let name = out.display().to_string();
+        let text = std::fs::read_to_string(format!("{name}.ticks")).expect("child ticks file");
+        for t in text.lines().filter(|l| !l.is_empty()) {
+            let t: i64 = t.parse().unwrap();
+            if let Some(prev) = tick_winner.insert(t, name.clone()) {
+                panic!("tick {t} won by {prev} and {name}");
+            }
+        }
         let text = std::fs::read_to_string(&out).expect("child ids file");
         let ids = text
             .lines()
             .filter(|l| !l.is_empty())
             .map(String::from)
             .collect();
-        per_worker.push((out.display().to_string(), ids));
+        per_worker.push((name, ids));
     }
+    assert_eq!(tick_winner.len() as i64, CROSS_TICKS, "every tick won once");
+    let mut tick_wins: HashMap<&str, usize> = HashMap::new();
+    for w in tick_winner.values() {
+        *tick_wins.entry(w.as_str()).or_default() += 1;
+    }
+    eprintln!("ticks won per process: {tick_wins:?}");
 
     let mut owner: HashMap<&str, &str> = HashMap::new();
     for (worker, ids) in &per_worker {
