@@ -223,3 +223,33 @@ pub async fn revoke_review_tokens(
     .map(|r| r.rows_affected())
     })
 }
+
+/// Someone asked to review a request who can still be reached: an active
+/// platform reviewer or an active member of the org.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AssignedReviewer {
+    pub reviewer_kind: String,
+    pub reviewer_id: String,
+    pub email: String,
+    pub name: String,
+    pub locale: String,
+}
+
+/// The request's assigned reviewers who are still active.
+pub async fn active_reviewers(
+    tx: &mut Tx,
+    request_id: &str,
+) -> Result<Vec<AssignedReviewer>, sqlx::Error> {
+    on_tx!(tx, |c| {
+        sqlx::query_as::<_, AssignedReviewer>(
+        "SELECT rr.reviewer_kind, rr.reviewer_id, rr.email, rr.name, rr.locale FROM request_reviewers rr \
+         LEFT JOIN members m ON rr.reviewer_kind = 'member' AND m.id = rr.reviewer_id \
+         LEFT JOIN reviewers r ON rr.reviewer_kind = 'platform' AND r.id = rr.reviewer_id \
+         WHERE rr.request_id = $1 AND COALESCE(m.status, r.status) = 'active' \
+         ORDER BY rr.assigned_at, rr.reviewer_id"
+    )
+    .bind(request_id)
+    .fetch_all(c)
+    .await
+    })
+}

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 
 use crate::{
-    api_util::{add_member, scalar_i64, submit, wait_status},
+    api_util::{add_member, scalar_i64, submit, wait_count, wait_status},
     harness::TestApp,
 };
 
@@ -73,7 +73,10 @@ async fn request_lifecycle_to_in_review_then_cancel() {
     .json();
     assert_eq!(second["number"], "R000002");
 
-    // Cancel: only while open; review links die with it.
+    // Cancel: only while open; review links die with it. (The link is made
+    // when the review mail goes out: wait for it, so there is one to revoke.)
+    let link = "SELECT COUNT(*) FROM review_tokens WHERE request_id = $1 AND revoked_at IS NULL AND used_at IS NULL";
+    wait_count(&t, link, &id, 1, "live review links before cancel").await;
     let c = t
         .post(
             &format!("/v1/orgs/{org}/requests/{id}/cancel"),
@@ -90,6 +93,24 @@ async fn request_lifecycle_to_in_review_then_cancel() {
     );
     let live = scalar_i64(&t, "SELECT COUNT(*) FROM review_tokens WHERE request_id = $1 AND revoked_at IS NULL AND used_at IS NULL", &id).await;
     assert_eq!(live, 0);
+    // The assigned reviewer is told, once.
+    let sent = "SELECT COUNT(*) FROM emails WHERE request_id = $1 AND template = 'cancelled' AND status = 'sent'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while scalar_i64(&t, sent, &id).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled mail was never sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let all = "SELECT COUNT(*) FROM emails WHERE request_id = $1 AND template = 'cancelled'";
+    assert_eq!(scalar_i64(&t, all, &id).await, 1);
+    assert!(
+        t.outbox_messages()
+            .iter()
+            .any(|m| m.contains("rev1@example.com") && m.contains("Withdrawn")),
+        "no cancelled mail in the outbox"
+    );
     let again = t
         .post(
             &format!("/v1/orgs/{org}/requests/{id}/cancel"),

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::{
-    api_util::{add_member, counts, login, scalar_i64, submit, wait_status},
+    api_util::{add_member, counts, login, scalar_i64, submit, wait_count, wait_status},
     harness::{Opts, TestApp},
 };
 
@@ -208,6 +208,9 @@ async fn disable_stops_access_at_once_and_deletes_nothing() {
         .json();
     let rid = req["id"].as_str().unwrap().to_string();
     wait_status(&t, &org, &key, &rid, "in_review").await;
+    // Links are made when the review mails go out: wait for both.
+    let sent = "SELECT COUNT(*) FROM emails WHERE request_id = $1 AND template = 'review_requested' AND status = 'sent'";
+    wait_count(&t, sent, &rid, 2, "review mails sent").await;
     let live = "SELECT COUNT(*) FROM review_tokens WHERE reviewer_id = $1 AND revoked_at IS NULL";
     assert!(
         scalar_i64(&t, live, &aid).await >= 1,

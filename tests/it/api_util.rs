@@ -92,3 +92,20 @@ pub async fn scalar_i64(t: &TestApp, sql: &str, arg: &str) -> i64 {
     .await)
     .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
+
+/// Poll `sql` (one `$1` argument, a count) until it is at least `n`;
+/// panics after 30 s naming `what`.
+pub async fn wait_count(t: &TestApp, sql: &str, arg: &str, n: i64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = scalar_i64(t, sql, arg).await;
+        if got >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {got} after 30 s, wanted {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -18,7 +18,7 @@ use crate::{
     domain::{
         calendar::Region,
         catalog::{PermissionKind, Scope},
-        ids::{Invalid, parse_text},
+        ids::{Invalid, Locale, parse_text},
         request::{RequestStatus, request_number},
     },
     http::{
@@ -26,6 +26,7 @@ use crate::{
         extract::{ApiPath, ApiQuery},
     },
     jobs::{self, review::ReviewJob},
+    mail::{self, EmailSpec, Recipient, ReviewerKind, ReviewerRef, Template},
     store::{self, audit, idempotency, orgs::Org, requests::Request},
 };
 
@@ -601,6 +602,26 @@ pub async fn cancel(
         now,
     )
     .await?;
+    // Tell whoever was asked to review that nothing is needed any more.
+    for r in store::requests::active_reviewers(&mut tx, &id).await? {
+        let kind = ReviewerKind::parse(&r.reviewer_kind).unwrap_or(ReviewerKind::Platform);
+        let to = Recipient {
+            email: r.email,
+            name: r.name,
+            locale: Locale::or_en(&r.locale),
+            reviewer: Some(ReviewerRef {
+                kind,
+                id: r.reviewer_id,
+            }),
+        };
+        let spec = EmailSpec {
+            template: Template::Cancelled,
+            request_id: Some(id.clone()),
+            to,
+            params: json!({}),
+        };
+        mail::queue_email(&app, &mut tx, spec).await?;
+    }
     audit::operation(
         &mut tx,
         audit::Operation {
@@ -614,6 +635,7 @@ pub async fn cancel(
     )
     .await?;
     tx.commit().await?;
+    app.jobs_committed();
     let r = store::requests::get(&app.db, &org.id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("request"))?;
