@@ -3,12 +3,17 @@
 //!    fetch + complete loops (acks of a batch in flight together, as from a
 //!    worker's running handlers);
 //! 2. the whole runtime: push 20,000 no-op jobs, then time a `Runtime` with
-//!    concurrency 50 until the queue is empty.
+//!    concurrency 50 until the queue is empty;
+//! 3. pickup latency (push to handler start) at an open-loop 200 jobs/s for
+//!    5 s, pushed through the same process's `Queue` (the embedded profile).
 //!
 //! `cargo run --release -p approvald-workers --example sqlite_throughput [jobs] [fetchers] [batch]`
 use std::time::Instant;
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use approvald_workers::{
     Job, JobError, JobInfo, PushOptions, Queue, QueueConfig, Runtime,
@@ -96,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
     store.pool().close().await;
 
     runtime_drain(&dir.join("runtime.db").display().to_string(), jobs).await?;
+    pickup_latency(&dir.join("pickup.db").display().to_string()).await?;
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
@@ -141,6 +147,73 @@ async fn runtime_drain(path: &str, jobs: usize) -> anyhow::Result<()> {
         "runtime drain: {jobs} no-op jobs in {drain_s:.3}s = {:.0} jobs/s (concurrency 50, batch {})",
         jobs as f64 / drain_s,
         QueueConfig::default().batch
+    );
+    Ok(())
+}
+
+/// Carries its push instant so the handler can report the pickup latency.
+#[derive(Debug, Serialize, Deserialize)]
+struct Ping {
+    pushed_at_us: i64,
+}
+
+type Samples = Arc<Mutex<Vec<i64>>>;
+
+impl Job for Ping {
+    const NAME: &'static str = "ping";
+    const CONCURRENCY: usize = 50;
+    type Context = Samples;
+
+    async fn run(self, samples: Samples, _info: JobInfo) -> Result<(), JobError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        samples
+            .lock()
+            .map_err(|_| JobError::permanent(anyhow::anyhow!("samples poisoned")))?
+            .push(now - self.pushed_at_us);
+        Ok(())
+    }
+}
+
+async fn pickup_latency(path: &str) -> anyhow::Result<()> {
+    const RATE: u64 = 200;
+    const JOBS: usize = 1_000;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(sqlite::connect_options(path))
+        .await?;
+    let queue = Queue::sqlite(pool, QueueConfig::default()).await?;
+    let samples: Samples = Arc::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = Runtime::new(queue.clone()).register::<Ping>(samples.clone());
+    let run = tokio::spawn(runtime.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Open loop: push on a fixed schedule, whatever the workers do.
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..JOBS {
+        tick.tick().await;
+        let job = Ping {
+            pushed_at_us: chrono::Utc::now().timestamp_micros(),
+        };
+        queue.push(&job, PushOptions::default()).await?;
+    }
+    approvald_workers::testing::drain(&queue, &[Ping::NAME], Duration::from_secs(60)).await?;
+    let _ = stop.send(());
+    run.await??;
+    let mut v = samples
+        .lock()
+        .map_err(|_| anyhow::anyhow!("samples poisoned"))?
+        .clone();
+    anyhow::ensure!(v.len() == JOBS, "{} of {JOBS} pings ran", v.len());
+    v.sort_unstable();
+    let pct = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0;
+    println!(
+        "pickup at {RATE} jobs/s ({JOBS} jobs): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
     );
     Ok(())
 }
