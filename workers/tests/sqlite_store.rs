@@ -1291,3 +1291,58 @@ async fn two_processes_fetching_concurrently_never_lease_a_job_twice() {
     assert_eq!(done, 5_000);
     eprintln!("jobs per process: {sizes:?}");
 }
+
+#[tokio::test]
+async fn an_in_memory_database_works_for_quick_tests() {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(sqlite::connect_options("sqlite::memory:"))
+        .await
+        .unwrap();
+    let store = SqliteStore::new(pool);
+    store
+        .setup()
+        .await
+        .expect("setup accepts an in-memory database");
+    let id = push_one(&store, job("q", "{}", T0), T0).await;
+    let got = store.fetch("q", "w", 10, T0, 1_000).await.unwrap();
+    assert_eq!(got[0].id, id);
+    store.complete("q", &id, "w", T0).await.unwrap();
+    assert_eq!(state_of(&store, &id).await.0, "done");
+}
+
+#[tokio::test]
+async fn setup_switches_a_rollback_journal_file_to_wal() {
+    let dir = TempDir::new();
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.db())
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Delete);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    SqliteStore::new(pool.clone()).setup().await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    // WAL is stored in the file: a new pool that sets no journal mode sees it.
+    let again = pool_for_check(&dir.db()).await;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&again)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+async fn pool_for_check(path: &str) -> SqlitePool {
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .unwrap()
+}
