@@ -109,14 +109,14 @@ struct Row {
 }
 
 async fn load_row(tx: &mut Tx, id: &str) -> anyhow::Result<Option<Row>> {
-    Ok(on_tx!(tx, |c| sqlx::query_as::<_, Row>(
+    on_tx!(tx, |c| sqlx::query_as::<_, Row>(
         "SELECT id, org_id, kind, requester_id, status, decided_by, decided_at, created_at, updated_at \
          FROM requests WHERE id = $1"
     )
     .bind(id)
     .fetch_optional(c)
     .await)
-    .context("loading request")?)
+    .context("loading request")
 }
 
 fn closed(row: &Row) -> Option<DecideError> {
@@ -193,18 +193,9 @@ async fn decide_in(
         return Err(DecideError::NotInReview);
     }
     let now = app.now_ms();
-    if let Decider::Reviewer(ReviewerDecider {
-        token_hash: Some(h),
-        ..
-    }) = decider
-        && !tokens::consume(tx, h, now).await?
-    {
-        return Err(DecideError::LinkInvalid);
-    }
     let status = decision.status();
-    let moved =
-        on_tx!(tx, |c| {
-            sqlx::query(
+    let moved = on_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE requests SET status = $2, decided_by = $3, decided_by_id = $4, decided_at = $5, \
                 decision_comment = $6, updated_at = $5 \
          WHERE id = $1 AND (status = 'in_review' OR (status = 'submitted' AND $7))"
@@ -219,14 +210,27 @@ async fn decide_in(
     .execute(c)
     .await
     .map(|r| r.rows_affected())
-        })
-        .context("deciding request")?;
+    })
+    .context("deciding request")?;
     if moved == 0 {
         // Lost a race (PostgreSQL re-checks the WHERE after the winner commits).
         let row = load_row(tx, request_id)
             .await?
             .ok_or(DecideError::NotFound)?;
         return Err(closed(&row).unwrap_or(DecideError::NotInReview));
+    }
+    // The request row is locked first (the conditional update), the link
+    // token second: every writer that touches both (decisions, cancel) takes
+    // them in this order, so concurrent decisions queue up instead of
+    // deadlocking on PostgreSQL.
+    if let Decider::Reviewer(ReviewerDecider {
+        token_hash: Some(h),
+        ..
+    }) = decider
+        && !tokens::consume(tx, h, now).await?
+    {
+        // Revoked or expired meanwhile (the caller rolls back the update).
+        return Err(DecideError::LinkInvalid);
     }
     tokens::revoke_for_request(tx, request_id, now).await?;
     let detail = match decider {
@@ -364,7 +368,7 @@ pub struct RequestView {
 }
 
 pub async fn view(db: &Db, request_id: &str) -> anyhow::Result<Option<RequestView>> {
-    Ok(on_db!(db, |p| sqlx::query_as::<_, RequestView>(
+    on_db!(db, |p| sqlx::query_as::<_, RequestView>(
         "SELECT r.id, r.org_id, r.number, r.kind, r.requester_id, r.remark, r.documents, r.status, r.decided_by, \
                 r.decided_at, r.decision_comment, r.sla_due_at, r.created_at, r.updated_at, \
                 o.name AS org_name, o.region, m.name AS requester_name, m.login_id AS requester_login \
@@ -374,7 +378,7 @@ pub async fn view(db: &Db, request_id: &str) -> anyhow::Result<Option<RequestVie
     .bind(request_id)
     .fetch_optional(p)
     .await)
-    .context("loading request")?)
+    .context("loading request")
 }
 
 /// The name and locale of a reviewer.

@@ -36,7 +36,7 @@ impl EmailRow {
 }
 
 pub async fn get(db: &Db, id: &str) -> anyhow::Result<Option<EmailRow>> {
-    Ok(on_db!(db, |p| sqlx::query_as::<_, EmailRow>(
+    on_db!(db, |p| sqlx::query_as::<_, EmailRow>(
         "SELECT id, dedupe_key, message_id, request_id, template, recipient, recipient_name, locale, reviewer_kind, \
                 reviewer_id, params, status, attempts, last_error, created_at, sent_at \
          FROM emails WHERE id = $1"
@@ -44,12 +44,12 @@ pub async fn get(db: &Db, id: &str) -> anyhow::Result<Option<EmailRow>> {
     .bind(id)
     .fetch_optional(p)
     .await)
-    .context("loading email")?)
+    .context("loading email")
 }
 
 /// Every mail of a request, oldest first (tests, support).
 pub async fn for_request(db: &Db, request_id: &str) -> anyhow::Result<Vec<EmailRow>> {
-    Ok(on_db!(db, |p| sqlx::query_as::<_, EmailRow>(
+    on_db!(db, |p| sqlx::query_as::<_, EmailRow>(
         "SELECT id, dedupe_key, message_id, request_id, template, recipient, recipient_name, locale, reviewer_kind, \
                 reviewer_id, params, status, attempts, last_error, created_at, sent_at \
          FROM emails WHERE request_id = $1 ORDER BY created_at, id"
@@ -57,7 +57,7 @@ pub async fn for_request(db: &Db, request_id: &str) -> anyhow::Result<Vec<EmailR
     .bind(request_id)
     .fetch_all(p)
     .await)
-    .context("loading the request's emails")?)
+    .context("loading the request's emails")
 }
 
 /// Count one more delivery attempt.

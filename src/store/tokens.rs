@@ -125,14 +125,14 @@ pub async fn find(db: &Db, token: &str) -> anyhow::Result<Option<TokenRow>> {
         return Ok(None);
     }
     let hash = hash_token(token);
-    Ok(on_db!(db, |p| sqlx::query_as::<_, TokenRow>(
+    on_db!(db, |p| sqlx::query_as::<_, TokenRow>(
         "SELECT token_hash, request_id, reviewer_kind, reviewer_id, csrf, created_at, expires_at, used_at, revoked_at \
          FROM review_tokens WHERE token_hash = $1"
     )
     .bind(&hash)
     .fetch_optional(p)
     .await)
-    .context("looking up link token")?)
+    .context("looking up link token")
 }
 
 /// Mark `hash` used, if it is still live. Returns whether it was.
@@ -152,7 +152,7 @@ pub async fn consume(tx: &mut Tx, hash: &str, now: i64) -> anyhow::Result<bool> 
 
 /// Revoke every live token of a request (it was decided or cancelled).
 pub async fn revoke_for_request(tx: &mut Tx, request_id: &str, now: i64) -> anyhow::Result<u64> {
-    Ok(on_tx!(tx, |c| sqlx::query(
+    on_tx!(tx, |c| sqlx::query(
         "UPDATE review_tokens SET revoked_at = $2 WHERE request_id = $1 AND used_at IS NULL AND revoked_at IS NULL"
     )
     .bind(request_id)
@@ -160,7 +160,7 @@ pub async fn revoke_for_request(tx: &mut Tx, request_id: &str, now: i64) -> anyh
     .execute(c)
     .await
     .map(|r| r.rows_affected()))
-    .context("revoking the request's link tokens")?)
+    .context("revoking the request's link tokens")
 }
 
 /// Revoke every live token of a reviewer (a platform reviewer was removed, or
@@ -170,7 +170,7 @@ pub async fn revoke_for_reviewer(
     reviewer: &ReviewerRef,
     now: i64,
 ) -> anyhow::Result<u64> {
-    Ok(on_tx!(tx, |c| sqlx::query(
+    on_tx!(tx, |c| sqlx::query(
         "UPDATE review_tokens SET revoked_at = $3 \
          WHERE reviewer_kind = $1 AND reviewer_id = $2 AND used_at IS NULL AND revoked_at IS NULL"
     )
@@ -180,7 +180,7 @@ pub async fn revoke_for_reviewer(
     .execute(c)
     .await
     .map(|r| r.rows_affected()))
-    .context("revoking the reviewer's link tokens")?)
+    .context("revoking the reviewer's link tokens")
 }
 
 #[cfg(test)]

@@ -226,7 +226,8 @@ async fn csrf_and_an_explicit_decision_are_required() {
     let o = open(&t, tok).await;
     let (csrf, cookie) = (o.csrf.clone().unwrap(), o.cookie.clone().unwrap());
     let before = state_digest(&t).await;
-    let cases: Vec<(Vec<(&str, &str)>, Option<&str>, u16)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Option<&'a str>, u16);
+    let cases: Vec<Case> = vec![
         (vec![("decision", "approve")], Some(&cookie), 403), // no CSRF field
         (vec![("decision", "approve"), ("csrf", &csrf)], None, 403), // no cookie
         (
