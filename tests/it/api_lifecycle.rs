@@ -61,6 +61,23 @@ async fn request_lifecycle_to_in_review_then_cancel() {
     assert!(chrono::DateTime::parse_from_rfc3339(first["at"].as_str().unwrap()).is_ok());
     assert!(got["decided_at"].is_null());
 
+    // Counted per kind (the recorder is per process, so only presence is checked).
+    let m = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("approvald_requests_submitted_total{")
+                && l.contains("kind=\"ftp_access\"")),
+        "{m}"
+    );
+
     // Numbers follow the org's own sequence.
     let second = submit(
         &t,

@@ -287,3 +287,38 @@ async fn disable_stops_access_at_once_and_deletes_nothing() {
     assert_eq!(counts(&t).await, before);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_creates_never_pass_the_member_limit() {
+    let t = TestApp::spawn_with(Opts {
+        toml: "[orgs]\nmax_members = 4".into(),
+        ..Opts::default()
+    })
+    .await;
+    let (org, key, _) = t.create_org("Busy Co", "cn").await;
+    let t_ref = &t;
+    let answers = futures::future::join_all((0..12).map(|i| {
+        let (org, key) = (org.clone(), key.clone());
+        async move {
+            let l = login(&format!("c{i}"));
+            t_ref
+                .post(
+                    &format!("/v1/orgs/{org}/members"),
+                    &key,
+                    json!({"login_id": l, "name": "Racer", "email": format!("{l}@example.com")}),
+                )
+                .await
+        }
+    }))
+    .await;
+    let created = answers.iter().filter(|a| a.status.as_u16() == 201).count();
+    let full = answers.iter().filter(|a| a.status.as_u16() == 409).count();
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
+    assert_eq!((created, full), (3, 9), "{statuses:?}");
+    assert_eq!(
+        crate::api_util::scalar_i64(&t, "SELECT COUNT(*) FROM members WHERE org_id = $1", &org)
+            .await,
+        4
+    );
+    t.finish().await;
+}
