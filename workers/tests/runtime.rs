@@ -146,6 +146,7 @@ both_stores!(
     graceful_shutdown_releases_unfinished_jobs,
     graceful_shutdown_lets_short_jobs_finish,
     finished_and_dead_jobs_are_purged,
+    leases_are_renewed_while_a_long_job_runs,
 );
 
 /// A running runtime and the handle to stop it.
@@ -1718,4 +1719,188 @@ async fn finished_and_dead_jobs_are_purged(kind: Kind) {
     .await;
     rt.stop().await.unwrap();
     testing::assert_empty(&queue, &["picky"]).await;
+}
+
+// ---- leases ----------------------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Long;
+
+impl Job for Long {
+    const NAME: &'static str = "long";
+    type Context = SlowCtx;
+    async fn run(self, ctx: SlowCtx, info: JobInfo) -> Result<(), JobError> {
+        ctx.started
+            .lock()
+            .unwrap()
+            .push((info.id.clone(), info.attempt));
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        ctx.finished.lock().unwrap().push(info.id);
+        Ok(())
+    }
+}
+
+/// A job running for 3.5 leases keeps its lease (renewed every lease/3): a
+/// second runtime polling the same queue never gets it.
+async fn leases_are_renewed_while_a_long_job_runs(kind: Kind) {
+    let env = Env::new(kind);
+    let config = QueueConfig {
+        lease: Duration::from_secs(1),
+        idle_poll: Duration::from_millis(100),
+        ..env.config()
+    };
+    let ctx = SlowCtx::default();
+    let a = env.queue_with(config.clone(), Arc::new(SystemClock)).await;
+    let b = env.queue_with(config, Arc::new(SystemClock)).await;
+    let rt_a = Running::start(Runtime::new(a.clone()).register::<Long>(ctx.clone()));
+    a.push(&Long, PushOptions::default()).await.unwrap();
+    eventually("job started", Duration::from_secs(5), || {
+        let n = ctx.started.lock().unwrap().len();
+        async move { n == 1 }
+    })
+    .await;
+    let rt_b = Running::start(Runtime::new(b).register::<Long>(ctx.clone()));
+    testing::drain(&a, &["long"], Duration::from_secs(20))
+        .await
+        .unwrap();
+    rt_a.stop().await.unwrap();
+    rt_b.stop().await.unwrap();
+    let started = ctx.started.lock().unwrap().clone();
+    assert_eq!(started.len(), 1, "ran once, lease kept: {started:?}");
+    assert_eq!(ctx.finished.lock().unwrap().len(), 1);
+    testing::assert_empty(&a, &["long"]).await;
+}
+
+// ---- supervision -----------------------------------------------------------------------------------------
+
+mod faulty {
+    //! A store that panics inside the first `fetch` (a bug in a backend), to
+    //! show the supervisor rebuilds the worker.
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use approvald_workers::store::{
+        DeadJob, LeasedJob, NewJob, Pushed, QueueStats, Store, StoreResult, memory::MemoryStore,
+    };
+    use async_trait::async_trait;
+
+    #[derive(Default)]
+    pub struct PanicsOnce {
+        pub inner: MemoryStore,
+        pub fetches: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Store for PanicsOnce {
+        async fn setup(&self) -> StoreResult<()> {
+            self.inner.setup().await
+        }
+        async fn push(&self, jobs: &[NewJob], now_ms: i64, w: i64) -> StoreResult<Vec<Pushed>> {
+            self.inner.push(jobs, now_ms, w).await
+        }
+        async fn fetch(
+            &self,
+            q: &str,
+            wid: &str,
+            limit: usize,
+            now_ms: i64,
+            lease_ms: i64,
+        ) -> StoreResult<Vec<LeasedJob>> {
+            if self.fetches.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("bug in the store's fetch");
+            }
+            self.inner.fetch(q, wid, limit, now_ms, lease_ms).await
+        }
+        async fn renew(
+            &self,
+            q: &str,
+            ids: &[String],
+            wid: &str,
+            until: i64,
+        ) -> StoreResult<Vec<String>> {
+            self.inner.renew(q, ids, wid, until).await
+        }
+        async fn complete(&self, q: &str, id: &str, wid: &str, now_ms: i64) -> StoreResult<()> {
+            self.inner.complete(q, id, wid, now_ms).await
+        }
+        async fn retry(
+            &self,
+            q: &str,
+            id: &str,
+            wid: &str,
+            run_at_ms: i64,
+            e: &str,
+        ) -> StoreResult<()> {
+            self.inner.retry(q, id, wid, run_at_ms, e).await
+        }
+        async fn kill(
+            &self,
+            q: &str,
+            id: &str,
+            wid: &str,
+            now_ms: i64,
+            e: &str,
+        ) -> StoreResult<()> {
+            self.inner.kill(q, id, wid, now_ms, e).await
+        }
+        async fn release(&self, q: &str, ids: &[String], wid: &str) -> StoreResult<()> {
+            self.inner.release(q, ids, wid).await
+        }
+        async fn wait_for_push(&self, q: &str, timeout_ms: u64) -> StoreResult<bool> {
+            self.inner.wait_for_push(q, timeout_ms).await
+        }
+        async fn next_due_ms(&self, q: &str) -> StoreResult<Option<i64>> {
+            self.inner.next_due_ms(q).await
+        }
+        async fn stats(&self, q: &str) -> StoreResult<QueueStats> {
+            self.inner.stats(q).await
+        }
+        async fn list_dead(&self, q: &str, limit: usize) -> StoreResult<Vec<DeadJob>> {
+            self.inner.list_dead(q, limit).await
+        }
+        async fn redrive(&self, q: &str, id: &str, now_ms: i64) -> StoreResult<bool> {
+            self.inner.redrive(q, id, now_ms).await
+        }
+        async fn purge(
+            &self,
+            q: &str,
+            before: i64,
+            dead_before: i64,
+            limit: usize,
+        ) -> StoreResult<u64> {
+            self.inner.purge(q, before, dead_before, limit).await
+        }
+        async fn claim_tick(&self, s: &str, tick_ms: i64) -> StoreResult<bool> {
+            self.inner.claim_tick(s, tick_ms).await
+        }
+        async fn last_tick(&self, s: &str) -> StoreResult<Option<i64>> {
+            self.inner.last_tick(s).await
+        }
+        async fn ping(&self) -> StoreResult<()> {
+            self.inner.ping().await
+        }
+    }
+}
+
+/// A worker that dies (here: a panic inside the backend) is rebuilt with
+/// backoff instead of staying dead while `run` looks healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_is_restarted() {
+    init_tracing();
+    let store = Arc::new(faulty::PanicsOnce::default());
+    let queue = Queue::with_store(store.clone(), QueueConfig::default(), Arc::new(SystemClock));
+    queue
+        .push(&Work { n: 1 }, PushOptions::default())
+        .await
+        .unwrap();
+    let ran = Ran::default();
+    let rt = Running::start(Runtime::new(queue.clone()).register::<Work>(ran.clone()));
+    testing::drain(&queue, &["work"], Duration::from_secs(10))
+        .await
+        .expect("the rebuilt worker ran the job");
+    assert!(
+        store.fetches.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "fetched again after the panic"
+    );
+    assert_eq!(ran.0.lock().unwrap().len(), 1);
+    rt.stop().await.expect("run still healthy");
 }
