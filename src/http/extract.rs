@@ -20,10 +20,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rej) => Err(json_rejection(rej)),
-        }
+        // The same checks as the API's bodies, including "a body is a JSON
+        // object" (serde would take an array of a struct's fields in order).
+        let body = super::api::body::JsonBody::<T>::from_request(req, state).await?;
+        Ok(Self(body.value))
     }
 }
 
