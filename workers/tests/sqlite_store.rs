@@ -514,6 +514,32 @@ async fn batch_push_keeps_input_order() {
 }
 
 #[tokio::test]
+async fn jobs_due_at_the_same_instant_are_fetched_in_push_order() {
+    let (_dir, store) = fresh().await;
+    let jobs: Vec<NewJob> = (0..30)
+        .map(|i| {
+            let mut j = job("q", &i.to_string(), T0);
+            if i % 7 == 3 {
+                j.dedupe_key = Some(format!("k{i}"));
+            }
+            j
+        })
+        .collect();
+    let pushed = store.push(&jobs, T0, WINDOW).await.unwrap();
+    // Small batches, so the order in which the database picks rows shows.
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.extend(store.fetch("q", "w", 5, T0, 1_000).await.unwrap());
+    }
+    let payloads: Vec<String> = got.iter().map(|j| j.payload.clone()).collect();
+    let want: Vec<String> = (0..30).map(|i: i32| i.to_string()).collect();
+    assert_eq!(payloads, want);
+    let ids: Vec<&str> = got.iter().map(|j| j.id.as_str()).collect();
+    let pushed_ids: Vec<&str> = pushed.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, pushed_ids);
+}
+
+#[tokio::test]
 async fn twenty_thousand_due_jobs_are_fetched_completely_in_bounded_batches() {
     let (_dir, store) = fresh().await;
     let jobs: Vec<NewJob> = (0..20_000)

@@ -157,7 +157,8 @@ pub async fn push_in_tx(
     Ok(out.remove(0))
 }
 
-/// [`push_in_tx`] for several jobs; result order matches input order. Jobs
+/// [`push_in_tx`] for several jobs; result order matches input order, and
+/// jobs due at the same instant are fetched in input order. Runs of jobs
 /// without a dedupe key go in multi-row inserts.
 pub async fn push_many_in_tx(
     conn: &mut SqliteConnection,
@@ -182,6 +183,11 @@ pub async fn push_many_in_tx(
                 }
             }
             Some(key) => {
+                // Keep insertion (and so fetch) order equal to input order.
+                if !plain.is_empty() {
+                    insert_plain(conn, &plain, now_ms).await?;
+                    plain.clear();
+                }
                 let expires = now_ms.saturating_add(dedupe_window_ms);
                 let won: Option<String> = sqlx::query_scalar(CLAIM_DEDUPE)
                     .bind(&job.queue)
