@@ -103,6 +103,30 @@ async fn replay_and_different_body() {
         before
     );
 
+    // A retry is answered as the first time even when what it named changed
+    // since: here the requester is disabled in between.
+    let buyer = crate::api_util::add_member(&t, &org, &key, "member").await;
+    let pay =
+        json!({"kind": "payment_permission", "requester": buyer["id"], "remark": "pay suppliers"})
+            .to_string();
+    let first_pay = post_with_key(&t, &org, &key, "pay-1", &pay)
+        .await
+        .expect(202);
+    let bid = buyer["id"].as_str().unwrap();
+    t.post(
+        &format!("/v1/orgs/{org}/members/{bid}/disable"),
+        &key,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    let retry = post_with_key(&t, &org, &key, "pay-1", &pay)
+        .await
+        .expect(202);
+    assert_eq!(retry.text, first_pay.text);
+    let fresh = post_with_key(&t, &org, &key, "pay-2", &pay).await;
+    assert_eq!(fresh.status.as_u16(), 422, "{}", fresh.text);
+
     // A new key is a new request; keys are per org.
     let new = post_with_key(
         &t,

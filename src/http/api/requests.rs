@@ -298,12 +298,14 @@ pub async fn submit(
     let org = caller.org(&app, &org_id).await?;
     let key = idempotency_key(&headers)?;
     let hash = body_hash(&body.bytes);
-    let v = validate(&app, &org, body.value).await?;
+    // A retry replays the first answer even if what it named has changed
+    // since (a requester disabled in between, say).
     if let Some(k) = &key
         && let Some(stored) = idempotency::get(&app.db, &org.id, k).await?
     {
         return replay(stored, &hash);
     }
+    let v = validate(&app, &org, body.value).await?;
 
     let now_dt = app.clock.now();
     let now = now_dt.timestamp_millis();
