@@ -534,6 +534,26 @@ async fn malformed_and_hostile_input_is_refused_and_writes_nothing() {
         );
         assert_eq!(counts(&t).await, before, "{} wrote something", c.name);
     }
+    // Over the limit without a Content-Length (chunked): refused while reading.
+    let (status, ct, text) = chunked_post(&t, &reqs, &key, limit + 100).await;
+    assert_eq!(status, 413, "chunked: {text}");
+    assert_eq!(ct, "application/problem+json", "chunked: {text}");
+    // A header that is not text.
+    let mut binary =
+        format!("GET {reqs} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ").into_bytes();
+    binary.extend_from_slice(b"\xff\xfe\r\nConnection: close\r\n\r\n");
+    let (status, ct, text) = raw_http(&t, binary).await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (401, "application/problem+json"),
+        "non-text key: {text}"
+    );
+    assert_eq!(
+        counts(&t).await,
+        before,
+        "chunked or binary requests wrote something"
+    );
+
     // Still healthy afterwards, and a good body is accepted.
     let ok = t
         .post(&reqs, &key, json!({"kind": "ftp_access", "remark": "fine"}))
@@ -541,4 +561,52 @@ async fn malformed_and_hostile_input_is_refused_and_writes_nothing() {
     assert_eq!(ok.status.as_u16(), 202, "{}", ok.text);
     let mut t = t;
     t.stop().await;
+}
+
+/// Send raw bytes over HTTP/1.1 and return (status, content type, body).
+async fn raw_http(t: &TestApp, request: Vec<u8>) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(t.addr)
+        .await
+        .expect("connect");
+    // The server may answer (413) and stop reading before the whole body is
+    // written; the answer is what counts.
+    let _ = s.write_all(&request).await;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let ct = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, ct, text)
+}
+
+/// POST `size` bytes of JSON with `Transfer-Encoding: chunked` (no length up front).
+async fn chunked_post(t: &TestApp, path: &str, key: &str, size: usize) -> (u16, String, String) {
+    let body = format!(
+        r#"{{"kind": "ftp_access", "remark": "{}"}}"#,
+        "x".repeat(size)
+    );
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.as_bytes().chunks(8192) {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    raw_http(t, req).await
 }
