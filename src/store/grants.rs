@@ -53,9 +53,8 @@ pub async fn get_tx(
 
 /// Revoke an active grant. Returns whether this call revoked it.
 pub async fn revoke(tx: &mut Tx, id: &str, now: i64) -> Result<bool, sqlx::Error> {
-    let n =
-        on_tx!(tx, |c| {
-            sqlx::query(
+    let n = on_tx!(tx, |c| {
+        sqlx::query(
         "UPDATE grants SET status = 'revoked', revoked_at = $1 WHERE id = $2 AND status = 'active'"
     )
     .bind(now)
@@ -63,6 +62,6 @@ pub async fn revoke(tx: &mut Tx, id: &str, now: i64) -> Result<bool, sqlx::Error
     .execute(c)
     .await
     .map(|r| r.rows_affected())
-        })?;
+    })?;
     Ok(n == 1)
 }
