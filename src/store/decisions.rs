@@ -381,7 +381,9 @@ pub async fn view(db: &Db, request_id: &str) -> anyhow::Result<Option<RequestVie
     .context("loading request")
 }
 
-/// The name and locale of a reviewer.
+/// The name and locale of a reviewer who is still active (`None` for a
+/// removed platform reviewer or a disabled member: their links stop working
+/// at once, even before the cleanup job revokes them).
 pub async fn reviewer_profile(
     db: &Db,
     kind: ReviewerKind,
@@ -389,13 +391,13 @@ pub async fn reviewer_profile(
 ) -> anyhow::Result<Option<(String, Locale)>> {
     let row: Option<(String, String)> = match kind {
         ReviewerKind::Platform => on_db!(db, |p| sqlx::query_as(
-            "SELECT name, locale FROM reviewers WHERE id = $1"
+            "SELECT name, locale FROM reviewers WHERE id = $1 AND status = 'active'"
         )
         .bind(id)
         .fetch_optional(p)
         .await)?,
         ReviewerKind::Member => on_db!(db, |p| sqlx::query_as(
-            "SELECT name, locale FROM members WHERE id = $1"
+            "SELECT name, locale FROM members WHERE id = $1 AND status = 'active'"
         )
         .bind(id)
         .fetch_optional(p)

@@ -360,3 +360,64 @@ async fn nobody_reviews_their_own_request() {
     assert_eq!(state_digest(&t).await, before);
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_stop_when_the_reviewer_is_removed_or_disabled() {
+    let t = TestApp::spawn().await;
+    // A platform reviewer removed: their link stops at once.
+    let (_org, _key, _id, tokens) = in_review(&t).await;
+    assert_eq!(open(&t, &tokens[0]).await.status, StatusCode::OK);
+    approvald::on_db!(&t.app.db, |p| sqlx::query(
+        "UPDATE reviewers SET status = 'removed' WHERE email = 'r1@example.com'"
+    )
+    .execute(p)
+    .await
+    .map(|_| ()))
+    .unwrap();
+    let gone = open(&t, &tokens[0]).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert!(gone.body.contains("This link is not valid"));
+    assert_eq!(
+        open(&t, &tokens[1]).await.status,
+        StatusCode::OK,
+        "the other reviewer is unaffected"
+    );
+
+    // An org admin reviewing a member's payment request, then disabled.
+    let (org, key, _owner) = t.create_org("Members Co", "cn").await;
+    let admin = crate::api_util::add_member(&t, &org, &key, "admin").await;
+    let member = crate::api_util::add_member(&t, &org, &key, "member").await;
+    let id = t
+        .post(
+            &format!("/v1/orgs/{org}/requests"),
+            &key,
+            serde_json::json!({"kind": "payment_permission", "requester": member["id"], "remark": "pay"}),
+        )
+        .await
+        .expect(202)
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_status(&t, &org, &key, &id, "in_review").await;
+    let rows = wait_emails_final(&t, Duration::from_secs(30)).await;
+    let admin_email = admin["email"].as_str().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r.recipient == admin_email)
+        .expect("the admin is asked");
+    let token = outbox(&t)[&row.id].review_token(&t.base).unwrap();
+    assert_eq!(open(&t, &token).await.status, StatusCode::OK);
+    let admin_id = admin["id"].as_str().unwrap();
+    let r = t
+        .post(
+            &format!("/v1/orgs/{org}/members/{admin_id}/disable"),
+            &key,
+            serde_json::json!({}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let gone = open(&t, &token).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.body);
+    t.finish().await;
+}
