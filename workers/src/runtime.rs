@@ -18,7 +18,7 @@ use crate::{
     job::Job,
     metrics as m,
     queue::Queue,
-    worker::{Common, JobLayer, Shared, StoreBackend, run_job},
+    worker::{AbortOnDrop, Common, JobLayer, Shared, StoreBackend, run_job},
 };
 
 /// Largest number of jobs one `purge` call deletes.
@@ -198,6 +198,8 @@ impl Runtime {
             self.retention_interval,
             self.metrics_interval,
         ));
+        // Ends with this future, also when the caller drops it.
+        let _maintenance_guard = AbortOnDrop(maintenance.abort_handle());
 
         let mut shutdown = std::pin::pin!(shutdown);
         let fatal: Option<anyhow::Error> = loop {
@@ -272,6 +274,9 @@ async fn supervise<J: Job>(common: Arc<Common>, ctx: J::Context) -> anyhow::Resu
 
         let stop_renew = CancellationToken::new();
         let renewer = tokio::spawn(shared.clone().renew_loop(stop_renew.clone()));
+        // If the supervisor itself is dropped (the caller dropped `run`), the
+        // worker and its helpers go with it.
+        let _renewer_guard = AbortOnDrop(renewer.abort_handle());
         let stopper = {
             let (wctx, drain) = (wctx.clone(), common.drain.clone());
             tokio::spawn(async move {
@@ -283,7 +288,10 @@ async fn supervise<J: Job>(common: Arc<Common>, ctx: J::Context) -> anyhow::Resu
         };
         tracing::debug!(job = J::NAME, incarnation, "worker starting");
         let started = Instant::now();
-        let ended = tokio::spawn(worker.run()).await;
+        let worker_task = tokio::spawn(worker.run());
+        let _worker_guard = AbortOnDrop(worker_task.abort_handle());
+        let _stopper_guard = AbortOnDrop(stopper.abort_handle());
+        let ended = worker_task.await;
         stopper.abort();
         stop_renew.cancel();
         let _ = renewer.await;

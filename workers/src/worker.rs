@@ -548,9 +548,10 @@ enum Ended {
     Abandoned,
 }
 
-/// Aborts the spawned handler if the service future is dropped (worker
-/// dropped mid-job), so no handler runs on without its acknowledgement.
-struct AbortOnDrop(tokio::task::AbortHandle);
+/// Aborts a spawned task when dropped: a handler whose service future is
+/// dropped (worker dropped mid-job) does not run on without its
+/// acknowledgement, and the runtime's own tasks end with `Runtime::run`.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
