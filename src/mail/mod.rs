@@ -10,7 +10,7 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     app::App,
-    config::{MailConfig, MailTransport, SmtpTls},
+    config::{MailConfig, MailTransport, SmtpConfig, SmtpTls},
     db::Tx,
     domain::ids::{Locale, mask_email},
     jobs::notify::NotifyJob,
@@ -265,7 +265,9 @@ pub enum SendError {
 enum Transport {
     File(PathBuf),
     Smtp {
-        smtp: AsyncSmtpTransport<Tokio1Executor>,
+        /// Replaced by a fresh pool after an abandoned (timed-out) exchange.
+        smtp: RwLock<AsyncSmtpTransport<Tokio1Executor>>,
+        cfg: SmtpConfig,
         timeout: Duration,
         endpoint: String,
     },
@@ -309,36 +311,10 @@ impl Mailer {
             MailTransport::Memory => Transport::Memory(Mutex::new(Vec::new())),
             MailTransport::Smtp => {
                 let s = &cfg.smtp;
-                let tls = match s.tls {
-                    SmtpTls::None => Tls::None,
-                    SmtpTls::Starttls => Tls::Required(
-                        TlsParameters::new(s.host.clone())
-                            .context("key `mail.smtp.tls`: TLS setup")?,
-                    ),
-                    SmtpTls::Tls => Tls::Wrapper(
-                        TlsParameters::new(s.host.clone())
-                            .context("key `mail.smtp.tls`: TLS setup")?,
-                    ),
-                };
-                let timeout = Duration::from_secs(s.timeout_secs.max(1));
-                let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.clone())
-                    .port(s.port)
-                    .tls(tls)
-                    .timeout(Some(timeout))
-                    .pool_config(
-                        PoolConfig::new()
-                            .max_size(s.pool_size.max(1))
-                            .idle_timeout(Duration::from_secs(60)),
-                    );
-                if !s.username.is_empty() {
-                    b = b.credentials(Credentials::new(
-                        s.username.clone(),
-                        s.password.expose().to_string(),
-                    ));
-                }
                 Transport::Smtp {
-                    smtp: b.build(),
-                    timeout,
+                    smtp: RwLock::new(build_smtp(s)?),
+                    cfg: s.clone(),
+                    timeout: Duration::from_secs(s.timeout_secs.max(1)),
                     endpoint: format!("{}:{} ({:?})", s.host, s.port, s.tls),
                 }
             }
@@ -401,20 +377,62 @@ impl Mailer {
                 });
                 Ok(())
             }
-            Transport::Smtp { smtp, timeout, .. } => {
-                // lettre applies `timeout` to each command; this bounds the
-                // whole exchange (connect, TLS, envelope, data).
-                let whole = *timeout * 4;
-                match tokio::time::timeout(whole, smtp.send(msg.clone())).await {
-                    Err(_) => Err(SendError::Transient(anyhow::anyhow!(
-                        "SMTP exchange timed out after {whole:?}"
-                    ))),
+            Transport::Smtp {
+                smtp, cfg, timeout, ..
+            } => {
+                let client = smtp.read().expect("smtp lock").clone();
+                // lettre bounds connecting by `timeout` but not a reply on an
+                // open connection, so bound the whole exchange here, below the
+                // job's own time limit.
+                let whole = (*timeout * 4).min(Duration::from_secs(90));
+                match tokio::time::timeout(whole, client.send(msg.clone())).await {
+                    Err(_) => {
+                        // The abandoned send hands its connection back to the
+                        // pool mid-command; no later mail may talk over it.
+                        match build_smtp(cfg) {
+                            Ok(fresh) => *smtp.write().expect("smtp lock") = fresh,
+                            Err(e) => tracing::error!(error = %e, "cannot rebuild the SMTP pool"),
+                        }
+                        Err(SendError::Transient(anyhow::anyhow!(
+                            "SMTP exchange timed out after {whole:?}"
+                        )))
+                    }
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(classify_smtp(e)),
                 }
             }
         }
     }
+}
+
+/// A pooled SMTP client for `s` (TLS none / STARTTLS required / implicit
+/// TLS, optional auth, connect timeout).
+fn build_smtp(s: &SmtpConfig) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+    let tls = match s.tls {
+        SmtpTls::None => Tls::None,
+        SmtpTls::Starttls => Tls::Required(
+            TlsParameters::new(s.host.clone()).context("key `mail.smtp.tls`: TLS setup")?,
+        ),
+        SmtpTls::Tls => Tls::Wrapper(
+            TlsParameters::new(s.host.clone()).context("key `mail.smtp.tls`: TLS setup")?,
+        ),
+    };
+    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.clone())
+        .port(s.port)
+        .tls(tls)
+        .timeout(Some(Duration::from_secs(s.timeout_secs.max(1))))
+        .pool_config(
+            PoolConfig::new()
+                .max_size(s.pool_size.max(1))
+                .idle_timeout(Duration::from_secs(60)),
+        );
+    if !s.username.is_empty() {
+        b = b.credentials(Credentials::new(
+            s.username.clone(),
+            s.password.expose().to_string(),
+        ));
+    }
+    Ok(b.build())
 }
 
 /// 5xx is permanent; everything else (4xx, timeouts, refused or dropped
@@ -566,6 +584,25 @@ mod tests {
             b"two"
         );
         assert!(write_eml(dir.path(), "../etc/passwd", b"x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn smtp_transport_builds_for_every_tls_mode() {
+        for tls in [SmtpTls::None, SmtpTls::Starttls, SmtpTls::Tls] {
+            let mut mail = crate::config::Config::default().mail;
+            mail.transport = MailTransport::Smtp;
+            mail.smtp.host = "smtp.example.com".into();
+            mail.smtp.tls = tls;
+            mail.smtp.username = "u".into();
+            mail.smtp.password = crate::config::Secret::new("hunter2");
+            let m = Mailer::from_config(&mail).unwrap();
+            assert!(
+                m.describe().starts_with("smtp smtp.example.com:587"),
+                "{}",
+                m.describe()
+            );
+            assert!(!format!("{m:?}").contains("hunter2"));
+        }
     }
 
     #[test]

@@ -114,8 +114,8 @@ impl SmtpServer {
         self.serve(listener);
     }
 
-    /// Answer `replies` (e.g. `"451 4.7.1 try later"`) to the next RCPT TOs
-    /// for `rcpt`, then accept it.
+    /// Answer `replies` (e.g. `"451 4.7.1 try later"`, or `"HANG"` for no
+    /// answer at all) to the next RCPT TOs for `rcpt`, then accept it.
     pub fn script(&self, rcpt: &str, replies: &[&str]) {
         self.shared.script.lock().unwrap().insert(
             rcpt.to_lowercase(),
@@ -127,7 +127,7 @@ impl SmtpServer {
         self.shared.messages.lock().unwrap().clone()
     }
 
-    /// Every RCPT TO seen for `rcpt`, as reply codes.
+    /// Every RCPT TO seen for `rcpt`, as reply codes (0: no answer).
     pub fn rcpt_codes(&self, rcpt: &str) -> Vec<u16> {
         let r = rcpt.to_lowercase();
         self.shared
@@ -215,6 +215,12 @@ async fn session(sock: tokio::net::TcpStream, shared: Arc<Shared>) {
                 .get_mut(&to)
                 .and_then(|q| q.pop_front());
             let reply = scripted.unwrap_or_else(|| "250 2.1.5 OK".into());
+            if reply == "HANG" {
+                // Never answer: the client must time out.
+                shared.rcpt_log.lock().unwrap().push((to.clone(), 0));
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
             let code: u16 = reply[..3].parse().unwrap_or(250);
             shared.rcpt_log.lock().unwrap().push((to.clone(), code));
             if code == 250 {

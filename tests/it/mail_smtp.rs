@@ -198,6 +198,33 @@ async fn transient_451_is_retried_then_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_times_out_and_is_retried() {
+    let smtp = SmtpServer::start().await;
+    smtp.script("slow@example.com", &["HANG"]);
+    let toml = smtp
+        .config_toml()
+        .replace("timeout_secs = 5", "timeout_secs = 1");
+    let t = TestApp::spawn_with(Opts {
+        toml,
+        ..Default::default()
+    })
+    .await;
+    let (org, key, _) = t.create_org("Slow Ltd", "cn").await;
+    reviewer(&t, "slow@example.com", "en").await;
+    let id = submit_ftp(&t, &org, &key, "please").await;
+    wait_status(&t, &org, &key, &id, "in_review").await;
+    smtp.wait_until("the mail after a timeout", Duration::from_secs(60), |m| {
+        !m.is_empty()
+    })
+    .await;
+    assert_eq!(smtp.rcpt_codes("slow@example.com"), vec![0, 250]);
+    let rows = wait_emails_final(&t, Duration::from_secs(10)).await;
+    assert_eq!(rows[0].status, "sent");
+    assert_eq!(rows[0].attempts, 2);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_550_is_tried_once_and_shown_as_failed() {
     let smtp = SmtpServer::start().await;
     smtp.script("nobody@example.com", &["550 5.1.1 no such user"; 5]);

@@ -37,7 +37,6 @@ pub struct Texts {
     pub err_form: &'static str,
     pub err_self: &'static str,
     pub err_not_in_review: &'static str,
-    pub reload: &'static str,
 }
 
 const EN: Texts = Texts {
@@ -73,7 +72,6 @@ const EN: Texts = Texts {
     err_form: "This form has expired or was not sent from this page. Open the link again and decide there.",
     err_self: "You cannot review your own request.",
     err_not_in_review: "This request is not waiting for a review.",
-    reload: "Open the request again",
 };
 
 const ZH: Texts = Texts {
@@ -109,7 +107,6 @@ const ZH: Texts = Texts {
     err_form: "此表单已失效或并非从本页面提交。请重新打开链接后再操作。",
     err_self: "您不能审核自己的申请。",
     err_not_in_review: "该申请当前不在审核中。",
-    reload: "重新打开申请",
 };
 
 const JA: Texts = Texts {
@@ -145,7 +142,6 @@ const JA: Texts = Texts {
     err_form: "このフォームは無効になったか、このページから送信されていません。リンクを開き直してから操作してください。",
     err_self: "自分の申請は審査できません。",
     err_not_in_review: "この申請は審査待ちではありません。",
-    reload: "申請を開き直す",
 };
 
 pub fn texts(l: Locale) -> &'static Texts {

@@ -107,7 +107,6 @@ struct PageData {
     req: Option<ReqData>,
     events: Vec<EventData>,
     form: Option<FormData>,
-    reload: Option<String>,
 }
 
 #[derive(Serialize)]
