@@ -1737,18 +1737,18 @@ impl Job for Long {
             .lock()
             .unwrap()
             .push((info.id.clone(), info.attempt));
-        tokio::time::sleep(Duration::from_millis(3500)).await;
+        tokio::time::sleep(Duration::from_millis(5000)).await;
         ctx.finished.lock().unwrap().push(info.id);
         Ok(())
     }
 }
 
-/// A job running for 3.5 leases keeps its lease (renewed every lease/3): a
+/// A job running for 2.5 leases keeps its lease (renewed every lease/3): a
 /// second runtime polling the same queue never gets it.
 async fn leases_are_renewed_while_a_long_job_runs(kind: Kind) {
     let env = Env::new(kind);
     let config = QueueConfig {
-        lease: Duration::from_secs(1),
+        lease: Duration::from_secs(2),
         idle_poll: Duration::from_millis(100),
         ..env.config()
     };
