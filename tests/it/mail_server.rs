@@ -33,6 +33,8 @@ struct Shared {
     script: Mutex<HashMap<String, VecDeque<String>>>,
     /// Every RCPT TO seen, with the reply code given.
     rcpt_log: Mutex<Vec<(String, u16)>>,
+    /// Every `AUTH PLAIN` seen, decoded to (user, password).
+    auths: Mutex<Vec<(String, String)>>,
 }
 
 pub struct SmtpServer {
@@ -123,6 +125,11 @@ impl SmtpServer {
         );
     }
 
+    /// Credentials presented with `AUTH PLAIN`, in order.
+    pub fn auths(&self) -> Vec<(String, String)> {
+        self.shared.auths.lock().unwrap().clone()
+    }
+
     pub fn messages(&self) -> Vec<Received> {
         self.shared.messages.lock().unwrap().clone()
     }
@@ -199,7 +206,23 @@ async fn session(sock: tokio::net::TcpStream, shared: Arc<Shared>) {
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
-            "250-approvald-test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING".into()
+            "250-approvald-test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-AUTH PLAIN\r\n250 PIPELINING"
+                .into()
+        } else if upper.starts_with("AUTH PLAIN ") {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(cmd[11..].trim())
+                .unwrap_or_default();
+            let parts: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).to_string())
+                .collect();
+            let (user, pass) = (
+                parts.get(1).cloned().unwrap_or_default(),
+                parts.get(2).cloned().unwrap_or_default(),
+            );
+            shared.auths.lock().unwrap().push((user, pass));
+            "235 2.7.0 authenticated".into()
         } else if upper.starts_with("HELO") {
             "250 approvald-test".into()
         } else if upper.starts_with("MAIL FROM") {

@@ -198,6 +198,35 @@ async fn transient_451_is_retried_then_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_auth_credentials_are_sent() {
+    let smtp = SmtpServer::start().await;
+    let toml = smtp.config_toml().replace(
+        "[mail.smtp]\n",
+        "[mail.smtp]\nusername = \"mailer\"\npassword = \"s3cret pw\"\n",
+    );
+    let t = TestApp::spawn_with(Opts {
+        toml,
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        !format!("{:?}", t.config).contains("s3cret"),
+        "the password never prints"
+    );
+    let (org, key, _) = t.create_org("Auth Ltd", "cn").await;
+    reviewer(&t, "auth@example.com", "en").await;
+    let id = submit_ftp(&t, &org, &key, "please").await;
+    wait_status(&t, &org, &key, &id, "in_review").await;
+    smtp.wait_until("the mail", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(
+        smtp.auths()[0],
+        ("mailer".to_string(), "s3cret pw".to_string())
+    );
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answers_times_out_and_is_retried() {
     let smtp = SmtpServer::start().await;
     smtp.script("slow@example.com", &["HANG"]);
