@@ -169,6 +169,10 @@ pub struct SlaConfig {
     /// Cron expression (with seconds, UTC) of the sweep that handles overdue
     /// work whose timer was lost and re-pushes stuck review jobs.
     pub sweep_cron: String,
+    /// The reconciler (run by the sweep) presumes a job lost, and pushes it
+    /// again, once a request has been `submitted` (its review job) or a mail
+    /// `pending` (its notify job) this long, seconds.
+    pub reconcile_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,6 +255,7 @@ impl Default for Config {
             sla: SlaConfig {
                 reminder_fraction: 0.5,
                 sweep_cron: "0 * * * * *".into(),
+                reconcile_after_secs: 120,
             },
             catalog: CatalogConfig {
                 path: String::new(),
@@ -410,6 +415,12 @@ impl Config {
                 "must be strictly between 0 and 1, e.g. 0.5".into(),
             );
         }
+        if self.sla.reconcile_after_secs == 0 {
+            return bad(
+                "sla.reconcile_after_secs",
+                "must be at least 1 second (default 120)".into(),
+            );
+        }
         if let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&self.sla.sweep_cron) {
             return bad(
                 "sla.sweep_cron",
@@ -483,6 +494,8 @@ mod tests {
         assert!(e.0.contains("server.listen"), "{e}");
         let e = Config::from_toml("[server]\nlistn = \"x\"").unwrap_err();
         assert!(e.0.contains("listn"), "{e}");
+        let e = Config::from_toml("[sla]\nreconcile_after_secs = 0").unwrap_err();
+        assert!(e.0.contains("sla.reconcile_after_secs"), "{e}");
         let e = Config::from_toml("[mail]\ntransport = \"smtp\"").unwrap_err();
         assert!(e.0.contains("mail.smtp.host"), "{e}");
         let e = Config::from_toml("[database]\nurl = \"postgres://a@b/c\"").unwrap_err();

@@ -362,6 +362,9 @@ pub struct Swept {
     pub reminded: usize,
     pub breached: usize,
     pub requeued: usize,
+    /// Notify jobs pushed again for mails still pending after
+    /// `sla.reconcile_after_secs` (a no-op unless the queue lost the job).
+    pub mail_repushed: usize,
 }
 
 /// The database is the truth: handle overdue reminders and deadlines whose
@@ -398,14 +401,16 @@ pub async fn sweep(app: &App) -> anyhow::Result<Swept> {
             out.reminded += 1;
         }
     }
-    // A review normally starts within milliseconds; after two minutes the
-    // job is presumed lost. The job is idempotent, so a needless push is
-    // harmless; the dedupe key limits it to one per request per 10 minutes.
+    // A review normally starts within milliseconds; after
+    // `sla.reconcile_after_secs` (two minutes by default) the job is presumed
+    // lost. The job is idempotent, so a needless push is harmless; the dedupe
+    // key limits it to one per request per 10 minutes.
+    let after_ms = app.config.sla.reconcile_after_secs.saturating_mul(1000) as i64;
     let stuck: Vec<String> = on_db!(&app.db, |p| {
         sqlx::query_scalar(
         "SELECT id FROM requests WHERE status = 'submitted' AND updated_at <= $1 ORDER BY created_at LIMIT 500"
     )
-    .bind(now - 120_000)
+    .bind(now - after_ms)
     .fetch_all(p)
     .await
     })?;
@@ -413,6 +418,37 @@ pub async fn sweep(app: &App) -> anyhow::Result<Swept> {
     for id in stuck {
         crate::jobs::review::requeue(app, &id, Some(format!("reconcile:{id}:{bucket}"))).await?;
         out.requeued += 1;
+    }
+    // Mails whose notify job was lost (a queue that restarted empty) stay
+    // `pending` for ever: reviewers would never get their link. Push them
+    // again with the original dedupe key `notify:{id}`: while the queue
+    // still knows the job (waiting, running or retrying; mail retries end
+    // well inside the 24 h dedupe window) the push is a no-op.
+    let pending: Vec<String> = on_db!(&app.db, |p| {
+        sqlx::query_scalar(
+            "SELECT id FROM emails WHERE status = 'pending' AND created_at <= $1 ORDER BY created_at LIMIT 500",
+        )
+        .bind(now - after_ms)
+        .fetch_all(p)
+        .await
+    })?;
+    if !pending.is_empty() {
+        let mut tx = app.db.begin().await?;
+        for id in &pending {
+            let job = crate::jobs::notify::NotifyJob {
+                email_id: id.clone(),
+            };
+            jobs::enqueue(
+                app,
+                &mut tx,
+                &job,
+                PushOptions::default().dedupe(format!("notify:{id}")),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        app.jobs_committed();
+        out.mail_repushed = pending.len();
     }
     Ok(out)
 }

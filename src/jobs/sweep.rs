@@ -27,6 +27,7 @@ impl Job for SweepJob {
                 reminded = s.reminded,
                 breached = s.breached,
                 requeued = s.requeued,
+                mail_repushed = s.mail_repushed,
                 "sweep handled overdue work"
             );
         }
