@@ -216,7 +216,8 @@ impl Runtime {
         common.drain.cancel();
         maintenance.abort();
         if let Some(e) = fatal {
-            tracing::error!(error = %format!("{e:#}"), "job runtime stopping: {e:#}");
+            // The caller logs the returned error (one line); here only the detail.
+            tracing::debug!(error = %format!("{e:#}"), "job runtime stopping after a fatal error");
             common.hard.cancel();
             finish(&mut tasks, RELEASE_GRACE).await;
             return Err(e);

@@ -1943,3 +1943,38 @@ async fn dropping_run_stops_its_workers() {
     assert_eq!(ran.0.lock().unwrap().len(), 1, "no worker left behind");
     assert_eq!(queue.stats("work").await.unwrap().ready, 1);
 }
+
+/// Configuration mistakes stop `run` at once with a message naming them.
+#[tokio::test]
+async fn bad_configuration_fails_run_at_start() {
+    use approvald_workers::store::memory::MemoryStore;
+    let queue = Queue::with_store(
+        Arc::new(MemoryStore::new()),
+        QueueConfig::default(),
+        Arc::new(SystemClock),
+    );
+    let bad_cron = Runtime::new(queue.clone()).cron::<Tick>(
+        CronSchedule::new("nightly", "every night please", chrono_tz::UTC),
+        tick_maker("nightly"),
+    );
+    let err = bad_cron
+        .run(std::future::pending())
+        .await
+        .expect_err("bad expression");
+    assert!(
+        format!("{err:#}").contains("nightly") && format!("{err:#}").contains("every night please"),
+        "{err:#}"
+    );
+
+    let twice = Runtime::new(queue)
+        .register::<Work>(Ran::default())
+        .register::<Work>(Ran::default());
+    let err = twice
+        .run(std::future::pending())
+        .await
+        .expect_err("registered twice");
+    assert!(
+        format!("{err:#}").contains("\"work\" registered twice"),
+        "{err:#}"
+    );
+}
