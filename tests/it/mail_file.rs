@@ -109,3 +109,57 @@ async fn file_transport_writes_one_eml_per_mail() {
     assert_eq!(emails(&t).await.len(), 2);
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_mails_for_a_decided_request_are_skipped_not_sent() {
+    use approvald::mail::{ReviewerKind, ReviewerRef};
+    let t = TestApp::spawn().await;
+    let (org, key, _) = t.create_org("Skip Co", "cn").await;
+    let rid = reviewer(&t, "late@example.com", "en").await;
+    let id = submit_ftp(&t, &org, &key, "remark").await;
+    wait_status(&t, &org, &key, &id, "in_review").await;
+    let rows = wait_emails_final(&t, Duration::from_secs(30)).await;
+    let token = outbox(&t)[&rows[0].id].review_token(&t.base).unwrap();
+    let r = crate::review_util::decide(&t, &token, "reject", "No").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+    t.drain().await;
+    let files_before = outbox(&t).len();
+    let tokens_before = t.count("review_tokens").await;
+    // A reminder queued late (e.g. a timer racing the decision).
+    let spec = EmailSpec {
+        template: Template::Reminder,
+        request_id: Some(id.clone()),
+        to: Recipient {
+            email: "late@example.com".into(),
+            name: "Late".into(),
+            locale: approvald::domain::ids::Locale::En,
+            reviewer: Some(ReviewerRef {
+                kind: ReviewerKind::Platform,
+                id: rid,
+            }),
+        },
+        params: json!({}),
+    };
+    let mut tx = t.app.db.begin().await.unwrap();
+    assert!(
+        approvald::mail::queue_email(&t.app, &mut tx, spec)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    t.app.jobs_committed();
+    t.drain().await;
+    let reminder = emails(&t)
+        .await
+        .into_iter()
+        .find(|e| e.template == "reminder")
+        .unwrap();
+    assert_eq!(reminder.status, "skipped", "{reminder:#?}");
+    assert_eq!(outbox(&t).len(), files_before, "nothing sent");
+    assert_eq!(
+        t.count("review_tokens").await,
+        tokens_before,
+        "no link issued for a decided request"
+    );
+    t.finish().await;
+}
