@@ -197,6 +197,16 @@ impl Store for MemoryStore {
         lease_ms: i64,
     ) -> StoreResult<Vec<LeasedJob>> {
         let mut g = self.guard()?;
+        // An expired lease on the last attempt dead-letters the job, as the
+        // real stores do.
+        for j in g.jobs.values_mut().filter(|j| j.queue == queue) {
+            if matches!(j.state, State::Leased { until_ms, .. } if until_ms <= now_ms)
+                && j.attempts >= j.max_attempts
+            {
+                j.state = State::Dead { at_ms: now_ms };
+                j.last_error = "lease expired after final attempt".into();
+            }
+        }
         let mut due: Vec<(i64, String)> = g
             .jobs
             .values()
