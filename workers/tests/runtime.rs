@@ -147,6 +147,7 @@ both_stores!(
     graceful_shutdown_lets_short_jobs_finish,
     finished_and_dead_jobs_are_purged,
     leases_are_renewed_while_a_long_job_runs,
+    undecodable_payload_is_dead_lettered_at_once,
 );
 
 /// A running runtime and the handle to stop it.
@@ -1976,5 +1977,51 @@ async fn bad_configuration_fails_run_at_start() {
     assert!(
         format!("{err:#}").contains("\"work\" registered twice"),
         "{err:#}"
+    );
+}
+
+/// A payload this build cannot decode (a job changed incompatibly) can never
+/// succeed: it is dead-lettered at once, with the reason, and the worker goes
+/// on with the next job.
+async fn undecodable_payload_is_dead_lettered_at_once(kind: Kind) {
+    let env = Env::new(kind);
+    let queue = env.queue().await;
+    let bad = approvald_workers::store::NewJob {
+        queue: "mail".into(),
+        payload: r#"{"recipient": 42}"#.into(),
+        run_at_ms: Utc::now().timestamp_millis(),
+        dedupe_key: None,
+        max_attempts: 10,
+    };
+    let bad_id = queue.push_raw(&[bad]).await.unwrap().remove(0).id;
+    queue
+        .push(
+            &Mail {
+                to: "b@example.com".into(),
+            },
+            PushOptions::default(),
+        )
+        .await
+        .unwrap();
+    let count = Count::default();
+    let rt = Running::start(Runtime::new(queue.clone()).register::<Mail>(count.clone()));
+    testing::drain(&queue, &["mail"], Duration::from_secs(10))
+        .await
+        .unwrap();
+    eventually("dead-lettered", Duration::from_secs(10), || {
+        let q = queue.clone();
+        async move { q.stats("mail").await.unwrap().dead == 1 }
+    })
+    .await;
+    rt.stop().await.unwrap();
+    assert_eq!(count.get(), 1, "the good job ran");
+    let dead = queue.list_dead("mail", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, bad_id);
+    assert_eq!(dead[0].attempts, 1);
+    assert!(
+        dead[0].last_error.contains("does not decode"),
+        "{}",
+        dead[0].last_error
     );
 }
