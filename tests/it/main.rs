@@ -15,3 +15,4 @@ mod review_bad_tokens;
 mod review_decide;
 mod review_util;
 mod sla;
+mod review_browser;
