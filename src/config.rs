@@ -403,6 +403,15 @@ impl Config {
                 ),
             );
         }
+        if self.mail.retry_base_ms == 0 || self.mail.retry_cap_secs == 0 {
+            return bad(
+                "mail.retry_base_ms",
+                "mail.retry_base_ms and mail.retry_cap_secs must be at least 1 (defaults: 5000 ms, 1800 s)".into(),
+            );
+        }
+        if self.mail.smtp.timeout_secs == 0 {
+            return bad("mail.smtp.timeout_secs", "must be at least 1".into());
+        }
         if !(1..=200).contains(&self.orgs.max_members) {
             return bad("orgs.max_members", "must be between 1 and 200".into());
         }
