@@ -133,6 +133,35 @@ async fn lifecycle_over_smtp_every_mail_checked() {
     );
     assert_eq!(msgs.len(), 3, "exactly three mails");
 
+    let metrics = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let has = |name: &str, labels: &[&str]| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+    };
+    assert!(
+        has(
+            "approvald_requests_decided_total",
+            &["kind=\"ftp_access\"", "decision=\"approve\""]
+        ),
+        "{metrics}"
+    );
+    assert!(has("approvald_decision_seconds_count", &[]), "{metrics}");
+    assert!(
+        has(
+            "approvald_emails_total",
+            &["template=\"approved\"", "outcome=\"sent\""]
+        ),
+        "{metrics}"
+    );
     let grants = t
         .get(&format!("/v1/orgs/{org}/grants"), &key)
         .await
