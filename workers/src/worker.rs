@@ -725,6 +725,9 @@ impl Shared {
                     let run_at = c.now_ms() + delay.as_millis() as i64;
                     c.retry_store("retry", || store.retry(self.name, id, wid, run_at, &error))
                         .await;
+                    // Our own idle fetch loop re-reads the next due time now,
+                    // whatever the store's wake-up does.
+                    c.queue.wake.queue(self.name);
                 }
             }
         }
