@@ -72,7 +72,9 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
             .context("queue.url = sqlite needs a SQLite database.url")?;
         Queue::sqlite_with_clock(pool.clone(), qcfg, clock.clone()).await?
     } else {
-        Queue::redis_with_clock(&config.queue.url, qcfg, clock.clone())
+        // Redis down at start must not stop a process: the API keeps
+        // accepting requests into the outbox; workers wait and retry.
+        Queue::redis_lazy_with_clock(&config.queue.url, qcfg, clock.clone())
             .await
             .with_context(|| {
                 format!(

@@ -1,8 +1,10 @@
 //! Fault 1: Redis is down while 2,000 requests are submitted. The API keeps
 //! answering 202 (request and outbox row are in PostgreSQL); when Redis is
 //! back the outbox relay pushes every review job and each request reaches
-//! `in_review`. No scheduler runs here, so the reconciler cannot hide a
-//! relay that loses rows: recovery is the outbox's alone.
+//! `in_review`. The API and the worker are SIGKILLed and restarted during
+//! the outage (they must start without Redis). No scheduler runs here, so
+//! the reconciler cannot hide a relay that loses rows: recovery is the
+//! outbox's alone.
 use std::{
     sync::{Arc, atomic::AtomicUsize},
     time::{Duration, Instant},
@@ -29,12 +31,20 @@ async fn redis_down_while_submitting_then_back_loses_nothing() {
     let _serial = serial().await;
     let started = Instant::now();
     let mut c = Cluster::new(&[]).await;
-    let api = c.spawn("api").await;
-    c.spawn("worker").await;
-    let base = c.procs[api].base();
-    let slots = c.fixture(&base, N, MANUAL_KINDS).await;
+    let api0 = c.spawn("api").await;
+    let worker0 = c.spawn("worker").await;
+    let slots = c.fixture(&c.procs[api0].base(), N, MANUAL_KINDS).await;
 
     c.redis.kill();
+    // Processes (re)started during the outage must come up: SIGKILL both and
+    // start new ones while Redis is still down.
+    c.procs[api0].kill9();
+    c.procs[worker0].kill9();
+    let t_start = Instant::now();
+    let api = c.spawn("api").await;
+    c.spawn("worker").await;
+    let start_during_outage = t_start.elapsed();
+    let base = c.procs[api].base();
     let ready_down = readyz(&c, &base).await;
     let t0 = Instant::now();
     let accepted = submit_all(
@@ -119,6 +129,10 @@ async fn redis_down_while_submitting_then_back_loses_nothing() {
         recover.as_secs_f64(),
         relayed.as_secs_f64(),
         mail.as_secs_f64()
+    );
+    println!(
+        "  api and worker SIGKILLed and restarted while Redis was down: both up in {:.1} s",
+        start_during_outage.as_secs_f64()
     );
     println!(
         "  processes died: 0; test time {:.1} s",

@@ -117,6 +117,19 @@ impl Queue {
         Ok(Self::with_store(Arc::new(store), config, clock))
     }
 
+    /// Like [`Queue::redis_with_clock`], but Redis being unreachable at start
+    /// is not an error: `setup` is tried once and its failure logged, and
+    /// every call reconnects and retries as usual. A process started during a
+    /// Redis outage (an API that only writes to the database, a worker that
+    /// waits) comes up instead of exiting. A malformed URL is still an error.
+    pub async fn redis_lazy_with_clock(url: &str, config: QueueConfig, clock: Arc<dyn Clock>) -> Result<Self, QueueError> {
+        let store = crate::store::redis::RedisStore::connect(url, &config.prefix).await?;
+        if let Err(e) = store.setup().await {
+            tracing::warn!(error = %e, "queue unreachable at start; starting anyway, calls retry until it is back");
+        }
+        Ok(Self::with_store(Arc::new(store), config, clock))
+    }
+
     /// SQLite tables in the pool's database (WAL, synchronous=NORMAL). Runs `setup`.
     pub async fn sqlite(pool: sqlx::SqlitePool, config: QueueConfig) -> Result<Self, QueueError> {
         Self::sqlite_with_clock(pool, config, Arc::new(SystemClock)).await
