@@ -155,7 +155,15 @@ pub async fn deliver(
         }
         let ttl = (app.config.review.token_ttl_hours as i64).saturating_mul(3_600_000);
         let mut tx = app.db.begin().await.context("begin")?;
-        let issued = tokens::issue(&mut tx, rid, &reviewer, app.now_ms(), ttl).await?;
+        let Some(issued) = tokens::issue(&mut tx, rid, &reviewer, app.now_ms(), ttl).await? else {
+            // Cancelled, decided or reviewer disabled since the check above.
+            let why = "request left review or reviewer was removed before the link was issued";
+            emails::finish(&mut tx, &row.id, "skipped", why).await?;
+            tx.commit().await.context("commit")?;
+            count(&row.template, "skipped");
+            tracing::info!(email_id, template = %template, "mail skipped: {why}");
+            return Ok(());
+        };
         tx.commit().await.context("committing link token")?;
         ctx.link = Some(format!(
             "{}/review/{}",

@@ -46,13 +46,47 @@ pub struct Issued {
 /// Issue a new link token for `reviewer` on `request_id`, valid `ttl_ms`,
 /// and revoke that reviewer's earlier unused tokens for the request, so the
 /// newest mail's link is the only live one.
+///
+/// Returns `None` (and issues nothing) unless the request is still in review
+/// and the reviewer still active. Both rows are locked first with a no-op
+/// conditional update, so a cancel or a disable that commits meanwhile
+/// either happened before (nothing issued) or waits for this transaction
+/// and then revokes the new token with the others.
 pub async fn issue(
     tx: &mut Tx,
     request_id: &str,
     reviewer: &ReviewerRef,
     now: i64,
     ttl_ms: i64,
-) -> anyhow::Result<Issued> {
+) -> anyhow::Result<Option<Issued>> {
+    let open = on_tx!(tx, |c| sqlx::query(
+        "UPDATE requests SET updated_at = updated_at WHERE id = $1 AND status = 'in_review'"
+    )
+    .bind(request_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .context("locking request")?;
+    let reviewer_live = match reviewer.kind {
+        ReviewerKind::Member => on_tx!(tx, |c| sqlx::query(
+            "UPDATE members SET updated_at = updated_at WHERE id = $1 AND status = 'active'"
+        )
+        .bind(&reviewer.id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())),
+        ReviewerKind::Platform => on_tx!(tx, |c| sqlx::query(
+            "UPDATE reviewers SET status = status WHERE id = $1 AND status = 'active'"
+        )
+        .bind(&reviewer.id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())),
+    }
+    .context("locking reviewer")?;
+    if open == 0 || reviewer_live == 0 {
+        return Ok(None);
+    }
     on_tx!(tx, |c| sqlx::query(
         "UPDATE review_tokens SET revoked_at = $4 \
          WHERE request_id = $1 AND reviewer_kind = $2 AND reviewer_id = $3 AND used_at IS NULL AND revoked_at IS NULL"
@@ -84,11 +118,11 @@ pub async fn issue(
     .await
     .map(|r| r.rows_affected()))
     .context("storing link token")?;
-    Ok(Issued {
+    Ok(Some(Issued {
         token,
         hash,
         expires_at,
-    })
+    }))
 }
 
 /// A stored token.

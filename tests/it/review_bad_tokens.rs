@@ -54,7 +54,8 @@ async fn issue(t: &TestApp, request: &str, reviewer_id: &str) -> String {
         3_600_000,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .expect("request in review and reviewer active: a token is issued");
     tx.commit().await.unwrap();
     i.token
 }
