@@ -352,7 +352,8 @@ async fn nobody_reviews_their_own_request() {
         3_600_000,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .expect("request in review and owner active: a token is issued");
     tx.commit().await.unwrap();
     let before = state_digest(&t).await;
     let r = decide(&t, &issued.token, "approve", "").await;
@@ -420,4 +421,121 @@ async fn links_stop_when_the_reviewer_is_removed_or_disabled() {
     let gone = open(&t, &token).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.body);
     t.finish().await;
+}
+
+/// A link is issued only while the request is in review and the reviewer
+/// active (the notify job's token transaction locks both rows), so a cancel
+/// racing a link mail can never leave a live link behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_link_is_issued_for_a_cancelled_request_or_a_removed_reviewer() {
+    use approvald::{
+        mail::{ReviewerKind, ReviewerRef},
+        store::tokens,
+    };
+    let t = TestApp::spawn().await;
+    let (org, key, id, _) = in_review(&t).await;
+    let r1: String = approvald::on_db!(&t.app.db, |p| sqlx::query_scalar(
+        "SELECT id FROM reviewers WHERE email = $1"
+    )
+    .bind("r1@example.com")
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    let who = ReviewerRef {
+        kind: ReviewerKind::Platform,
+        id: r1.clone(),
+    };
+    let try_issue = || async {
+        let mut tx = t.app.db.begin().await.unwrap();
+        let i = tokens::issue(&mut tx, &id, &who, t.app.now_ms(), 3_600_000)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        i
+    };
+    assert!(
+        try_issue().await.is_some(),
+        "live request, live reviewer: issued"
+    );
+    t.post(
+        &format!("/v1/orgs/{org}/requests/{id}/cancel"),
+        &key,
+        serde_json::json!({}),
+    )
+    .await
+    .expect(200);
+    let live_before: i64 = approvald::on_db!(&t.app.db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM review_tokens WHERE request_id = $1 AND used_at IS NULL AND revoked_at IS NULL"
+    )
+    .bind(&id)
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    assert_eq!(live_before, 0, "cancel revoked every link");
+    assert!(
+        try_issue().await.is_none(),
+        "no link for a cancelled request"
+    );
+    let live_after: i64 = approvald::on_db!(&t.app.db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM review_tokens WHERE request_id = $1 AND used_at IS NULL AND revoked_at IS NULL"
+    )
+    .bind(&id)
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    assert_eq!(live_after, 0);
+
+    // A second request in review; removing reviewer 1 revokes their link now
+    // and no new one can be issued to them.
+    let id2 = submit_ftp(&t, &org, &key, "second").await;
+    wait_status(&t, &org, &key, &id2, "in_review").await;
+    wait_emails_final(&t, Duration::from_secs(30)).await;
+    let live_for = |rid: String| {
+        let t = &t;
+        async move {
+            approvald::on_db!(&t.app.db, |p| sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM review_tokens WHERE reviewer_id = $1 AND used_at IS NULL AND revoked_at IS NULL"
+            )
+            .bind(&rid)
+            .fetch_one(p)
+            .await)
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        live_for(r1.clone()).await,
+        1,
+        "reviewer 1 holds the second request's link"
+    );
+    let out = t
+        .post(
+            &format!("/v1/reviewers/{r1}/remove"),
+            &t.platform_key,
+            serde_json::json!({}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(out["status"], "removed");
+    assert_eq!(
+        live_for(r1.clone()).await,
+        0,
+        "removal revoked the link at once"
+    );
+    let mut tx = t.app.db.begin().await.unwrap();
+    let again = tokens::issue(&mut tx, &id2, &who, t.app.now_ms(), 3_600_000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(again.is_none(), "no link for a removed reviewer");
+    // Org keys cannot remove platform reviewers.
+    t.post(
+        &format!("/v1/reviewers/{r1}/remove"),
+        &key,
+        serde_json::json!({}),
+    )
+    .await
+    .assert_problem();
+    let mut t = t;
+    t.stop().await;
 }

@@ -32,6 +32,7 @@ pub fn router() -> Router<App> {
         .route("/v1/calendars/{region}/due", get(catalog::due))
         .route("/v1/reviewers", post(reviewers::create))
         .route("/v1/reviewers/{id}", get(reviewers::get))
+        .route("/v1/reviewers/{id}/remove", post(reviewers::remove))
         .route("/v1/orgs", post(orgs::create))
         .route("/v1/orgs/{org}", get(orgs::get))
         .route("/v1/orgs/{org}/keys", post(orgs::create_key))

@@ -11,6 +11,7 @@ use crate::{
     db::is_unique_violation,
     domain::ids::{Email, Invalid, Locale, parse_name},
     http::{ApiError, ApiResult, extract::ApiPath},
+    on_tx,
     store::{
         self, audit,
         reviewers::{Membership, Reviewer},
@@ -151,6 +152,63 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ReviewerOut>> {
     caller.require_platform()?;
+    let (r, groups) = store::reviewers::get(&app.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("reviewer"))?;
+    Ok(Json(ReviewerOut::new(r, &groups)))
+}
+
+/// `POST /v1/reviewers/{id}/remove` (platform): the reviewer gets no new
+/// assignments and every live review link they hold stops working at once.
+/// The row and their past decisions stay.
+pub async fn remove(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<ReviewerOut>> {
+    caller.require_platform()?;
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    let changed = on_tx!(&mut tx, |c| sqlx::query(
+        "UPDATE reviewers SET status = 'removed' WHERE id = $1 AND status = 'active'"
+    )
+    .bind(&id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    if changed == 0 {
+        tx.rollback().await.ok();
+        let (r, groups) = store::reviewers::get(&app.db, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("reviewer"))?;
+        // Removing twice is a no-op, not an error.
+        return Ok(Json(ReviewerOut::new(r, &groups)));
+    }
+    let revoked = on_tx!(&mut tx, |c| {
+        sqlx::query(
+        "UPDATE review_tokens SET revoked_at = $2 \
+         WHERE reviewer_kind = 'platform' AND reviewer_id = $1 AND used_at IS NULL AND revoked_at IS NULL"
+    )
+    .bind(&id)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    let actor = caller.actor();
+    audit::operation(
+        &mut tx,
+        audit::Operation {
+            org_id: audit::PLATFORM,
+            actor: &actor,
+            action: "reviewer.remove",
+            target: Some(&id),
+            detail: json!({ "links_revoked": revoked }),
+            at: now,
+        },
+    )
+    .await?;
+    tx.commit().await?;
     let (r, groups) = store::reviewers::get(&app.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("reviewer"))?;
