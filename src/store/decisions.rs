@@ -359,6 +359,7 @@ pub struct RequestView {
     pub decided_at: Option<i64>,
     pub decision_comment: Option<String>,
     pub sla_due_at: i64,
+    pub extended_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub org_name: String,
@@ -370,7 +371,7 @@ pub struct RequestView {
 pub async fn view(db: &Db, request_id: &str) -> anyhow::Result<Option<RequestView>> {
     on_db!(db, |p| sqlx::query_as::<_, RequestView>(
         "SELECT r.id, r.org_id, r.number, r.kind, r.requester_id, r.remark, r.documents, r.status, r.decided_by, \
-                r.decided_at, r.decision_comment, r.sla_due_at, r.created_at, r.updated_at, \
+                r.decided_at, r.decision_comment, r.sla_due_at, r.extended_at, r.created_at, r.updated_at, \
                 o.name AS org_name, o.region, m.name AS requester_name, m.login_id AS requester_login \
          FROM requests r JOIN orgs o ON o.id = r.org_id LEFT JOIN members m ON m.id = r.requester_id \
          WHERE r.id = $1"

@@ -352,3 +352,93 @@ async fn auto_reject_on_breach_when_the_kind_says_so() {
     );
     t.finish().await;
 }
+
+/// The reviewer extends from the review page (the email link), once, with a
+/// reason; the link stays live and the reviewer still decides.
+#[tokio::test]
+async fn reviewer_extends_from_the_review_page_once() {
+    use crate::review_util::{emails, open, outbox, post_form};
+    let (t, id) = setup().await;
+    let rows = emails(&t).await;
+    let mail = rows
+        .iter()
+        .find(|r| r.template == "review_requested")
+        .expect("review mail");
+    let token = outbox(&t)[&mail.id]
+        .review_token(&t.base)
+        .expect("link in mail");
+
+    let o = open(&t, &token).await;
+    assert!(
+        o.body.contains("name=\"extend_days\""),
+        "the page offers the extension"
+    );
+    let csrf = o.csrf.clone().unwrap();
+    let cookie = o.cookie.clone();
+    let post = |fields: Vec<(&'static str, String)>| {
+        let (t, token, cookie) = (&t, token.clone(), cookie.clone());
+        async move {
+            let f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post_form(t, &token, &f, cookie.as_deref()).await
+        }
+    };
+    // No reason, or a wrong number of days: refused, nothing changes.
+    let r = post(vec![
+        ("decision", "extend".into()),
+        ("extend_days", "3".into()),
+        ("comment", "".into()),
+        ("csrf", csrf.clone()),
+    ])
+    .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text);
+    let r = post(vec![
+        ("decision", "extend".into()),
+        ("extend_days", "5".into()),
+        ("comment", "why".into()),
+        ("csrf", csrf.clone()),
+    ])
+    .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text);
+    assert_eq!(row_due(&t, &id).await, utc(DUE).timestamp_millis());
+
+    let r = post(vec![
+        ("decision", "extend".into()),
+        ("extend_days", "3".into()),
+        ("comment", "waiting for the licence registry".into()),
+        ("csrf", csrf.clone()),
+    ])
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+    assert_eq!(
+        row_due(&t, &id).await,
+        utc("2026-03-05T01:00:00Z").timestamp_millis()
+    );
+    assert!(
+        !r.text.contains("name=\"extend_days\""),
+        "offered once only"
+    );
+    let r = post(vec![
+        ("decision", "extend".into()),
+        ("extend_days", "2".into()),
+        ("comment", "again".into()),
+        ("csrf", csrf.clone()),
+    ])
+    .await;
+    assert_eq!(r.status.as_u16(), 409, "{}", r.text);
+    assert_eq!(events(&t, &id, "extended").await, 1);
+
+    // The link still decides.
+    let r = post(vec![
+        ("decision", "approve".into()),
+        ("comment", "".into()),
+        ("csrf", csrf),
+    ])
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+    assert_eq!(row(&t, &id).await.status, "approved");
+    t.finish().await;
+}
+
+async fn row_due(t: &TestApp, id: &str) -> i64 {
+    row(t, id).await.sla_due_at
+}

@@ -37,6 +37,15 @@ pub struct Texts {
     pub err_form: &'static str,
     pub err_self: &'static str,
     pub err_not_in_review: &'static str,
+    pub extend_heading: &'static str,
+    pub extend_hint: &'static str,
+    pub extend_days: &'static str,
+    pub extend_reason: &'static str,
+    pub extend_button: &'static str,
+    pub extended_ok: &'static str,
+    pub err_extend_reason: &'static str,
+    pub err_extend_once: &'static str,
+    pub err_extend_days: &'static str,
 }
 
 const EN: Texts = Texts {
@@ -72,6 +81,15 @@ const EN: Texts = Texts {
     err_form: "This form has expired or was not sent from this page. Open the link again and decide there.",
     err_self: "You cannot review your own request.",
     err_not_in_review: "This request is not waiting for a review.",
+    extend_heading: "Need more time?",
+    extend_hint: "You can move the review deadline once, to 2 or 3 business days after submission. The requester's deadline moves with it.",
+    extend_days: "Business days in total",
+    extend_reason: "Reason for the extension",
+    extend_button: "Extend the deadline",
+    extended_ok: "Deadline extended. The review is now due",
+    err_extend_reason: "Write a reason to extend the deadline.",
+    err_extend_once: "The deadline has already been extended once.",
+    err_extend_days: "Choose 2 or 3 business days.",
 };
 
 const ZH: Texts = Texts {
@@ -107,6 +125,15 @@ const ZH: Texts = Texts {
     err_form: "此表单已失效或并非从本页面提交。请重新打开链接后再操作。",
     err_self: "您不能审核自己的申请。",
     err_not_in_review: "该申请当前不在审核中。",
+    extend_heading: "需要更多时间？",
+    extend_hint: "审核期限可延长一次，延至提交后的第2或第3个工作日。",
+    extend_days: "总工作日数",
+    extend_reason: "延期原因",
+    extend_button: "延长审核期限",
+    extended_ok: "审核期限已延长。新的期限为",
+    err_extend_reason: "延长期限时请填写原因。",
+    err_extend_once: "审核期限已延长过一次。",
+    err_extend_days: "请选择2或3个工作日。",
 };
 
 const JA: Texts = Texts {
@@ -142,6 +169,15 @@ const JA: Texts = Texts {
     err_form: "このフォームは無効になったか、このページから送信されていません。リンクを開き直してから操作してください。",
     err_self: "自分の申請は審査できません。",
     err_not_in_review: "この申請は審査待ちではありません。",
+    extend_heading: "時間が必要ですか？",
+    extend_hint: "審査期限は一度だけ、申請から2営業日または3営業日まで延長できます。",
+    extend_days: "合計の営業日数",
+    extend_reason: "延長の理由",
+    extend_button: "期限を延長する",
+    extended_ok: "期限を延長しました。新しい期限は",
+    err_extend_reason: "延長するには理由を入力してください。",
+    err_extend_once: "期限はすでに一度延長されています。",
+    err_extend_days: "2営業日または3営業日を選んでください。",
 };
 
 pub fn texts(l: Locale) -> &'static Texts {

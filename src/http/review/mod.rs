@@ -150,6 +150,8 @@ struct FormData {
     csrf: String,
     reviewer_name: String,
     comment: String,
+    /// The deadline may still be extended (once).
+    can_extend: bool,
 }
 
 fn html(status: StatusCode, data: &PageData, t: &Texts) -> Response {
@@ -219,6 +221,7 @@ enum Resolved {
     Live(Box<Ctx>),
 }
 
+#[derive(Clone)]
 struct Ctx {
     row: TokenRow,
     view: RequestView,
@@ -409,6 +412,7 @@ async fn form_page(
         csrf: ctx.row.csrf.clone(),
         reviewer_name: ctx.reviewer_name.clone(),
         comment: comment.to_string(),
+        can_extend: ctx.view.extended_at.is_none() && ctx.view.status == "in_review",
     });
     let mut resp = html(status, &data, texts(ctx.locale));
     let max_age = ((ctx.row.expires_at - app.now_ms()) / 1000).max(1);
@@ -437,6 +441,64 @@ pub struct DecisionForm {
     decision: Option<String>,
     comment: Option<String>,
     csrf: Option<String>,
+    /// With `decision=extend`: 2 or 3 business days.
+    extend_days: Option<String>,
+}
+
+/// POST with `decision=extend`: move the deadline once (issue 6). The link
+/// stays live: the reviewer still has to decide.
+async fn extend(app: &App, token: &str, ctx: &Ctx, days: Option<&str>, reason: &str) -> Response {
+    use crate::jobs::sla::ExtendError;
+    let t = texts(ctx.locale);
+    let notice = |kind: &'static str, text: String| Some(Notice { kind, text });
+    let days = match days.and_then(|d| d.parse::<u32>().ok()) {
+        Some(d @ 2..=3) => d,
+        _ => {
+            let n = notice("error", t.err_extend_days.to_string());
+            return form_page(app, token, ctx, StatusCode::UNPROCESSABLE_ENTITY, n, "").await;
+        }
+    };
+    let reason = match crate::domain::ids::parse_text("reason", reason, 2000, true) {
+        Ok(r) => r,
+        Err(_) => {
+            let n = notice("error", t.err_extend_reason.to_string());
+            return form_page(app, token, ctx, StatusCode::UNPROCESSABLE_ENTITY, n, "").await;
+        }
+    };
+    let by = ctx.reviewer_name.clone();
+    match crate::jobs::sla::extend(app, &ctx.view.id, days, &reason, &by).await {
+        Err(e) => server_error(e),
+        Ok(Ok(due)) => {
+            let view = match decisions::view(&app.db, &ctx.view.id).await {
+                Ok(Some(v)) => v,
+                Ok(None) => return invalid(),
+                Err(e) => return server_error(e),
+            };
+            let tz = region_tz(app, &view.region);
+            let text = format!("{} {}.", t.extended_ok, format_time(due, tz, ctx.locale));
+            let now = Ctx {
+                view,
+                ..ctx.clone()
+            };
+            form_page(app, token, &now, StatusCode::OK, notice("ok", text), "").await
+        }
+        Ok(Err(ExtendError::AlreadyExtended)) => {
+            let n = notice("error", t.err_extend_once.to_string());
+            form_page(app, token, ctx, StatusCode::CONFLICT, n, "").await
+        }
+        Ok(Err(ExtendError::NotInReview)) => {
+            let n = notice("error", t.err_not_in_review.to_string());
+            form_page(app, token, ctx, StatusCode::CONFLICT, n, "").await
+        }
+        Ok(Err(ExtendError::BadDays)) => {
+            let n = notice("error", t.err_extend_days.to_string());
+            form_page(app, token, ctx, StatusCode::UNPROCESSABLE_ENTITY, n, "").await
+        }
+        Ok(Err(ExtendError::NoReason)) => {
+            let n = notice("error", t.err_extend_reason.to_string());
+            form_page(app, token, ctx, StatusCode::UNPROCESSABLE_ENTITY, n, "").await
+        }
+    }
 }
 
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -502,6 +564,9 @@ async fn submit(
             &comment,
         )
         .await;
+    }
+    if form.decision.as_deref() == Some("extend") {
+        return extend(&app, &token, &ctx, form.extend_days.as_deref(), &comment).await;
     }
     let Some(decision) = form.decision.as_deref().and_then(Decision::parse) else {
         return form_page(
