@@ -489,6 +489,24 @@ impl Cluster {
         (total, ids.len())
     }
 
+    /// Lines containing every one of `all` and none of `none`, across every
+    /// process started so far.
+    pub fn count_lines_where(&self, all: &[&str], none: &[&str]) -> usize {
+        self.procs
+            .iter()
+            .map(|p| {
+                p.lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| {
+                        all.iter().all(|n| l.contains(n)) && !none.iter().any(|n| l.contains(n))
+                    })
+                    .count()
+            })
+            .sum()
+    }
+
     pub async fn scalar(&self, sql: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string()))
             .fetch_one(&self.pool)

@@ -97,6 +97,11 @@ async fn redis_down_while_submitting_then_back_loses_nothing() {
         .await;
     let recover = back.elapsed();
     let ready_up = readyz(&c, &base).await;
+    assert_eq!(
+        ready_down, 503,
+        "/readyz tells the truth while Redis is down"
+    );
+    assert_eq!(ready_up, 200, "/readyz is ready again once Redis is back");
     let dead = c.dead();
     assert!(dead.is_empty(), "a process died: {dead:?}");
     let in_review = c.count_status(&ids, "in_review").await;
