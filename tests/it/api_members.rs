@@ -226,6 +226,16 @@ async fn disable_stops_access_at_once_and_deletes_nothing() {
         "nobody reviews their own request"
     );
 
+    // The org's other active admins are told, one mail each.
+    let tell = "SELECT COUNT(*) FROM members WHERE org_id = (SELECT org_id FROM members WHERE id = $1) \
+                AND status = 'active' AND kind IN ('super_admin', 'admin') AND id <> $1";
+    let told = scalar_i64(&t, tell, &aid).await;
+    assert!(told >= 1, "at least the owner is told");
+    let jobs_table = if t.profile == crate::harness::Profile::Embedded {
+        "wq_jobs"
+    } else {
+        "outbox"
+    };
     let before = counts(&t).await;
     let d = t
         .post(
@@ -244,12 +254,19 @@ async fn disable_stops_access_at_once_and_deletes_nothing() {
         scalar_i64(&t, live, &owner).await >= 1,
         "others keep theirs"
     );
-    // Nothing deleted: every table has as many rows, plus one audit row.
+    // Nothing deleted: every table has as many rows, plus one audit row and
+    // the notify jobs of the admins' mails.
     let after = counts(&t).await;
     for ((table, b), (_, a)) in before.iter().zip(&after) {
-        let expected = if *table == "audit_log" { b + 1 } else { *b };
+        let expected = match *table {
+            "audit_log" => b + 1,
+            x if x == jobs_table => b + told,
+            _ => *b,
+        };
         assert_eq!(*a, expected, "{table}");
     }
+    let mails = t.count("emails WHERE template = 'member_disabled'").await;
+    assert_eq!(mails, told, "one member_disabled mail per other admin");
     let m = t
         .get(&format!("/v1/orgs/{org}/members/{aid}"), &key)
         .await

@@ -398,12 +398,58 @@ pub async fn disable(
             ),
         )
         .await?;
+        notify_admins_of_disable(&app, &mut tx, &org.id, &m, now).await?;
     }
     let m = store::members::get_tx(&mut tx, &org.id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("member"))?;
     tx.commit().await?;
+    app.jobs_committed();
     Ok((StatusCode::ACCEPTED, Json(m.into())))
+}
+
+/// Tell the org's other active admins that `m` was disabled, in the
+/// disabling transaction (one mail per admin per disable).
+async fn notify_admins_of_disable(
+    app: &App,
+    tx: &mut crate::db::Tx,
+    org_id: &str,
+    m: &store::members::Member,
+    now: i64,
+) -> ApiResult<()> {
+    let admins: Vec<(String, String, String)> = crate::on_tx!(tx, |c| sqlx::query_as(
+        "SELECT email, name, locale FROM members \
+         WHERE org_id = $1 AND status = 'active' AND kind IN ('super_admin', 'admin') AND id <> $2 \
+         ORDER BY created_at LIMIT 50"
+    )
+    .bind(org_id)
+    .bind(&m.id)
+    .fetch_all(c)
+    .await)?;
+    for (email, name, locale) in admins {
+        crate::mail::queue_email(
+            app,
+            tx,
+            crate::mail::EmailSpec {
+                template: crate::mail::Template::MemberDisabled,
+                request_id: None,
+                to: crate::mail::Recipient {
+                    email,
+                    name,
+                    locale: crate::domain::ids::Locale::or_en(&locale),
+                    reviewer: None,
+                },
+                params: json!({
+                    "dedupe": format!("member-disabled:{}:{now}", m.id),
+                    "org_id": org_id,
+                    "member_name": m.name,
+                    "member_login": m.login_id,
+                }),
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Enable a disabled member again, within the member limit.
