@@ -1,6 +1,6 @@
 //! Gauges read from the database and the queue (refreshed on every
 //! `/metrics` scrape and every sweep tick).
-use crate::{app::App, jobs, on_db};
+use crate::{app::App, on_db};
 
 /// Refresh gauges that are read from the database and the queue.
 pub async fn refresh_gauges(app: &App) {
@@ -19,12 +19,6 @@ pub async fn refresh_gauges(app: &App) {
                 .map(|(_, n)| *n)
                 .unwrap_or(0);
             metrics::gauge!("approvald_requests_pending", "kind" => k.key.clone()).set(n as f64);
-        }
-    }
-    for q in jobs::QUEUES {
-        if let Ok(s) = app.queue.stats(q).await {
-            metrics::gauge!("approvald_queue_depth", "queue" => *q)
-                .set((s.ready + s.scheduled + s.running) as f64);
         }
     }
     if !app.queue_in_db {
