@@ -217,6 +217,9 @@ async fn redis_restarted_empty_reconciler_restores_jobs_and_timers() {
         "  at the restart: {submitted_before} accepted, {reviewed_before} reviewed, {sent_before} outbox rows already pushed (their jobs were in Redis)"
     );
     println!(
+        "  mail down (file transport failing) until the restart: {mail_pending_before} mails pending, their notify jobs waiting in Redis"
+    );
+    println!(
         "  accepted (202): {N}; reached in_review: {in_review}; lost: {}",
         N as i64 - in_review
     );
