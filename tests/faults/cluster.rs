@@ -582,7 +582,7 @@ impl Cluster {
             .unwrap_or(0)
     }
 
-    /// SIGTERM every process still running.
+    /// SIGTERM every process still running, then drop the database.
     pub async fn shutdown(mut self) {
         // Close idle keep-alive connections first, so API processes are not
         // left waiting on them during their graceful shutdown.
@@ -599,9 +599,19 @@ impl Cluster {
                 );
             }
         }
-        // The database stays (like the integration harness's): DROP DATABASE
-        // forces a checkpoint that costs seconds per test.
-        println!("  database {} kept", self.db_name);
+        // A passing test leaves nothing behind (a failing one keeps its
+        // database and logs: see Drop).
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(PG_ADMIN)
+            .await
+            .expect("connect to drop the test database");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.db_name
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("drop the test database");
     }
 
     pub async fn post(&self, base: &str, path: &str, key: &str, body: Value) -> (u16, Value) {
