@@ -1,6 +1,6 @@
 //! Pure domain types and rules: no I/O. Values that reach this module from
 //! outside are parsed into types that can only hold valid values.
+pub mod calendar;
 pub mod catalog;
 pub mod ids;
 pub mod request;
-pub mod calendar;

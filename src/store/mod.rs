@@ -1,5 +1,7 @@
 //! sqlx repositories: one query set for SQLite and PostgreSQL (see `db`).
 pub mod audit;
+pub mod decisions;
+pub mod emails;
 pub mod grants;
 pub mod idempotency;
 pub mod keys;
@@ -7,6 +9,4 @@ pub mod members;
 pub mod orgs;
 pub mod requests;
 pub mod reviewers;
-pub mod decisions;
-pub mod emails;
 pub mod tokens;
