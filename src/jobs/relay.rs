@@ -54,7 +54,7 @@ pub async fn run(app: App, stop: CancellationToken) {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }

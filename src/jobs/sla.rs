@@ -365,6 +365,9 @@ pub struct Swept {
     /// Notify jobs pushed again for mails still pending after
     /// `sla.reconcile_after_secs` (a no-op unless the queue lost the job).
     pub mail_repushed: usize,
+    /// Requests whose SLA timers were armed again because the queue held
+    /// fewer timers than the database expects (a queue that restarted empty).
+    pub timers_rearmed: usize,
 }
 
 /// The database is the truth: handle overdue reminders and deadlines whose
@@ -450,5 +453,68 @@ pub async fn sweep(app: &App) -> anyhow::Result<Swept> {
         app.jobs_committed();
         out.mail_repushed = pending.len();
     }
+    out.timers_rearmed = rearm_lost_timers(app, now).await?;
     Ok(out)
+}
+
+/// SLA timers lost with the queue (Redis restarted empty) are re-created:
+/// when the `sla` queue holds fewer jobs than the database says should be
+/// waiting, arm the future timers of open requests again, at most 500 per
+/// sweep, soonest first. Each push carries the timer's original dedupe key,
+/// so a timer the queue still holds is not doubled; a doubled one would be a
+/// no-op anyway (every transition is a conditional update).
+async fn rearm_lost_timers(app: &App, now: i64) -> anyhow::Result<usize> {
+    let expected: i64 = on_db!(&app.db, |p| {
+        sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM requests WHERE status = 'in_review' AND breached_at IS NULL AND sla_due_at > $1) \
+                  + (SELECT COUNT(*) FROM requests WHERE status = 'in_review' AND breached_at IS NULL \
+                       AND reminded_at IS NULL AND reminder_at > $1)",
+        )
+        .bind(now)
+        .fetch_one(p)
+        .await
+    })?;
+    let s = app.queue.stats(SlaJob::NAME).await?;
+    let queued = (s.ready + s.scheduled + s.running) as i64;
+    if queued >= expected {
+        return Ok(0);
+    }
+    type Open = (String, Option<i64>, Option<i64>, i64);
+    let open: Vec<Open> = on_db!(&app.db, |p| {
+        sqlx::query_as(
+            "SELECT id, reminder_at, reminded_at, sla_due_at FROM requests \
+             WHERE status = 'in_review' AND breached_at IS NULL AND sla_due_at > $1 ORDER BY sla_due_at LIMIT 500",
+        )
+        .bind(now)
+        .fetch_all(p)
+        .await
+    })?;
+    tracing::warn!(
+        expected,
+        queued,
+        rearming = open.len(),
+        "SLA timers missing from the queue; arming them again"
+    );
+    let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    let mut tx = app.db.begin().await?;
+    for (id, reminder_at, reminded_at, due) in &open {
+        let mut stages = vec![(Stage::Due, *due)];
+        if let (Some(r), None) = (reminder_at, reminded_at)
+            && *r > now
+        {
+            stages.push((Stage::Reminder, *r));
+        }
+        for (stage, when) in stages {
+            let key = format!("sla:{id}:{stage:?}:{due}");
+            let job = SlaJob {
+                request_id: id.clone(),
+                stage,
+                due_ms: *due,
+            };
+            jobs::enqueue(app, &mut tx, &job, PushOptions::at(at(when)).dedupe(key)).await?;
+        }
+    }
+    tx.commit().await?;
+    app.jobs_committed();
+    Ok(open.len())
 }

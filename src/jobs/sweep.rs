@@ -28,6 +28,7 @@ impl Job for SweepJob {
                 breached = s.breached,
                 requeued = s.requeued,
                 mail_repushed = s.mail_repushed,
+                timers_rearmed = s.timers_rearmed,
                 "sweep handled overdue work"
             );
         }

@@ -442,3 +442,82 @@ async fn reviewer_extends_from_the_review_page_once() {
 async fn row_due(t: &TestApp, id: &str) -> i64 {
     row(t, id).await.sla_due_at
 }
+
+/// Timers lost before they fire (the queue restarted empty) are armed again
+/// by the sweep, and then fire on time by themselves.
+#[tokio::test]
+async fn lost_timers_are_re_created_by_the_sweep() {
+    let (t, id) = setup().await;
+    let sla_jobs = |t: &TestApp| {
+        let q = t.app.queue.clone();
+        async move {
+            let s = q.stats("sla").await.unwrap();
+            s.ready + s.scheduled + s.running
+        }
+    };
+    assert_eq!(
+        sla_jobs(&t).await,
+        2,
+        "reminder and deadline timers are queued"
+    );
+    lose_sla_timers(&t).await;
+    assert_eq!(sla_jobs(&t).await, 0);
+
+    let s = approvald::jobs::sla::sweep(&t.app).await.unwrap();
+    assert_eq!(s.timers_rearmed, 1);
+    t.drain().await;
+    assert_eq!(sla_jobs(&t).await, 2, "both timers are back");
+    let again = approvald::jobs::sla::sweep(&t.app).await.unwrap();
+    assert_eq!(again.timers_rearmed, 0, "nothing missing, nothing re-armed");
+    assert_eq!(sla_jobs(&t).await, 2);
+
+    // The re-created timers fire on their own, without another sweep.
+    t.set_time(utc("2026-03-02T13:00:01Z"));
+    t.eventually("reminder from re-armed timer", || async {
+        row(&t, &id).await.reminded_at.is_some()
+    })
+    .await;
+    t.set_time(utc(DUE) + Duration::seconds(1));
+    t.eventually("breach from re-armed timer", || async {
+        row(&t, &id).await.breached_at.is_some()
+    })
+    .await;
+    t.drain().await;
+    assert_eq!(events(&t, &id, "sla_breached").await, 1);
+    assert_eq!(events(&t, &id, "reminder_sent").await, 1);
+    t.finish().await;
+}
+
+/// Delete every SLA timer from the queue, as a queue restarted empty would.
+async fn lose_sla_timers(t: &TestApp) {
+    match t.profile {
+        crate::harness::Profile::Embedded => {
+            let p = t.app.db.sqlite_pool().unwrap();
+            sqlx::query("DELETE FROM wq_jobs WHERE queue = 'sla'")
+                .execute(p)
+                .await
+                .unwrap();
+            sqlx::query("DELETE FROM wq_dedupe WHERE queue = 'sla'")
+                .execute(p)
+                .await
+                .unwrap();
+        }
+        crate::harness::Profile::Production => {
+            let client = redis::Client::open(crate::harness::REDIS).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let pattern = format!("{}:*sla*", t.config.queue.prefix);
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if !keys.is_empty() {
+                let _: () = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
