@@ -100,10 +100,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let serving = matches!(cli.cmd, Cmd::Serve { .. });
     match rt.block_on(dispatch(cli.cmd, config)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once: in the log stream for the daemon, on stderr for a command.
+        Err(e) if serving => {
+            tracing::error!(error = %format!("{e:#}"), "approvald stopped: {e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "approvald failed");
             eprintln!("approvald: {e:#}");
             ExitCode::FAILURE
         }
