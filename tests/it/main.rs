@@ -12,7 +12,7 @@ mod mail_server;
 mod mail_smtp;
 mod mail_snapshots;
 mod review_bad_tokens;
+mod review_browser;
 mod review_decide;
 mod review_util;
 mod sla;
-mod review_browser;

@@ -28,7 +28,11 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
         crate::job::exponential_backoff(attempt, Duration::from_secs(1), Duration::from_secs(3600))
     }
 
-    fn run(self, ctx: Self::Context, info: JobInfo) -> impl Future<Output = Result<(), JobError>> + Send;
+    fn run(
+        self,
+        ctx: Self::Context,
+        info: JobInfo,
+    ) -> impl Future<Output = Result<(), JobError>> + Send;
 }
 
 /// What a handler knows about the attempt it runs.

@@ -55,7 +55,10 @@ pub struct PushOptions {
 
 impl PushOptions {
     pub fn at(run_at: DateTime<Utc>) -> Self {
-        Self { run_at: Some(run_at), dedupe_key: None }
+        Self {
+            run_at: Some(run_at),
+            dedupe_key: None,
+        }
     }
     pub fn dedupe(mut self, key: impl Into<String>) -> Self {
         self.dedupe_key = Some(key.into());
@@ -87,14 +90,21 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Queue")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl Queue {
     /// A queue over any store (used by the constructors below and by tests).
     pub fn with_store(store: Arc<dyn Store>, config: QueueConfig, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, config, wake: Arc::default() }
+        Self {
+            store,
+            clock,
+            config,
+            wake: Arc::default(),
+        }
     }
 
     /// Wake every runtime built from a clone of this handle: workers fetch at
@@ -111,7 +121,11 @@ impl Queue {
         Self::redis_with_clock(url, config, Arc::new(SystemClock)).await
     }
 
-    pub async fn redis_with_clock(url: &str, config: QueueConfig, clock: Arc<dyn Clock>) -> Result<Self, QueueError> {
+    pub async fn redis_with_clock(
+        url: &str,
+        config: QueueConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, QueueError> {
         let store = crate::store::redis::RedisStore::connect(url, &config.prefix).await?;
         store.setup().await?;
         Ok(Self::with_store(Arc::new(store), config, clock))
@@ -122,7 +136,11 @@ impl Queue {
     /// every call reconnects and retries as usual. A process started during a
     /// Redis outage (an API that only writes to the database, a worker that
     /// waits) comes up instead of exiting. A malformed URL is still an error.
-    pub async fn redis_lazy_with_clock(url: &str, config: QueueConfig, clock: Arc<dyn Clock>) -> Result<Self, QueueError> {
+    pub async fn redis_lazy_with_clock(
+        url: &str,
+        config: QueueConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, QueueError> {
         let store = crate::store::redis::RedisStore::connect(url, &config.prefix).await?;
         if let Err(e) = store.setup().await {
             tracing::warn!(error = %e, "queue unreachable at start; starting anyway, calls retry until it is back");
@@ -135,7 +153,11 @@ impl Queue {
         Self::sqlite_with_clock(pool, config, Arc::new(SystemClock)).await
     }
 
-    pub async fn sqlite_with_clock(pool: sqlx::SqlitePool, config: QueueConfig, clock: Arc<dyn Clock>) -> Result<Self, QueueError> {
+    pub async fn sqlite_with_clock(
+        pool: sqlx::SqlitePool,
+        config: QueueConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, QueueError> {
         let store = crate::store::sqlite::SqliteStore::new(pool);
         store.setup().await?;
         Ok(Self::with_store(Arc::new(store), config, clock))
@@ -161,12 +183,20 @@ impl Queue {
     }
 
     pub async fn push<J: Job>(&self, job: &J, opts: PushOptions) -> Result<PushResult, QueueError> {
-        let mut out = self.push_many::<J>(std::slice::from_ref(&(job, opts))).await?;
+        let mut out = self
+            .push_many::<J>(std::slice::from_ref(&(job, opts)))
+            .await?;
         Ok(out.remove(0))
     }
 
-    pub async fn push_many<J: Job>(&self, jobs: &[(&J, PushOptions)]) -> Result<Vec<PushResult>, QueueError> {
-        let new: Vec<NewJob> = jobs.iter().map(|(j, o)| self.new_job(*j, o)).collect::<Result<_, _>>()?;
+    pub async fn push_many<J: Job>(
+        &self,
+        jobs: &[(&J, PushOptions)],
+    ) -> Result<Vec<PushResult>, QueueError> {
+        let new: Vec<NewJob> = jobs
+            .iter()
+            .map(|(j, o)| self.new_job(*j, o))
+            .collect::<Result<_, _>>()?;
         self.push_raw(&new).await
     }
 
@@ -192,7 +222,10 @@ impl Queue {
     }
 
     pub async fn redrive(&self, queue: &str, id: &str) -> Result<bool, QueueError> {
-        let done = self.store.redrive(queue, id, self.clock.now().timestamp_millis()).await?;
+        let done = self
+            .store
+            .redrive(queue, id, self.clock.now().timestamp_millis())
+            .await?;
         if done {
             self.wake.queue(queue);
         }

@@ -94,25 +94,63 @@ pub trait Store: Send + Sync + 'static {
     async fn setup(&self) -> StoreResult<()>;
 
     /// Store jobs, honouring dedupe keys. Result order matches input order.
-    async fn push(&self, jobs: &[NewJob], now_ms: i64, dedupe_window_ms: i64) -> StoreResult<Vec<Pushed>>;
+    async fn push(
+        &self,
+        jobs: &[NewJob],
+        now_ms: i64,
+        dedupe_window_ms: i64,
+    ) -> StoreResult<Vec<Pushed>>;
 
     /// Lease up to `limit` due jobs of `queue` to `worker_id` until
     /// `now_ms + lease_ms`. Also makes due scheduled jobs and expired leases
     /// fetchable, in bounded batches.
-    async fn fetch(&self, queue: &str, worker_id: &str, limit: usize, now_ms: i64, lease_ms: i64) -> StoreResult<Vec<LeasedJob>>;
+    async fn fetch(
+        &self,
+        queue: &str,
+        worker_id: &str,
+        limit: usize,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<LeasedJob>>;
 
     /// Extend the leases this worker still holds. Returns the ids it no longer
     /// holds (lost to expiry), so the runtime can log them.
-    async fn renew(&self, queue: &str, ids: &[String], worker_id: &str, until_ms: i64) -> StoreResult<Vec<String>>;
+    async fn renew(
+        &self,
+        queue: &str,
+        ids: &[String],
+        worker_id: &str,
+        until_ms: i64,
+    ) -> StoreResult<Vec<String>>;
 
     /// The attempt succeeded. Finished jobs are kept until `purge`.
-    async fn complete(&self, queue: &str, id: &str, worker_id: &str, now_ms: i64) -> StoreResult<()>;
+    async fn complete(
+        &self,
+        queue: &str,
+        id: &str,
+        worker_id: &str,
+        now_ms: i64,
+    ) -> StoreResult<()>;
 
     /// The attempt failed retryably: run again at `run_at_ms`.
-    async fn retry(&self, queue: &str, id: &str, worker_id: &str, run_at_ms: i64, error: &str) -> StoreResult<()>;
+    async fn retry(
+        &self,
+        queue: &str,
+        id: &str,
+        worker_id: &str,
+        run_at_ms: i64,
+        error: &str,
+    ) -> StoreResult<()>;
 
     /// Give up: move to the dead-letter set.
-    async fn kill(&self, queue: &str, id: &str, worker_id: &str, now_ms: i64, error: &str) -> StoreResult<()>;
+    async fn kill(
+        &self,
+        queue: &str,
+        id: &str,
+        worker_id: &str,
+        now_ms: i64,
+        error: &str,
+    ) -> StoreResult<()>;
 
     /// Hand leased jobs back at once (graceful shutdown), without counting the
     /// attempt as failed.
@@ -133,7 +171,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delete finished jobs older than `before_ms` and dead jobs older than
     /// `dead_before_ms`, at most `limit`; returns how many were deleted.
-    async fn purge(&self, queue: &str, before_ms: i64, dead_before_ms: i64, limit: usize) -> StoreResult<u64>;
+    async fn purge(
+        &self,
+        queue: &str,
+        before_ms: i64,
+        dead_before_ms: i64,
+        limit: usize,
+    ) -> StoreResult<u64>;
 
     /// Cron: claim the tick of `schedule` at `tick_ms`. Exactly one caller
     /// across all processes gets true for a given (schedule, tick).
