@@ -376,7 +376,20 @@ async fn sigkill_mid_job_then_immediate_restart(kind: Kind) {
         },
     )
     .await;
-    let running_at_kill = queue.stats("killtest").await.unwrap().running;
+    // Kill while jobs are leased (a worker between two batches holds none):
+    // wait until the store shows some in flight, then kill at once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let running_at_kill = loop {
+        let running = queue.stats("killtest").await.unwrap().running;
+        if running > 0 {
+            break running;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no job ever in flight in the first worker"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     first.signal("KILL");
     let first_pid = first.proc.id();
     drop(first);
