@@ -221,32 +221,7 @@ async fn extension_moves_both_timers() {
 async fn lost_timer_is_caught_by_the_sweep() {
     let (t, id) = setup().await;
     // Lose every SLA timer (as if the queue restarted empty).
-    match t.profile {
-        crate::harness::Profile::Embedded => {
-            let p = t.app.db.sqlite_pool().unwrap();
-            sqlx::query("DELETE FROM wq_jobs WHERE queue = 'sla'")
-                .execute(p)
-                .await
-                .unwrap();
-        }
-        crate::harness::Profile::Production => {
-            let client = redis::Client::open(crate::harness::REDIS).unwrap();
-            let mut c = client.get_multiplexed_async_connection().await.unwrap();
-            let pattern = format!("{}:*sla*", t.config.queue.prefix);
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(&pattern)
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            if !keys.is_empty() {
-                let _: () = redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
-            }
-        }
-    }
+    lose_sla_timers(&t).await;
     t.set_time(utc(DUE) + Duration::minutes(5));
     t.drain().await;
     assert!(
