@@ -57,9 +57,16 @@ async fn events(t: &TestApp, id: &str, kind: &str) -> i64 {
 /// A cn org, a marketplace reviewer who is also the group's lead, and one
 /// submitted `ftp_access` request, moved to review.
 async fn setup() -> (TestApp, String) {
+    let (t, _, _, id) = setup_with(String::new()).await;
+    (t, id)
+}
+
+/// [`setup`] with extra config; also returns the org id and its key.
+async fn setup_with(toml: String) -> (TestApp, String, String, String) {
     let clock = ManualClock::new(utc(START));
     let t = TestApp::spawn_with(Opts {
         clock: Some(clock),
+        toml,
         ..Default::default()
     })
     .await;
@@ -81,7 +88,7 @@ async fn setup() -> (TestApp, String) {
     let st = row(&t, &id).await;
     assert_eq!(st.status, "in_review");
     assert_eq!(st.sla_due_at, utc(DUE).timestamp_millis());
-    (t, id)
+    (t, org, key, id)
 }
 
 #[tokio::test]
@@ -276,28 +283,7 @@ async fn auto_reject_on_breach_when_the_kind_says_so() {
     assert_ne!(patched, shipped, "catalog patch must apply");
     let path = cat_dir.path().join("catalog.toml");
     std::fs::write(&path, patched).unwrap();
-    let clock = ManualClock::new(utc(START));
-    let t = TestApp::spawn_with(Opts {
-        clock: Some(clock),
-        toml: format!("[catalog]\npath = \"{}\"\n", path.display()),
-        ..Default::default()
-    })
-    .await;
-    t.create_reviewer("rev@platform.example", "marketplace", false)
-        .await;
-    let (org, key, _) = t.create_org("Acme", "cn").await;
-    let r = t
-        .post(
-            &format!("/v1/orgs/{org}/requests"),
-            &key,
-            json!({"kind": "ftp_access", "remark": "sync"}),
-        )
-        .await
-        .expect(202)
-        .json();
-    let id = r["id"].as_str().unwrap().to_string();
-    t.drain().await;
-    assert_eq!(row(&t, &id).await.status, "in_review");
+    let (t, org, key, id) = setup_with(format!("[catalog]\npath = \"{}\"\n", path.display())).await;
     t.set_time(utc(DUE) + Duration::seconds(1));
     t.eventually("auto-rejected", || async {
         row(&t, &id).await.status == "rejected"
