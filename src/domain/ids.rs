@@ -55,8 +55,11 @@ impl LoginId {
     }
 }
 
-/// A mail address, checked for shape (one `@`, a dotted domain, no spaces
-/// or control characters, at most 254 characters). Stored as given.
+/// A mail address the mailer can send to: parsed with the same rules as the
+/// SMTP envelope (lettre's [`lettre::Address`], so `a..b@x`, `.lead@x`,
+/// `x(y)@x` and the like are refused here rather than failing every mail
+/// later), plus what we ask of every address: a dotted domain, no spaces or
+/// control characters, at most 254 characters. Stored as given.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Email(String);
@@ -88,6 +91,12 @@ impl Email {
                 .all(|l| l.chars().all(|c| c.is_alphanumeric() || c == '-'))
         {
             return bad("domain must look like example.com");
+        }
+        // The mailer's own parser: what it refuses could never be delivered.
+        if s.parse::<lettre::Address>().is_err() {
+            return bad(
+                "is not a deliverable mail address (dots only between characters of the name; no ( ) [ ] : \\ or other special characters)",
+            );
         }
         Ok(Self(s.to_string()))
     }
@@ -256,8 +265,11 @@ mod tests {
             "a@example.com",
             "first.last+tag@sub.example.co.jp",
             "x@例え.jp",
+            "o'brien@example.com",
+            "a!#$%&*+/=?^_`{|}~-b@example.com",
         ] {
             Email::parse(ok).unwrap();
+            assert!(ok.parse::<lettre::Address>().is_ok(), "{ok}");
         }
         for bad in [
             "",
@@ -270,6 +282,14 @@ mod tests {
             "a@@b.com",
             "a@-b.com",
             "<a@b.com>",
+            // The mailer (lettre) cannot send to these.
+            "a..b@example.com",
+            ".lead@example.com",
+            "trail.@example.com",
+            "x(y)@example.com",
+            "x[y]@example.com",
+            "x:y@example.com",
+            "x\\y@example.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }

@@ -114,6 +114,13 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 Self::unavailable(e)
             }
+            // 22021: a character PostgreSQL cannot store (NUL). The edge
+            // refuses these (`http::extract`); should one slip through
+            // anyway, it is still the client's bad input, not a 500.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("22021") => {
+                tracing::warn!(error = %d, "a value the database cannot store got past the HTTP edge");
+                Self::bad_request("a value contains a character that cannot be stored (NUL)")
+            }
             _ => Self::internal(e),
         }
     }

@@ -24,6 +24,7 @@ pub fn router(app: App) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(RequestBodyLimitLayer::new(limit))
         .layer(axum::middleware::map_response(problem_for_oversized))
+        .layer(axum::middleware::from_fn(extract::reject_unstorable_uri))
         .with_state(app)
 }
 

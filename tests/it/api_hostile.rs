@@ -453,6 +453,43 @@ async fn malformed_and_hostile_input_is_refused_and_writes_nothing() {
             422,
         ),
     ];
+    // Addresses the mailer (lettre) cannot send to: refused where they enter,
+    // for members, org owners and reviewers alike.
+    for bad in [
+        "a..b@example.com",
+        ".lead@example.com",
+        "trail.@example.com",
+        "x(y)@example.com",
+        "x[y]@example.com",
+        "x:y@example.com",
+        "x\\y@example.com",
+    ] {
+        cases.push(json_case(
+            "undeliverable member email",
+            &members,
+            json!({"login_id": "valid_id1", "name": "A", "email": bad}),
+            422,
+        ));
+        cases.push(json_case(
+            "undeliverable email in a PATCH",
+            &format!("{members}/{mid}"),
+            json!({"email": bad}),
+            422,
+        ));
+        platform.push(json_case(
+            "undeliverable owner email",
+            "/v1/orgs",
+            json!({"name": "X", "region": "cn", "locale": "en",
+                   "owner": {"login_id": "owner_ok3", "name": "O", "email": bad}}),
+            422,
+        ));
+        platform.push(json_case(
+            "undeliverable reviewer email",
+            "/v1/reviewers",
+            json!({"email": bad, "name": "R", "locale": "en", "groups": ["marketplace"]}),
+            422,
+        ));
+    }
     for c in &mut platform {
         c.platform = true;
     }
@@ -609,4 +646,238 @@ async fn chunked_post(t: &TestApp, path: &str, key: &str, size: usize) -> (u16, 
     }
     req.extend_from_slice(b"0\r\n\r\n");
     raw_http(t, req).await
+}
+
+/// Defect class "PostgreSQL answers 500 for a NUL byte": a NUL in any path
+/// segment, query parameter or JSON string, on every route, is refused at the
+/// edge with a 4xx problem body and writes nothing, on both engines.
+#[tokio::test]
+async fn nul_bytes_are_refused_on_every_route() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Nul Co", "cn").await;
+    let member = add_member(&t, &org, &key, "member").await;
+    let mid = member["id"].as_str().unwrap().to_string();
+    let pk = t.platform_key.clone();
+    let o = format!("/v1/orgs/{org}");
+    let n = "a\u{0}b";
+    // (method, path, JSON body, platform key?)
+    let mut cases: Vec<(&str, String, Option<Value>, bool)> = vec![
+        // Paths.
+        ("GET", "/v1/orgs/%00".into(), None, true),
+        ("GET", "/v1/orgs/x%00y".into(), None, false),
+        ("POST", "/v1/orgs/%00/keys".into(), Some(json!({})), true),
+        ("GET", "/v1/orgs/%00/members".into(), None, false),
+        ("GET", format!("{o}/members/%00"), None, false),
+        (
+            "PATCH",
+            format!("{o}/members/%00"),
+            Some(json!({"name": "x"})),
+            false,
+        ),
+        ("POST", format!("{o}/members/%00/disable"), None, false),
+        ("POST", format!("{o}/members/%00/enable"), None, false),
+        ("GET", format!("{o}/requests/%00"), None, false),
+        ("POST", format!("{o}/requests/%00/cancel"), None, false),
+        ("GET", "/v1/orgs/%00/grants".into(), None, false),
+        ("POST", format!("{o}/grants/%00/revoke"), None, false),
+        ("GET", "/v1/reviewers/%00".into(), None, true),
+        ("POST", "/v1/reviewers/%00/remove".into(), None, true),
+        (
+            "GET",
+            "/v1/calendars/%00/due?from=2026-02-13T10:00:00%2B08:00&days=1".into(),
+            None,
+            false,
+        ),
+        ("GET", "/review/%00".into(), None, false),
+        ("GET", "/no/such/route/%00".into(), None, false),
+        // Query strings.
+        (
+            "POST",
+            format!("{o}/grants/payment_permission/revoke?member=%00"),
+            None,
+            false,
+        ),
+        (
+            "POST",
+            format!("{o}/grants/payment_permission/revoke?member={mid}%00"),
+            None,
+            false,
+        ),
+        ("GET", format!("{o}/requests?status=%00"), None, false),
+        ("GET", format!("{o}/requests?kind=ftp%00"), None, false),
+        ("GET", format!("{o}/requests?cursor=%00"), None, false),
+        ("GET", format!("{o}/members?cursor=%00"), None, false),
+        ("GET", format!("{o}/audit?type=%00"), None, false),
+        ("GET", format!("{o}/grants?all=%00"), None, false),
+        (
+            "GET",
+            "/v1/calendars/cn/due?from=%00&days=1".into(),
+            None,
+            false,
+        ),
+        // JSON strings, every field that reaches the database.
+        (
+            "POST",
+            format!("{o}/requests"),
+            Some(json!({"kind": "ftp_access", "remark": "x", "requester": n})),
+            false,
+        ),
+        (
+            "POST",
+            format!("{o}/requests"),
+            Some(
+                json!({"kind": "payment_permission", "remark": "x", "requester": format!("{mid}\u{0}")}),
+            ),
+            false,
+        ),
+        (
+            "POST",
+            format!("{o}/requests"),
+            Some(json!({"kind": n, "remark": "x"})),
+            false,
+        ),
+        (
+            "POST",
+            format!("{o}/requests"),
+            Some(json!({"kind": "alcohol_sales", "remark": "x",
+                        "documents": [{"type": "liquor_licence", "name": n, "url": "https://e.com/l.pdf"}]})),
+            false,
+        ),
+        (
+            "POST",
+            format!("{o}/members"),
+            Some(json!({"login_id": "nul_user1", "name": n, "email": "n@example.com"})),
+            false,
+        ),
+        (
+            "POST",
+            format!("{o}/members"),
+            Some(
+                json!({"login_id": "nul_user1", "name": "N", "email": "n@example.com", "phone": n}),
+            ),
+            false,
+        ),
+        (
+            "POST",
+            format!("{o}/members"),
+            Some(
+                json!({"login_id": "nul_user1", "name": "N", "email": "n@example.com", "role": n}),
+            ),
+            false,
+        ),
+        (
+            "PATCH",
+            format!("{o}/members/{mid}"),
+            Some(json!({"name": n})),
+            false,
+        ),
+        (
+            "PATCH",
+            format!("{o}/members/{mid}"),
+            Some(json!({"role": n})),
+            false,
+        ),
+        (
+            "PATCH",
+            format!("{o}/members/{mid}"),
+            Some(json!({"email": "x\u{0}@example.com"})),
+            false,
+        ),
+        (
+            "POST",
+            format!("{o}/audit/logins"),
+            Some(json!({"member": n, "ip": "10.0.0.1", "success": true})),
+            false,
+        ),
+        (
+            "POST",
+            format!("{o}/audit/logins"),
+            Some(json!({"member": owner, "ip": "10.0.0.1", "user_agent": n, "success": false})),
+            false,
+        ),
+        (
+            "POST",
+            "/v1/orgs".into(),
+            Some(json!({"name": n, "region": "cn", "locale": "en",
+                        "owner": {"login_id": "nul_owner1", "name": "O", "email": "o@example.com"}})),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/orgs".into(),
+            Some(json!({"name": "N", "region": "cn", "locale": "en",
+                        "owner": {"login_id": "nul_owner1", "name": "O", "email": "o\u{0}@example.com"}})),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/reviewers".into(),
+            Some(json!({"email": "r@example.com", "name": "R", "locale": "en", "groups": [n]})),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/reviewers".into(),
+            Some(
+                json!({"email": "r@example.com", "name": n, "locale": "en", "groups": ["marketplace"]}),
+            ),
+            true,
+        ),
+    ];
+    // The same paths with the other key too: the answer must not depend on
+    // who asks first.
+    let extra: Vec<_> = cases
+        .iter()
+        .filter(|c| c.2.is_none())
+        .map(|c| (c.0, c.1.clone(), None, !c.3))
+        .collect();
+    cases.extend(extra);
+
+    let before = counts(&t).await;
+    for (method, path, body, platform) in &cases {
+        let name = format!("{method} {path} {body:?}");
+        let mut req = t
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", t.base),
+            )
+            .bearer_auth(if *platform { &pk } else { &key });
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = resp.text().await.unwrap_or_default();
+        assert!((400..500).contains(&status), "{name}: {status} {text}");
+        assert_eq!(ct, "application/problem+json", "{name}: {text}");
+        let p: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(p["status"], status, "{name}");
+        assert_eq!(counts(&t).await, before, "{name} wrote something");
+    }
+    // A body NUL names its field.
+    let r = t
+        .post(
+            &format!("{o}/members"),
+            &key,
+            json!({"login_id": "nul_user1", "name": "N", "email": "n@example.com", "phone": n}),
+        )
+        .await
+        .expect(422);
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("phone"),
+        "{}",
+        r.text
+    );
+    // `%2500` is a literal `%00`, not a NUL: an ordinary unknown id.
+    t.get(&format!("{o}/requests/%2500"), &key)
+        .await
+        .expect(404);
+    t.finish().await;
 }

@@ -67,6 +67,12 @@ where
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::invalid("the body must be a JSON object"));
         }
+        // PostgreSQL TEXT cannot hold NUL: refuse it here, for every body.
+        if let Some(field) = crate::http::extract::json_nul_field(&bytes) {
+            return Err(ApiError::invalid(format!(
+                "{field}: must not contain NUL (\\u0000) characters"
+            )));
+        }
         Ok(Self { value, bytes })
     }
 }
