@@ -4,6 +4,10 @@ use approvald_workers::JobError;
 
 use crate::{app::App, domain::request::Decision, jobs::review::RequestInfo};
 
+/// Why the system refuses a request whose requester (or grantee) is not active.
+pub const INACTIVE_MEMBER_REASON: &str =
+    "the requesting member is not an active member of this account";
+
 /// Decide `req` as the system, if it is still open (`submitted` or
 /// `in_review`). Returns whether this call decided it (false: somebody else
 /// already had, which is fine: the job is idempotent).
@@ -16,6 +20,17 @@ pub async fn system_decision(
     use crate::store::decisions::{DecideError, Decider, decide};
     match decide(app, &req.id, Decider::System, decision, reason).await {
         Ok(_) => Ok(true),
+        // The requester (or the member the grant is for) left between the
+        // review job's checks and the approval: refuse the request instead.
+        Err(DecideError::MemberInactive { .. }) if decision == Decision::Approve => {
+            Box::pin(system_decision(
+                app,
+                req,
+                Decision::Reject,
+                INACTIVE_MEMBER_REASON,
+            ))
+            .await
+        }
         Err(DecideError::AlreadyDecided { .. }) => Ok(false),
         Err(DecideError::NotFound) => Err(JobError::permanent(anyhow::anyhow!(
             "request {} vanished",

@@ -97,6 +97,7 @@ pub async fn deliver(
     };
     let mut status = None;
     let mut tz = chrono_tz::UTC;
+    let mut view = None;
     if let Some(rid) = &row.request_id {
         let Some(v) = decisions::view(&app.db, rid).await? else {
             return fail(app, &row, "the request no longer exists").await;
@@ -117,6 +118,7 @@ pub async fn deliver(
         ctx.decided_at = v.decided_at.map(|t| format_time(t, tz, locale));
         ctx.comment = v.decision_comment.clone().filter(|c| !c.is_empty());
         status = Some(v.status.clone());
+        view = Some(v);
     } else if let Some(org_id) = params.get("org_id").and_then(|v| v.as_str()) {
         let org: Option<(String, String)> = on_db!(&app.db, |p| sqlx::query_as(
             "SELECT name, region FROM orgs WHERE id = $1"
@@ -154,10 +156,24 @@ pub async fn deliver(
             return Ok(());
         }
         let ttl = (app.config.review.token_ttl_hours as i64).saturating_mul(3_600_000);
+        // Only to someone who may still review it (not a demoted admin, not
+        // a reviewer who left the group), re-derived now.
+        let needed = match &view {
+            Some(v) => crate::jobs::review::authority_for(
+                app,
+                &v.kind,
+                &v.org_id,
+                v.requester_id.as_deref(),
+            ),
+            None => crate::store::reviewers::Authority::Nobody,
+        };
         let mut tx = app.db.begin().await.context("begin")?;
-        let Some(issued) = tokens::issue(&mut tx, rid, &reviewer, app.now_ms(), ttl).await? else {
-            // Cancelled, decided or reviewer disabled since the check above.
-            let why = "request left review or reviewer was removed before the link was issued";
+        let Some(issued) =
+            tokens::issue(&mut tx, rid, &reviewer, &needed, app.now_ms(), ttl).await?
+        else {
+            // Cancelled or decided since the check above, or the reviewer
+            // was removed, disabled or lost the authority to review it.
+            let why = "request left review, or the reviewer no longer may review it, before the link was issued";
             emails::finish(&mut tx, &row.id, "skipped", why).await?;
             tx.commit().await.context("commit")?;
             count(&row.template, "skipped");

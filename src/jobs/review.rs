@@ -19,6 +19,7 @@ use crate::{
     jobs::{self, sla},
     mail::{EmailSpec, Recipient, ReviewerKind, ReviewerRef, Template},
     on_db, on_tx,
+    store::reviewers::Authority,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,9 +111,7 @@ async fn auto_reject_reason(app: &App, req: &RequestInfo) -> anyhow::Result<Opti
         .fetch_optional(p)
         .await)?;
         if status.as_deref() != Some("active") {
-            return Ok(Some(
-                "the requesting member is not an active member of this account".into(),
-            ));
+            return Ok(Some(crate::jobs::decide::INACTIVE_MEMBER_REASON.into()));
         }
     } else if kind.scope == Scope::Member {
         return Ok(Some(
@@ -164,6 +163,21 @@ async fn auto_reject_reason(app: &App, req: &RequestInfo) -> anyhow::Result<Opti
         return Ok(Some(format!("duplicate of open request {number}")));
     }
     Ok(None)
+}
+
+/// What a reviewer of a `kind` request in `org_id` must be now: the rule
+/// [`find_reviewers`] assigns by, re-applied whenever a review link is used
+/// or mailed (the catalog may have moved the kind, the reviewer may have left
+/// the group or lost the admin role since).
+pub fn authority_for(app: &App, kind: &str, org_id: &str, requester_id: Option<&str>) -> Authority {
+    match app.catalog.kind(kind).map(|k| &k.reviewers) {
+        Some(Reviewers::Platform(group)) => Authority::PlatformGroup(group.clone()),
+        Some(Reviewers::OrgAdmins) => Authority::OrgAdmin {
+            org_id: org_id.to_string(),
+            requester_id: requester_id.map(str::to_string),
+        },
+        None => Authority::Nobody,
+    }
 }
 
 /// Who should review `req`. Nobody reviews their own request.

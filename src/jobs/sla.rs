@@ -177,8 +177,21 @@ pub async fn remind(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
         serde_json::json!({"due_at_ms": req.sla_due_at}),
     )
     .await?;
+    // A fresh link goes only to reviewers who may still review it now.
+    let needed = crate::jobs::review::authority_for(
+        app,
+        &req.kind,
+        &req.org_id,
+        req.requester_id.as_deref(),
+    );
     for r in assigned_reviewers(app, request_id).await? {
         let to = r.recipient();
+        if let Some(me) = &to.reviewer
+            && !crate::store::reviewers::holds(&app.db, me, &needed).await?
+        {
+            tracing::info!(request_id, reviewer = %me.id, "no reminder: the reviewer no longer may review this request");
+            continue;
+        }
         let params = kind_params(app, &req.kind, &req.number, req.sla_due_at, to.locale);
         crate::mail::queue_email(
             app,

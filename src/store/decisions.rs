@@ -90,6 +90,15 @@ pub enum DecideError {
     /// Rejections need a reason; comments have a size limit.
     #[error("{0}")]
     BadComment(String),
+    /// The reviewer no longer holds the authority the link was sent for
+    /// (left the reviewing group, no longer an admin, removed or disabled).
+    #[error("the reviewer may no longer review this request")]
+    NoAuthority,
+    /// Approval would grant to a member who is not active (the requester,
+    /// or the member the grant is for). Nothing changed; an
+    /// `approval_refused` event records the attempt. Rejecting still works.
+    #[error("member {member_id} is not active; the request cannot be approved")]
+    MemberInactive { member_id: String },
     #[error(transparent)]
     Store(#[from] anyhow::Error),
 }
@@ -146,6 +155,14 @@ pub async fn decide(
     .map_err(|e| DecideError::BadComment(e.to_string()))?;
     let mut tx = app.db.begin().await.context("begin")?;
     let res = decide_in(app, &mut tx, request_id, &decider, decision, &comment).await;
+    if let Err(DecideError::MemberInactive { member_id }) = &res {
+        tx.rollback().await.ok();
+        record_refused_approval(app, request_id, &decider, member_id).await?;
+        tracing::warn!(request_id, member_id = %member_id, by = %decider.id(), "approval refused: the member is not active");
+        return Err(DecideError::MemberInactive {
+            member_id: member_id.clone(),
+        });
+    }
     match res {
         Ok(d) => {
             tx.commit().await.context("committing decision")?;
@@ -219,10 +236,36 @@ async fn decide_in(
             .ok_or(DecideError::NotFound)?;
         return Err(closed(&row).unwrap_or(DecideError::NotInReview));
     }
-    // The request row is locked first (the conditional update), the link
-    // token second: every writer that touches both (decisions, cancel) takes
-    // them in this order, so concurrent decisions queue up instead of
-    // deadlocking on PostgreSQL.
+    // Lock order, for every writer that touches these rows: the request
+    // (the conditional update above), then member and reviewer rows, then
+    // link tokens; so concurrent decisions, disables and link issues queue
+    // up instead of deadlocking on PostgreSQL.
+    //
+    // A link's power is re-derived now, from who the reviewer is now.
+    if let Decider::Reviewer(r) = decider {
+        let needed = crate::jobs::review::authority_for(
+            app,
+            &row.kind,
+            &row.org_id,
+            row.requester_id.as_deref(),
+        );
+        let me = crate::mail::ReviewerRef {
+            kind: r.kind,
+            id: r.id.clone(),
+        };
+        if !crate::store::reviewers::lock_if_holds(tx, &me, &needed).await? {
+            return Err(DecideError::NoAuthority);
+        }
+    }
+    // Never grant to someone who has left (until the cleanup job cancels
+    // their requests, they may still be open).
+    if decision == Decision::Approve {
+        for member_id in grant_members(app, &row) {
+            if !lock_if_active(tx, &row.org_id, &member_id).await? {
+                return Err(DecideError::MemberInactive { member_id });
+            }
+        }
+    }
     if let Decider::Reviewer(ReviewerDecider {
         token_hash: Some(h),
         ..
@@ -279,6 +322,62 @@ async fn decide_in(
         row.kind.clone(),
         row.created_at,
     ))
+}
+
+/// The members an approval of `row` acts for: the requester, and the member
+/// a member-scoped grant goes to (today the same person). Each must be
+/// active for the request to be approved.
+fn grant_members(app: &App, row: &Row) -> Vec<String> {
+    let mut v: Vec<String> = row.requester_id.iter().cloned().collect();
+    let scope = app
+        .catalog
+        .kind(&row.kind)
+        .map(|k| k.scope)
+        .unwrap_or_default();
+    if scope == Scope::Member
+        && let Some(m) = &row.requester_id
+        && !v.contains(m)
+    {
+        v.push(m.clone());
+    }
+    v
+}
+
+/// Lock member `member_id` of `org_id` if it is active (no-op conditional
+/// update); false when it is disabled, gone or in another org.
+async fn lock_if_active(tx: &mut Tx, org_id: &str, member_id: &str) -> anyhow::Result<bool> {
+    Ok(on_tx!(tx, |c| sqlx::query(
+        "UPDATE members SET updated_at = updated_at WHERE id = $1 AND org_id = $2 AND status = 'active'"
+    )
+    .bind(member_id)
+    .bind(org_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .context("checking the member is active")?
+        > 0)
+}
+
+/// A refused approval changes nothing but leaves a trace on the request.
+async fn record_refused_approval(
+    app: &App,
+    request_id: &str,
+    decider: &Decider,
+    member_id: &str,
+) -> anyhow::Result<()> {
+    let mut tx = app.db.begin().await.context("begin")?;
+    add_event(
+        &mut tx,
+        request_id,
+        "approval_refused",
+        Some(decider.name()),
+        &json!({"reason": "member_inactive", "member_id": member_id}),
+        app.now_ms(),
+    )
+    .await
+    .context("writing approval_refused event")?;
+    tx.commit().await.context("commit")?;
+    Ok(())
 }
 
 /// Approval grants the kind: to the whole org, or (scope `member`) to the

@@ -1,8 +1,11 @@
 //! `reviewers` and `reviewer_groups`: platform reviewers, in groups that
 //! catalog kinds name (`platform:<group>`); a `lead` of a group is one of its
 //! escalation contacts.
+use anyhow::Context;
+
 use crate::{
     db::{Db, Tx},
+    mail::{ReviewerKind, ReviewerRef},
     on_db, on_tx,
 };
 
@@ -68,4 +71,100 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<(Reviewer, Vec<Membership>)
     .fetch_all(c)
     .await)?;
     Ok(Some((r, groups)))
+}
+
+/// What a reviewer must be *now* to act on a request (a review link's power
+/// is re-derived from this at every use, and before a link is mailed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authority {
+    /// An active platform reviewer still in this group.
+    PlatformGroup(String),
+    /// An active super admin or admin of this org who is not the requester.
+    OrgAdmin {
+        org_id: String,
+        requester_id: Option<String>,
+    },
+    /// Nobody (the kind left the catalog, or names the other kind of reviewer).
+    Nobody,
+}
+
+/// Does `reviewer` hold `needed` now? A read: for pages that change nothing.
+pub async fn holds(db: &Db, reviewer: &ReviewerRef, needed: &Authority) -> anyhow::Result<bool> {
+    let n: i64 = match (reviewer.kind, needed) {
+        (ReviewerKind::Platform, Authority::PlatformGroup(group)) => on_db!(db, |c| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM reviewers r JOIN reviewer_groups g ON g.reviewer_id = r.id \
+                 WHERE r.id = $1 AND r.status = 'active' AND g.grp = $2",
+            )
+            .bind(&reviewer.id)
+            .bind(group)
+            .fetch_one(c)
+            .await
+        }),
+        (
+            ReviewerKind::Member,
+            Authority::OrgAdmin {
+                org_id,
+                requester_id,
+            },
+        ) => on_db!(db, |c| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM members WHERE id = $1 AND org_id = $2 AND status = 'active' \
+                   AND kind IN ('super_admin', 'admin') AND id <> $3",
+            )
+            .bind(&reviewer.id)
+            .bind(org_id)
+            .bind(requester_id.as_deref().unwrap_or(""))
+            .fetch_one(c)
+            .await
+        }),
+        _ => Ok(0),
+    }
+    .context("checking the reviewer's authority")?;
+    Ok(n > 0)
+}
+
+/// [`holds`] inside a transaction that acts on it (a decision, a link being
+/// issued): the reviewer's row is locked with a no-op conditional update, so
+/// a demotion, disable or removal committing meanwhile either happened
+/// before (no authority) or waits for this transaction.
+pub async fn lock_if_holds(
+    tx: &mut Tx,
+    reviewer: &ReviewerRef,
+    needed: &Authority,
+) -> anyhow::Result<bool> {
+    let n = match (reviewer.kind, needed) {
+        (ReviewerKind::Platform, Authority::PlatformGroup(group)) => on_tx!(tx, |c| {
+            sqlx::query(
+                "UPDATE reviewers SET status = status WHERE id = $1 AND status = 'active' \
+                   AND EXISTS (SELECT 1 FROM reviewer_groups g WHERE g.reviewer_id = $1 AND g.grp = $2)",
+            )
+            .bind(&reviewer.id)
+            .bind(group)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        }),
+        (
+            ReviewerKind::Member,
+            Authority::OrgAdmin {
+                org_id,
+                requester_id,
+            },
+        ) => on_tx!(tx, |c| {
+            sqlx::query(
+                "UPDATE members SET updated_at = updated_at WHERE id = $1 AND org_id = $2 \
+                   AND status = 'active' AND kind IN ('super_admin', 'admin') AND id <> $3",
+            )
+            .bind(&reviewer.id)
+            .bind(org_id)
+            .bind(requester_id.as_deref().unwrap_or(""))
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        }),
+        _ => Ok(0),
+    }
+    .context("locking the reviewer")?;
+    Ok(n > 0)
 }

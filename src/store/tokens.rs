@@ -48,14 +48,16 @@ pub struct Issued {
 /// newest mail's link is the only live one.
 ///
 /// Returns `None` (and issues nothing) unless the request is still in review
-/// and the reviewer still active. Both rows are locked first with a no-op
-/// conditional update, so a cancel or a disable that commits meanwhile
-/// either happened before (nothing issued) or waits for this transaction
-/// and then revokes the new token with the others.
+/// and the reviewer still holds `needed` (active, and still in the reviewing
+/// group or still an admin of the org). Both rows are locked first with a
+/// no-op conditional update, so a cancel, a disable or a demotion that
+/// commits meanwhile either happened before (nothing issued) or waits for
+/// this transaction and then revokes the new token with the others.
 pub async fn issue(
     tx: &mut Tx,
     request_id: &str,
     reviewer: &ReviewerRef,
+    needed: &super::reviewers::Authority,
     now: i64,
     ttl_ms: i64,
 ) -> anyhow::Result<Option<Issued>> {
@@ -67,24 +69,9 @@ pub async fn issue(
     .await
     .map(|r| r.rows_affected()))
     .context("locking request")?;
-    let reviewer_live = match reviewer.kind {
-        ReviewerKind::Member => on_tx!(tx, |c| sqlx::query(
-            "UPDATE members SET updated_at = updated_at WHERE id = $1 AND status = 'active'"
-        )
-        .bind(&reviewer.id)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected())),
-        ReviewerKind::Platform => on_tx!(tx, |c| sqlx::query(
-            "UPDATE reviewers SET status = status WHERE id = $1 AND status = 'active'"
-        )
-        .bind(&reviewer.id)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected())),
-    }
-    .context("locking reviewer")?;
-    if open == 0 || reviewer_live == 0 {
+    // Checked only on an open request, so a closed one locks no reviewer.
+    let reviewer_live = open > 0 && super::reviewers::lock_if_holds(tx, reviewer, needed).await?;
+    if open == 0 || !reviewer_live {
         return Ok(None);
     }
     on_tx!(tx, |c| sqlx::query(

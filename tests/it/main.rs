@@ -11,6 +11,7 @@ mod mail_file;
 mod mail_server;
 mod mail_smtp;
 mod mail_snapshots;
+mod review_authority;
 mod review_bad_tokens;
 mod review_browser;
 mod review_decide;

@@ -50,6 +50,7 @@ async fn issue(t: &TestApp, request: &str, reviewer_id: &str) -> String {
             kind: ReviewerKind::Platform,
             id: reviewer_id.to_string(),
         },
+        &approvald::store::reviewers::Authority::PlatformGroup("marketplace".into()),
         t.app.now_ms(),
         3_600_000,
     )

@@ -340,24 +340,59 @@ async fn nobody_reviews_their_own_request() {
     .await)
     .unwrap();
     assert_eq!(links, 0, "the requester got no link");
+    let me = ReviewerRef {
+        kind: ReviewerKind::Member,
+        id: owner.clone(),
+    };
     let mut tx = t.app.db.begin().await.unwrap();
-    let issued = tokens::issue(
+    let refused = tokens::issue(
         &mut tx,
         &id,
-        &ReviewerRef {
-            kind: ReviewerKind::Member,
-            id: owner.clone(),
-        },
+        &me,
+        &approvald::jobs::review::authority_for(&t.app, "payment_permission", &org, Some(&owner)),
         t.app.now_ms(),
         3_600_000,
     )
     .await
-    .unwrap()
-    .expect("request in review and owner active: a token is issued");
+    .unwrap();
+    assert!(refused.is_none(), "no link is issued to the requester");
+    // Forge one anyway, as if the requester were any admin.
+    let anyone = approvald::store::reviewers::Authority::OrgAdmin {
+        org_id: org.clone(),
+        requester_id: None,
+    };
+    let issued = tokens::issue(&mut tx, &id, &me, &anyone, t.app.now_ms(), 3_600_000)
+        .await
+        .unwrap()
+        .expect("request in review and owner active: a token is issued");
     tx.commit().await.unwrap();
     let before = state_digest(&t).await;
-    let r = decide(&t, &issued.token, "approve", "").await;
+    let o = open(&t, &issued.token).await;
+    assert_eq!(o.status, StatusCode::FORBIDDEN, "{}", o.body);
+    let r = crate::review_util::post_form(
+        &t,
+        &issued.token,
+        &[("decision", "approve"), ("comment", ""), ("csrf", "x")],
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    // decide() itself refuses it too, whatever the page does.
+    use approvald::store::decisions::{DecideError, Decider, ReviewerDecider};
+    let d = approvald::store::decisions::decide(
+        &t.app,
+        &id,
+        Decider::Reviewer(ReviewerDecider {
+            kind: ReviewerKind::Member,
+            id: owner.clone(),
+            name: "Owner".into(),
+            token_hash: Some(issued.hash.clone()),
+        }),
+        approvald::domain::request::Decision::Approve,
+        "",
+    )
+    .await;
+    assert!(matches!(d, Err(DecideError::SelfReview)), "{d:?}");
     assert_eq!(state_digest(&t).await, before);
     t.finish().await;
 }
@@ -447,7 +482,8 @@ async fn no_link_is_issued_for_a_cancelled_request_or_a_removed_reviewer() {
     };
     let try_issue = || async {
         let mut tx = t.app.db.begin().await.unwrap();
-        let i = tokens::issue(&mut tx, &id, &who, t.app.now_ms(), 3_600_000)
+        let needed = approvald::store::reviewers::Authority::PlatformGroup("marketplace".into());
+        let i = tokens::issue(&mut tx, &id, &who, &needed, t.app.now_ms(), 3_600_000)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -523,7 +559,8 @@ async fn no_link_is_issued_for_a_cancelled_request_or_a_removed_reviewer() {
         "removal revoked the link at once"
     );
     let mut tx = t.app.db.begin().await.unwrap();
-    let again = tokens::issue(&mut tx, &id2, &who, t.app.now_ms(), 3_600_000)
+    let needed = approvald::store::reviewers::Authority::PlatformGroup("marketplace".into());
+    let again = tokens::issue(&mut tx, &id2, &who, &needed, t.app.now_ms(), 3_600_000)
         .await
         .unwrap();
     tx.commit().await.unwrap();

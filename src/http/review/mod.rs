@@ -219,6 +219,8 @@ enum Resolved {
     Closed(Box<Ctx>),
     /// A live link on an open request.
     Live(Box<Ctx>),
+    /// A working link whose reviewer no longer may review the request.
+    NoAuthority(Locale),
 }
 
 #[derive(Clone)]
@@ -259,19 +261,48 @@ async fn resolve(app: &App, token: &str) -> anyhow::Result<Resolved> {
             locale,
         })
     };
-    if status.is_some_and(|s| s.is_terminal()) {
+    let terminal = status.is_some_and(|s| s.is_terminal());
+    if terminal {
         let closed_at = view.decided_at.unwrap_or(view.updated_at);
         let live_at_close = row.used_at.is_some() || row.revoked_at.is_none_or(|r| r >= closed_at);
-        return Ok(if live_at_close {
-            Resolved::Closed(ctx(row))
-        } else {
-            Resolved::Invalid
-        });
-    }
-    if row.used_at.is_some() || row.revoked_at.is_some() {
+        if !live_at_close {
+            return Ok(Resolved::Invalid);
+        }
+    } else if row.used_at.is_some() || row.revoked_at.is_some() {
         return Ok(Resolved::Invalid);
     }
-    Ok(Resolved::Live(ctx(row)))
+    // The link's power is re-derived at every use from who the reviewer is
+    // now, not from who they were when it was mailed.
+    let needed = crate::jobs::review::authority_for(
+        app,
+        &view.kind,
+        &view.org_id,
+        view.requester_id.as_deref(),
+    );
+    if !crate::store::reviewers::holds(&app.db, &reviewer, &needed).await? {
+        return Ok(Resolved::NoAuthority(locale));
+    }
+    Ok(if terminal {
+        Resolved::Closed(ctx(row))
+    } else {
+        Resolved::Live(ctx(row))
+    })
+}
+
+/// The page for a reviewer who no longer may review the request: says so
+/// and shows nothing of it.
+fn no_authority(locale: Locale) -> Response {
+    let t = texts(locale);
+    let data = PageData {
+        lang: locale.as_str(),
+        page_title: t.no_authority_title.to_string(),
+        notice: Some(Notice {
+            kind: "error",
+            text: format!("{} — {}", t.no_authority_title, t.no_authority),
+        }),
+        ..PageData::default()
+    };
+    html(StatusCode::FORBIDDEN, &data, t)
 }
 
 async fn page_data(app: &App, ctx: &Ctx) -> anyhow::Result<PageData> {
@@ -431,6 +462,7 @@ async fn show(State(app): State<App>, token: Result<Path<String>, PathRejection>
     match resolve(&app, &token).await {
         Err(e) => server_error(e),
         Ok(Resolved::Invalid) => invalid(),
+        Ok(Resolved::NoAuthority(l)) => no_authority(l),
         Ok(Resolved::Closed(ctx)) => closed_page(&app, &ctx).await,
         Ok(Resolved::Live(ctx)) => form_page(&app, &token, &ctx, StatusCode::OK, None, "").await,
     }
@@ -530,6 +562,7 @@ async fn submit(
     let ctx = match resolve(&app, &token).await {
         Err(e) => return server_error(e),
         Ok(Resolved::Invalid) => return invalid(),
+        Ok(Resolved::NoAuthority(l)) => return no_authority(l),
         Ok(Resolved::Closed(ctx)) => return closed_page(&app, &ctx).await,
         Ok(Resolved::Live(ctx)) => ctx,
     };
@@ -664,6 +697,18 @@ async fn submit(
                     kind: "error",
                     text,
                 }),
+                &comment,
+            )
+            .await
+        }
+        Err(DecideError::NoAuthority) => no_authority(ctx.locale),
+        Err(DecideError::MemberInactive { .. }) => {
+            form_page(
+                &app,
+                &token,
+                &ctx,
+                StatusCode::CONFLICT,
+                err(t.err_member_inactive),
                 &comment,
             )
             .await
