@@ -53,6 +53,14 @@ pub struct Config {
     pub calendars: CalendarsConfig,
     pub workers: WorkersConfig,
     pub log: LogConfig,
+    pub ops: OpsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this>`.
+    pub metrics_token: Secret,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +72,12 @@ pub struct ServerConfig {
     pub public_url: String,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// A client must send a request's whole header within this many seconds
+    /// (also how long an idle keep-alive connection stays open).
+    pub header_read_timeout_secs: u64,
+    /// On shutdown, requests in flight get this many seconds to finish;
+    /// connections still open then are closed and the process exits.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -145,6 +159,9 @@ pub struct SmtpConfig {
     pub timeout_secs: u64,
     /// Largest number of pooled connections.
     pub pool_size: u32,
+    /// PEM file of CA certificates to trust for the SMTP server's TLS
+    /// certificate, besides the public roots (a private or internal CA).
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,6 +235,8 @@ impl Default for Config {
                 listen: "127.0.0.1:8080".into(),
                 public_url: "http://127.0.0.1:8080".into(),
                 body_limit: 64 * 1024,
+                header_read_timeout_secs: 15,
+                shutdown_grace_secs: 10,
             },
             database: DatabaseConfig {
                 url: "sqlite://data/approvald.db?mode=rwc".into(),
@@ -244,6 +263,7 @@ impl Default for Config {
                     password: Secret::default(),
                     timeout_secs: 10,
                     pool_size: 4,
+                    ca_file: String::new(),
                 },
                 retry_base_ms: 5_000,
                 retry_cap_secs: 30 * 60,
@@ -269,6 +289,9 @@ impl Default for Config {
             log: LogConfig {
                 format: LogFormat::Text,
                 filter: "info".into(),
+            },
+            ops: OpsConfig {
+                metrics_token: Secret::default(),
             },
         }
     }
@@ -362,6 +385,24 @@ impl Config {
         if self.server.body_limit < 1024 {
             return bad("server.body_limit", "must be at least 1024 bytes".into());
         }
+        if !(1..=600).contains(&self.server.header_read_timeout_secs) {
+            return bad(
+                "server.header_read_timeout_secs",
+                format!(
+                    "{} is out of range; use 1-600 seconds (default 15)",
+                    self.server.header_read_timeout_secs
+                ),
+            );
+        }
+        if self.server.shutdown_grace_secs > 600 {
+            return bad(
+                "server.shutdown_grace_secs",
+                format!(
+                    "{} is out of range; use 0-600 seconds (default 10; 0 closes connections at once)",
+                    self.server.shutdown_grace_secs
+                ),
+            );
+        }
         self.db_kind()?;
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1".into());
@@ -409,6 +450,13 @@ impl Config {
                 "mail.retry_base_ms and mail.retry_cap_secs must be at least 1 (defaults: 5000 ms, 1800 s)".into(),
             );
         }
+        if !self.mail.smtp.ca_file.is_empty() && self.mail.smtp.tls == SmtpTls::None {
+            return bad(
+                "mail.smtp.ca_file",
+                "is set but mail.smtp.tls = none; use starttls or tls, or leave ca_file empty"
+                    .into(),
+            );
+        }
         if self.mail.smtp.timeout_secs == 0 {
             return bad("mail.smtp.timeout_secs", "must be at least 1".into());
         }
@@ -428,6 +476,13 @@ impl Config {
             return bad(
                 "sla.reconcile_after_secs",
                 "must be at least 1 second (default 120)".into(),
+            );
+        }
+        let mt = self.ops.metrics_token.expose();
+        if !mt.is_empty() && (mt.len() < 16 || !mt.bytes().all(|b| b.is_ascii_graphic())) {
+            return bad(
+                "ops.metrics_token",
+                "must be at least 16 visible ASCII characters (or empty: /metrics open); e.g. the output of `openssl rand -hex 32`".into(),
             );
         }
         if let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&self.sla.sweep_cron) {
@@ -503,6 +558,10 @@ mod tests {
         assert!(e.0.contains("server.listen"), "{e}");
         let e = Config::from_toml("[server]\nlistn = \"x\"").unwrap_err();
         assert!(e.0.contains("listn"), "{e}");
+        let e = Config::from_toml("[server]\nshutdown_grace_secs = 601").unwrap_err();
+        assert!(e.0.contains("server.shutdown_grace_secs"), "{e}");
+        let e = Config::from_toml("[server]\nheader_read_timeout_secs = 0").unwrap_err();
+        assert!(e.0.contains("server.header_read_timeout_secs"), "{e}");
         let e = Config::from_toml("[sla]\nreconcile_after_secs = 0").unwrap_err();
         assert!(e.0.contains("sla.reconcile_after_secs"), "{e}");
         let e = Config::from_toml("[mail]\ntransport = \"smtp\"").unwrap_err();
@@ -514,7 +573,7 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         let c = Config::from_toml(
-            "[database]\nurl = \"postgres://u:hunter2@h/db\"\n[queue]\nurl = \"redis://:pw@h:6379/0\"\n[mail.smtp]\npassword = \"hunter2\"",
+            "[database]\nurl = \"postgres://u:hunter2@h/db\"\n[queue]\nurl = \"redis://:pw@h:6379/0\"\n[mail.smtp]\npassword = \"hunter2\"\n[ops]\nmetrics_token = \"hunter2hunter2hunter2\"",
         )
         .unwrap();
         let out = c.to_masked_toml();

@@ -174,15 +174,15 @@ pub async fn start(
         let listener = listener.context("the api role needs a listener")?;
         addr = Some(listener.local_addr()?);
         let router = http::router(app.clone());
+        let limits = http::serve::Limits {
+            header_read_timeout: Duration::from_secs(app.config.server.header_read_timeout_secs),
+            shutdown_grace: Duration::from_secs(app.config.server.shutdown_grace_secs),
+        };
         let s = stop.clone();
         tasks.push(tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { s.cancelled().await })
-            .await
-            .context("HTTP server failed")
+            http::serve::serve(listener, router, limits, s)
+                .await
+                .context("HTTP server failed")
         }));
         if !app.queue_in_db {
             let (a, s) = (app.clone(), stop.clone());

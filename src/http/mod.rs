@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod ops;
 pub mod review;
+pub mod serve;
 
 pub use error::{ApiError, ApiResult};
 

@@ -199,11 +199,36 @@ pub async fn deliver(
     };
     emails::count_attempt(&app.db, &row.id).await?;
     let to = mask_email(&row.recipient);
-    match app.mailer.send(&row.id, &msg).await {
+    let sent = app.mailer.send(&row.id, &msg).await;
+    if let Err(e) = &sent
+        && let Some(kind) = e.transport_kind()
+    {
+        metrics::counter!("approvald_mail_transport_errors_total", "kind" => kind.as_str())
+            .increment(1);
+    }
+    match sent {
         Ok(()) => {
             emails::mark_sent(&app.db, &row.id, app.now_ms()).await?;
             count(&row.template, "sent");
             tracing::info!(email_id, template = %template, to = %to, attempt, "mail sent");
+            transport_works(app).await;
+            Ok(())
+        }
+        Err(SendError::Config { kind, error }) => {
+            // The operator's configuration (credentials, TLS trust), not this
+            // mail: it stays pending and is retried with the transient
+            // backoff, without ever giving up; said once per process.
+            let msg = format!("{error:#}");
+            emails::note_error(&app.db, &row.id, &msg).await?;
+            count(&row.template, "retry");
+            transport_failing(app, kind, &msg).await;
+            tracing::debug!(email_id, template = %template, to = %to, attempt, error = %msg, "mail waits for the mail transport");
+            if attempt < max_attempts {
+                return Err(JobError::Retryable(error));
+            }
+            // Out of attempts for this job: hand over to a fresh one later.
+            let (_, cap) = crate::mail::retry_policy();
+            resume_later(app, &row, cap).await?;
             Ok(())
         }
         Err(SendError::Transient(e)) if attempt < max_attempts => {
@@ -223,6 +248,58 @@ pub async fn deliver(
         }
         Err(SendError::Permanent(e)) => fail(app, &row, &format!("{e:#}")).await,
     }
+}
+
+/// The mail transport failed in a way the operator must fix: log it once per
+/// process and publish it for `/readyz` (all processes share the database).
+async fn transport_failing(app: &App, kind: crate::mail::TransportErrorKind, detail: &str) {
+    if !app.mailer.note_trouble(kind, detail) {
+        return;
+    }
+    tracing::error!(kind = kind.as_str(), transport = %app.mailer.describe(), "mail transport failing; mails stay pending and are retried: {detail}");
+    if let Err(e) =
+        crate::store::mail_health::set_failing(&app.db, kind.as_str(), detail, app.now_ms()).await
+    {
+        tracing::warn!(error = %e, "cannot record the mail transport's state");
+    }
+}
+
+/// A mail went out: clear a published failure (once per process).
+async fn transport_works(app: &App) {
+    if !app.mailer.note_ok() {
+        return;
+    }
+    match crate::store::mail_health::clear(&app.db).await {
+        Ok(true) => {
+            tracing::info!(transport = %app.mailer.describe(), "mail transport works again")
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot record the mail transport's state"),
+    }
+}
+
+/// Push a fresh notify job for a mail whose job ran out of attempts while
+/// the transport was misconfigured, due after `delay`.
+async fn resume_later(app: &App, row: &EmailRow, delay: Duration) -> anyhow::Result<()> {
+    let at = chrono::DateTime::from_timestamp_millis(app.now_ms() + delay.as_millis() as i64)
+        .unwrap_or_default();
+    let mut tx = app.db.begin().await.context("begin")?;
+    crate::jobs::enqueue(
+        app,
+        &mut tx,
+        &NotifyJob {
+            email_id: row.id.clone(),
+        },
+        approvald_workers::PushOptions::at(at).dedupe(format!(
+            "notify:{}:resume:{}",
+            row.id,
+            row.attempts + 1
+        )),
+    )
+    .await?;
+    tx.commit().await.context("commit")?;
+    app.jobs_committed();
+    Ok(())
 }
 
 fn reviewer_of(row: &EmailRow) -> Option<ReviewerRef> {

@@ -260,7 +260,71 @@ pub enum SendError {
     /// Never worth retrying: SMTP 5xx (unknown mailbox, refused sender...).
     #[error("permanent: {0:#}")]
     Permanent(anyhow::Error),
+    /// The operator's configuration, not the mail: the server refused our
+    /// credentials (SMTP 530/534/535) or its TLS certificate is not trusted
+    /// (unknown CA, wrong host name). Every mail waits for the fix; none
+    /// fails for good because of it.
+    #[error("{kind}: {error:#}")]
+    Config {
+        kind: TransportErrorKind,
+        error: anyhow::Error,
+    },
 }
+
+/// What went wrong with the mail transport itself, for
+/// `approvald_mail_transport_errors_total{kind}` and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportErrorKind {
+    /// The server refused our credentials.
+    Auth,
+    /// TLS failed: certificate not trusted, wrong name, handshake refused.
+    Tls,
+    /// The server could not be reached or dropped the connection.
+    Connection,
+    /// The server did not answer in time.
+    Timeout,
+}
+
+impl TransportErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Tls => "tls",
+            Self::Connection => "connection",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl fmt::Display for TransportErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl SendError {
+    /// The transport-level trouble behind this error, if any (a 4xx or 5xx
+    /// about one mail is not).
+    pub fn transport_kind(&self) -> Option<TransportErrorKind> {
+        match self {
+            SendError::Config { kind, .. } => Some(*kind),
+            SendError::Transient(e) => {
+                e.downcast_ref::<TransportTrouble>()
+                    .map(|t| t.0)
+                    .or_else(|| {
+                        e.chain()
+                            .find_map(|c| c.downcast_ref::<TransportTrouble>().map(|t| t.0))
+                    })
+            }
+            SendError::Permanent(_) => None,
+        }
+    }
+}
+
+/// Marks a transient error as the transport's (connection, timeout).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.as_str())]
+struct TransportTrouble(TransportErrorKind);
 
 enum Transport {
     File(PathBuf),
@@ -268,6 +332,8 @@ enum Transport {
         /// Replaced by a fresh pool after an abandoned (timed-out) exchange.
         smtp: RwLock<AsyncSmtpTransport<Tokio1Executor>>,
         cfg: SmtpConfig,
+        /// `mail.smtp.ca_file`, read and checked once at start.
+        ca_pem: Option<Vec<u8>>,
         timeout: Duration,
         endpoint: String,
     },
@@ -278,6 +344,18 @@ struct Inner {
     from: Mailbox,
     domain: String,
     transport: Transport,
+    /// The transport trouble last reported in this process (`None`: not
+    /// known to be failing), so a failing server is logged once, not once
+    /// per mail.
+    health: Mutex<Health>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Health {
+    /// Nothing sent yet by this process.
+    Unknown,
+    Ok,
+    Failing(TransportErrorKind, String),
 }
 
 /// Sends rendered messages. Cheap to clone (the SMTP pool is shared).
@@ -311,9 +389,11 @@ impl Mailer {
             MailTransport::Memory => Transport::Memory(Mutex::new(Vec::new())),
             MailTransport::Smtp => {
                 let s = &cfg.smtp;
+                let ca_pem = read_ca_file(&s.ca_file)?;
                 Transport::Smtp {
-                    smtp: RwLock::new(build_smtp(s)?),
+                    smtp: RwLock::new(build_smtp(s, ca_pem.as_deref())?),
                     cfg: s.clone(),
+                    ca_pem,
                     timeout: Duration::from_secs(s.timeout_secs.max(1)),
                     endpoint: format!("{}:{} ({:?})", s.host, s.port, s.tls),
                 }
@@ -323,7 +403,26 @@ impl Mailer {
             from,
             domain,
             transport,
+            health: Mutex::new(Health::Unknown),
         })))
+    }
+
+    /// Record that the transport failed with `kind`; true when that is news
+    /// for this process (the caller logs it once and publishes it).
+    pub fn note_trouble(&self, kind: TransportErrorKind, detail: &str) -> bool {
+        let mut h = self.0.health.lock().expect("mail health lock");
+        let was_failing_same = matches!(&*h, Health::Failing(k, _) if *k == kind);
+        *h = Health::Failing(kind, detail.to_string());
+        !was_failing_same
+    }
+
+    /// Record a delivery; true when the transport was failing or not yet
+    /// known to work in this process (the caller clears what was published).
+    pub fn note_ok(&self) -> bool {
+        let mut h = self.0.health.lock().expect("mail health lock");
+        let news = *h != Health::Ok;
+        *h = Health::Ok;
+        news
     }
 
     /// `smtp host:port`, `file <dir>` or `memory`, for logs.
@@ -378,7 +477,11 @@ impl Mailer {
                 Ok(())
             }
             Transport::Smtp {
-                smtp, cfg, timeout, ..
+                smtp,
+                cfg,
+                ca_pem,
+                timeout,
+                ..
             } => {
                 let client = smtp.read().expect("smtp lock").clone();
                 // lettre bounds connecting by `timeout` but not a reply on an
@@ -389,33 +492,61 @@ impl Mailer {
                     Err(_) => {
                         // The abandoned send hands its connection back to the
                         // pool mid-command; no later mail may talk over it.
-                        match build_smtp(cfg) {
+                        match build_smtp(cfg, ca_pem.as_deref()) {
                             Ok(fresh) => *smtp.write().expect("smtp lock") = fresh,
                             Err(e) => tracing::error!(error = %e, "cannot rebuild the SMTP pool"),
                         }
-                        Err(SendError::Transient(anyhow::anyhow!(
-                            "SMTP exchange timed out after {whole:?}"
-                        )))
+                        Err(SendError::Transient(
+                            anyhow::Error::new(TransportTrouble(TransportErrorKind::Timeout))
+                                .context(format!("SMTP exchange timed out after {whole:?}")),
+                        ))
                     }
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(classify_smtp(e)),
+                    Ok(Err(e)) => Err(classify_smtp(e, cfg)),
                 }
             }
         }
     }
 }
 
+/// `mail.smtp.ca_file` read and checked: PEM with at least one certificate.
+fn read_ca_file(path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let pem = std::fs::read(path)
+        .with_context(|| format!("key `mail.smtp.ca_file`: cannot read {path}"))?;
+    let text = String::from_utf8_lossy(&pem);
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        anyhow::bail!(
+            "key `mail.smtp.ca_file`: {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        );
+    }
+    lettre::transport::smtp::client::Certificate::from_pem(&pem).map_err(|e| {
+        anyhow::anyhow!("key `mail.smtp.ca_file`: {path} is not a valid PEM certificate file: {e}")
+    })?;
+    Ok(Some(pem))
+}
+
 /// A pooled SMTP client for `s` (TLS none / STARTTLS required / implicit
-/// TLS, optional auth, connect timeout).
-fn build_smtp(s: &SmtpConfig) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+/// TLS, optional auth, connect timeout). `ca_pem` adds trusted CAs.
+fn build_smtp(
+    s: &SmtpConfig,
+    ca_pem: Option<&[u8]>,
+) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+    let params = || -> anyhow::Result<TlsParameters> {
+        let mut b = TlsParameters::builder(s.host.clone());
+        if let Some(pem) = ca_pem {
+            let cert = lettre::transport::smtp::client::Certificate::from_pem(pem)
+                .context("key `mail.smtp.ca_file`: not a PEM certificate")?;
+            b = b.add_root_certificate(cert);
+        }
+        b.build().context("key `mail.smtp.tls`: TLS setup")
+    };
     let tls = match s.tls {
         SmtpTls::None => Tls::None,
-        SmtpTls::Starttls => Tls::Required(
-            TlsParameters::new(s.host.clone()).context("key `mail.smtp.tls`: TLS setup")?,
-        ),
-        SmtpTls::Tls => Tls::Wrapper(
-            TlsParameters::new(s.host.clone()).context("key `mail.smtp.tls`: TLS setup")?,
-        ),
+        SmtpTls::Starttls => Tls::Required(params()?),
+        SmtpTls::Tls => Tls::Wrapper(params()?),
     };
     let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.clone())
         .port(s.port)
@@ -435,20 +566,89 @@ fn build_smtp(s: &SmtpConfig) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executo
     Ok(b.build())
 }
 
-/// 5xx is permanent; everything else (4xx, timeouts, refused or dropped
-/// connections, TLS hiccups, garbled replies) is worth another try.
-fn classify_smtp(e: lettre::transport::smtp::Error) -> SendError {
+/// Classify a failed send:
+/// - the server refused our credentials (530, 534, 535, or 454 during AUTH)
+///   or TLS failed (untrusted certificate, wrong name, refused handshake):
+///   [`SendError::Config`], the operator's to fix, and no mail's fault;
+/// - any other 5xx: permanent for this mail;
+/// - everything else (4xx, timeouts, refused or dropped connections,
+///   garbled replies): worth another try.
+fn classify_smtp(e: lettre::transport::smtp::Error, cfg: &SmtpConfig) -> SendError {
+    let code = e.status().map(|c| c.to_string());
+    if let Some(c) = code.as_deref()
+        && matches!(c, "530" | "534" | "535")
+    {
+        let err = anyhow::Error::new(e).context(format!(
+            "the SMTP server refused the credentials of mail.smtp.username {:?} ({c}): fix mail.smtp.username / mail.smtp.password and restart",
+            cfg.username
+        ));
+        return SendError::Config {
+            kind: TransportErrorKind::Auth,
+            error: err,
+        };
+    }
+    if let Some(why) = tls_trouble(&e, cfg) {
+        let err = anyhow::Error::new(e).context(why);
+        return SendError::Config {
+            kind: TransportErrorKind::Tls,
+            error: err,
+        };
+    }
     let permanent = e.is_permanent();
-    let err = match e.status() {
+    let err = match code {
         Some(code) => anyhow::Error::new(e).context(format!("SMTP server answered {code}")),
-        None if e.is_timeout() => anyhow::Error::new(e).context("SMTP timeout"),
-        None => anyhow::Error::new(e).context("SMTP connection failed"),
+        None if e.is_timeout() => anyhow::Error::new(e)
+            .context(TransportTrouble(TransportErrorKind::Timeout))
+            .context("SMTP timeout"),
+        None => anyhow::Error::new(e)
+            .context(TransportTrouble(TransportErrorKind::Connection))
+            .context("SMTP connection failed"),
     };
     if permanent {
         SendError::Permanent(err)
     } else {
         SendError::Transient(err)
     }
+}
+
+/// A TLS failure in `e`'s causes, explained with the key that fixes it.
+fn tls_trouble(e: &lettre::transport::smtp::Error, cfg: &SmtpConfig) -> Option<String> {
+    use rustls::{CertificateError, Error as TlsError};
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut tls = None;
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<TlsError>() {
+            tls = Some(t);
+            break;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<TlsError>())
+        {
+            tls = Some(t);
+            break;
+        }
+        cause = c.source();
+    }
+    if tls.is_none() && !e.is_tls() {
+        return None;
+    }
+    let at = format!("{}:{}", cfg.host, cfg.port);
+    Some(match tls {
+        Some(TlsError::InvalidCertificate(CertificateError::UnknownIssuer)) => format!(
+            "TLS with the SMTP server {at} failed: its certificate is signed by a CA this process does not trust; put that CA's PEM file in mail.smtp.ca_file (or fix the server's certificate chain)"
+        ),
+        Some(TlsError::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => format!(
+            "TLS with the SMTP server {at} failed: its certificate is not valid for the name {:?}; set mail.smtp.host to a name the certificate holds",
+            cfg.host
+        ),
+        Some(TlsError::InvalidCertificate(other)) => format!(
+            "TLS with the SMTP server {at} failed: its certificate is not acceptable ({other:?})"
+        ),
+        Some(other) => format!("TLS with the SMTP server {at} failed: {other}"),
+        None => format!("TLS with the SMTP server {at} failed"),
+    })
 }
 
 /// Write `<dir>/<email_id>.eml` atomically: a temp file in the same folder,
@@ -596,6 +796,12 @@ mod tests {
             mail.smtp.username = "u".into();
             mail.smtp.password = crate::config::Secret::new("hunter2");
             let m = Mailer::from_config(&mail).unwrap();
+            assert!(m.note_ok(), "the first delivery is news");
+            assert!(!m.note_ok());
+            assert!(m.note_trouble(TransportErrorKind::Auth, "535"));
+            assert!(!m.note_trouble(TransportErrorKind::Auth, "535 again"));
+            assert!(m.note_trouble(TransportErrorKind::Tls, "tls"));
+            assert!(m.note_ok());
             assert!(
                 m.describe().starts_with("smtp smtp.example.com:587"),
                 "{}",
@@ -603,6 +809,22 @@ mod tests {
             );
             assert!(!format!("{m:?}").contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn ca_file_is_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mail = crate::config::Config::default().mail;
+        mail.transport = MailTransport::Smtp;
+        mail.smtp.host = "smtp.example.com".into();
+        mail.smtp.ca_file = dir.path().join("missing.pem").display().to_string();
+        let e = Mailer::from_config(&mail).unwrap_err();
+        assert!(format!("{e:#}").contains("mail.smtp.ca_file"), "{e:#}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        mail.smtp.ca_file = junk.display().to_string();
+        let e = Mailer::from_config(&mail).unwrap_err();
+        assert!(format!("{e:#}").contains("no PEM certificate"), "{e:#}");
     }
 
     #[test]

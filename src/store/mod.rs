@@ -5,6 +5,7 @@ pub mod emails;
 pub mod grants;
 pub mod idempotency;
 pub mod keys;
+pub mod mail_health;
 pub mod members;
 pub mod orgs;
 pub mod requests;

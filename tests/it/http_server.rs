@@ -1,0 +1,115 @@
+//! The HTTP server's own limits (issue 9, defect 5): a client that sends
+//! half a request's header and waits can neither hold its connection for
+//! ever nor keep the daemon from stopping.
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{Opts, TestApp};
+
+/// Half a request: the request line and one header, never the blank line.
+async fn stall(t: &TestApp) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(t.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("send half a header");
+    s
+}
+
+/// Read until the server closes the socket; how long that took.
+async fn closed_within(mut s: tokio::net::TcpStream, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let res = tokio::time::timeout(limit, s.read_to_end(&mut buf)).await;
+    assert!(
+        res.is_ok(),
+        "the server kept a stalled connection open for {limit:?}"
+    );
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_header_is_cut_off_by_the_header_read_timeout() {
+    let t = TestApp::spawn_with(Opts {
+        toml: "[server]\nheader_read_timeout_secs = 1\nshutdown_grace_secs = 30\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let s = stall(&t).await;
+    closed_within(s, Duration::from_secs(20)).await;
+    // Others are still served meanwhile and afterwards.
+    let ok = t.client.get(format!("{}/healthz", t.base)).send().await;
+    assert_eq!(ok.expect("healthz").status().as_u16(), 200);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_by_the_grace_even_with_a_stalled_client() {
+    // The header timeout is far away: only the grace can end the wait.
+    let mut t = TestApp::spawn_with(Opts {
+        toml: "[server]\nheader_read_timeout_secs = 600\nshutdown_grace_secs = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let s1 = stall(&t).await;
+    let s2 = stall(&t).await;
+    // An idle keep-alive connection, too: it closes at once on shutdown.
+    let ok = t.client.get(format!("{}/healthz", t.base)).send().await;
+    assert_eq!(ok.expect("healthz").status().as_u16(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), t.stop())
+        .await
+        .expect("the daemon stopped although clients were stalled");
+    let took = start.elapsed();
+    // Stopping waited for the grace (1 s), not for the 600 s header timeout.
+    assert!(took < Duration::from_secs(20), "stop took {took:?}");
+    closed_within(s1, Duration::from_secs(5)).await;
+    closed_within(s2, Duration::from_secs(5)).await;
+    // Nothing listens any more.
+    assert!(
+        tokio::net::TcpStream::connect(t.addr).await.is_err(),
+        "the listener is closed after stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_finishes_within_the_grace() {
+    let mut t = TestApp::spawn_with(Opts {
+        toml: "[server]\nshutdown_grace_secs = 10\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let (org, key, _) = t.create_org("Grace Co", "cn").await;
+    // A whole request whose body arrives only after stop was asked: the
+    // server lets it finish (graceful), then closes.
+    let body = r#"{"kind": "ftp_access", "remark": "late body"}"#;
+    let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/orgs/{org}/requests HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(async move {
+        t.stop().await;
+        t
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    // Answered, then closed (read_to_end returned): no keep-alive after stop.
+    assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("stopped")
+        .unwrap();
+}
