@@ -113,3 +113,46 @@ async fn a_request_in_flight_finishes_within_the_grace() {
         .expect("stopped")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_token_when_one_is_set() {
+    let t = TestApp::spawn_with(Opts {
+        toml: "[ops]\nmetrics_token = \"scrape-me-0123456789\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let url = format!("{}/metrics", t.base);
+    let none = t.client.get(&url).send().await.unwrap();
+    assert_eq!(none.status().as_u16(), 401);
+    assert!(none.headers().contains_key("www-authenticate"));
+    assert_eq!(
+        none.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let wrong = t
+        .client
+        .get(&url)
+        .bearer_auth("scrape-me-0123456788")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let right = t
+        .client
+        .get(&url)
+        .bearer_auth("scrape-me-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status().as_u16(), 200);
+    assert!(right.text().await.unwrap().contains("approvald_"));
+    // Health and readiness stay open to load balancers.
+    let ready = t
+        .client
+        .get(format!("{}/readyz", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    t.finish().await;
+}
