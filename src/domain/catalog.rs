@@ -154,6 +154,23 @@ fn is_word(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Keys that appear in actions (`orders.delete`, `menu:ftp`).
+fn is_action_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+}
+
+fn check_titles(what: &str, t: &Titles) -> Result<(), String> {
+    for s in [&t.en, &t.zh_cn, &t.ja] {
+        if s.trim().is_empty() {
+            return Err(format!("{what}: every title (en, zh-CN, ja) is required"));
+        }
+    }
+    Ok(())
+}
+
 impl Catalog {
     pub fn parse(text: &str) -> Result<Self, String> {
         let c: Catalog = toml::from_str(text).map_err(|e| e.to_string())?;
@@ -197,14 +214,64 @@ impl Catalog {
                 ));
             }
         }
+        let mut modules = HashSet::new();
+        for m in &self.modules {
+            if !is_action_word(&m.key) {
+                return Err(format!(
+                    "module key {:?} must be lowercase letters, digits or _",
+                    m.key
+                ));
+            }
+            if !modules.insert(m.key.as_str()) {
+                return Err(format!("module {:?} is listed twice", m.key));
+            }
+            check_titles(&format!("module {:?}", m.key), &m.titles)?;
+            for (f, titles) in &m.functions {
+                if !is_action_word(f) {
+                    return Err(format!(
+                        "module {:?}: function key {f:?} must be lowercase letters, digits or _",
+                        m.key
+                    ));
+                }
+                check_titles(&format!("function {:?}.{f:?}", m.key), titles)?;
+            }
+        }
+        let mut menus = HashSet::new();
         for m in &self.menus {
-            if let Some(r) = &m.requires
-                && !seen.contains(r.as_str())
-            {
-                return Err(format!("menu {:?} requires unknown kind {r:?}", m.key));
+            if !is_action_word(&m.key) {
+                return Err(format!(
+                    "menu key {:?} must be lowercase letters, digits or _",
+                    m.key
+                ));
+            }
+            if !menus.insert(m.key.as_str()) {
+                return Err(format!("menu {:?} is listed twice", m.key));
+            }
+            check_titles(&format!("menu {:?}", m.key), &m.titles)?;
+            if let Some(r) = &m.requires {
+                match self.kind(r) {
+                    None => {
+                        return Err(format!("menu {:?} requires unknown kind {r:?}", m.key));
+                    }
+                    Some(k) if k.scope != Scope::Org => {
+                        return Err(format!(
+                            "menu {:?} requires {r:?}, which is granted per member; a menu needs an org-wide kind",
+                            m.key
+                        ));
+                    }
+                    Some(_) => {}
+                }
             }
         }
         Ok(())
+    }
+
+    pub fn module(&self, key: &str) -> Option<&Module> {
+        self.modules.iter().find(|m| m.key == key)
+    }
+
+    pub fn menu(&self, key: &str) -> Option<&Menu> {
+        self.menus.iter().find(|m| m.key == key)
     }
 
     pub fn kind(&self, key: &str) -> Option<&PermissionKind> {
@@ -227,6 +294,61 @@ mod tests {
             Reviewers::OrgAdmins
         );
         assert_eq!(c.kind("payment_permission").unwrap().scope, Scope::Member);
+        // The company-account seed: three modules, eight functions.
+        let fns: Vec<String> = c
+            .modules
+            .iter()
+            .flat_map(|m| m.functions.keys().map(move |f| format!("{}.{f}", m.key)))
+            .collect();
+        assert_eq!(
+            fns,
+            [
+                "orders.delete",
+                "orders.download_files",
+                "prepaid.edit_transfer_info",
+                "prepaid.set_password_free_limit",
+                "prepaid.set_payment_password",
+                "prepaid.transfer_out",
+                "files.delete",
+                "files.download",
+            ]
+        );
+        assert_eq!(c.module("orders").unwrap().titles.zh_cn, "订单管理");
+        assert_eq!(
+            c.menu("ftp").unwrap().requires.as_deref(),
+            Some("ftp_access")
+        );
+        assert!(c.menu("basic_info").unwrap().requires.is_none());
+        // Every org-wide kind unlocks a menu.
+        for k in c.kinds.iter().filter(|k| k.scope == Scope::Org) {
+            assert!(
+                c.menus
+                    .iter()
+                    .any(|m| m.requires.as_deref() == Some(&k.key)),
+                "{}",
+                k.key
+            );
+        }
+    }
+
+    #[test]
+    fn bad_modules_and_menus_are_refused() {
+        let twice = format!(
+            "{SHIPPED}\n[[modules]]\nkey = \"orders\"\ntitles = {{ en = \"a\", \"zh-CN\" = \"b\", ja = \"c\" }}\n"
+        );
+        assert!(Catalog::parse(&twice).unwrap_err().contains("twice"));
+        let member_kind = format!(
+            "{SHIPPED}\n[[menus]]\nkey = \"pay\"\ntitles = {{ en = \"a\", \"zh-CN\" = \"b\", ja = \"c\" }}\nrequires = \"payment_permission\"\n"
+        );
+        assert!(
+            Catalog::parse(&member_kind)
+                .unwrap_err()
+                .contains("per member")
+        );
+        let bad_key = format!(
+            "{SHIPPED}\n[[menus]]\nkey = \"Bad-Key\"\ntitles = {{ en = \"a\", \"zh-CN\" = \"b\", ja = \"c\" }}\n"
+        );
+        assert!(Catalog::parse(&bad_key).unwrap_err().contains("lowercase"));
     }
 
     #[test]

@@ -10,4 +10,5 @@ pub mod members;
 pub mod orgs;
 pub mod requests;
 pub mod reviewers;
+pub mod roles;
 pub mod tokens;
