@@ -1,11 +1,18 @@
 //! Members of an org: create (within `orgs.max_members`), list, get, edit,
-//! disable (access stops at once, nothing is deleted) and enable.
-use axum::{Json, extract::State, http::StatusCode};
+//! disable (access stops at once, nothing is deleted) and enable. Org-key
+//! calls name their acting member (`Approvald-Actor`) and follow the org's
+//! rules (see `actor`).
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
     Caller,
+    actor::{self, ActingMember, may_change_kind, may_disable, require_actor, require_admin},
     body::{JsonBody, double_option},
     new_id, opt_time, page, time,
 };
@@ -136,10 +143,13 @@ fn audit_op<'a>(
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
+    headers: HeaderMap,
     ApiPath(org_id): ApiPath<String>,
     body: JsonBody<CreateMember>,
 ) -> ApiResult<(StatusCode, Json<MemberOut>)> {
     let org = caller.org(&app, &org_id).await?;
+    let acting = require_actor(&app, &caller, &org, &headers).await?;
+    require_admin(&acting)?;
     let b = body.value;
     let login_id = LoginId::parse(&b.login_id)?;
     let name = parse_name("name", &b.name)?;
@@ -151,6 +161,10 @@ pub async fn create(
         .map(parse_kind)
         .transpose()?
         .unwrap_or(MemberKind::Member);
+    if kind == MemberKind::Admin {
+        // Making an admin is the super admin's (or the platform's) call.
+        may_change_kind(&acting, MemberKind::Member)?;
+    }
     let role = b.role.as_deref().map(parse_role).transpose()?;
     let locale = match b.locale.as_deref() {
         Some(l) => Locale::parse(l)?,
@@ -176,6 +190,9 @@ pub async fn create(
     let mut tx = app.db.begin().await?;
     store::orgs::lock(&mut tx, &org.id).await?;
     check_room(&app, &mut tx, &org.id).await?;
+    if let Some(r) = &m.role {
+        check_role_exists(&mut tx, &org.id, r).await?;
+    }
     if let Err(e) = store::members::insert(&mut tx, &m).await {
         return Err(if is_unique_violation(&e) {
             ApiError::conflict(format!(
@@ -186,7 +203,7 @@ pub async fn create(
             e.into()
         });
     }
-    let actor = caller.actor();
+    let actor = actor::audit_actor(&caller, &acting);
     audit::operation(
         &mut tx,
         audit_op(
@@ -194,13 +211,38 @@ pub async fn create(
             &actor,
             "member.create",
             &m.id,
-            json!({ "login_id": m.login_id, "kind": m.kind, "role": m.role }),
+            json!({ "before": null, "after": audit_view(&m) }),
             now,
         ),
     )
     .await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(m.into())))
+}
+
+/// 422 naming `role` when the org has no role of that name.
+async fn check_role_exists(tx: &mut crate::db::Tx, org_id: &str, role: &str) -> ApiResult<()> {
+    if store::roles::exists(tx, org_id, role).await? {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "role: this org has no role {role:?}; create it with PUT /v1/orgs/{{org}}/roles/{{name}} or use one of GET /v1/orgs/{{org}}/roles"
+        )))
+    }
+}
+
+/// The fields of a member that an audit row's before/after shows.
+fn audit_view(m: &Member) -> serde_json::Value {
+    json!({
+        "login_id": m.login_id,
+        "name": m.name,
+        "email": m.email,
+        "phone": m.phone,
+        "kind": m.kind,
+        "role": m.role,
+        "locale": m.locale,
+        "status": m.status,
+    })
 }
 
 /// 409 when the org already has `orgs.max_members` active members (the
@@ -229,9 +271,11 @@ pub async fn list(
     State(app): State<App>,
     caller: Caller,
     ApiPath(org_id): ApiPath<String>,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<page::Page<MemberOut>>> {
     let org = caller.org(&app, &org_id).await?;
+    require_admin(&require_actor(&app, &caller, &org, &headers).await?)?;
     let limit = page::limit(q.limit)?;
     let after = q.cursor.as_deref().map(page::decode).transpose()?;
     let rows = store::members::list(
@@ -249,8 +293,20 @@ pub async fn list(
     )))
 }
 
-async fn load(app: &App, caller: &Caller, org_id: &str, id: &str) -> ApiResult<Member> {
+/// The member `id` of the org, for an actor that may see it: an admin (or
+/// the platform), or the member itself.
+pub async fn load_visible(
+    app: &App,
+    caller: &Caller,
+    headers: &HeaderMap,
+    org_id: &str,
+    id: &str,
+) -> ApiResult<Member> {
     let org = caller.org(app, org_id).await?;
+    let acting = require_actor(app, caller, &org, headers).await?;
+    if !matches!(&acting, Some(a) if a.id == id) {
+        require_admin(&acting)?;
+    }
     store::members::get(&app.db, &org.id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("member"))
@@ -259,9 +315,14 @@ async fn load(app: &App, caller: &Caller, org_id: &str, id: &str) -> ApiResult<M
 pub async fn get(
     State(app): State<App>,
     caller: Caller,
+    headers: HeaderMap,
     ApiPath((org_id, id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<MemberOut>> {
-    Ok(Json(load(&app, &caller, &org_id, &id).await?.into()))
+    Ok(Json(
+        load_visible(&app, &caller, &headers, &org_id, &id)
+            .await?
+            .into(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -284,10 +345,13 @@ pub struct UpdateMember {
 pub async fn update(
     State(app): State<App>,
     caller: Caller,
+    headers: HeaderMap,
     ApiPath((org_id, id)): ApiPath<(String, String)>,
     body: JsonBody<UpdateMember>,
 ) -> ApiResult<Json<MemberOut>> {
     let org = caller.org(&app, &org_id).await?;
+    let acting = require_actor(&app, &caller, &org, &headers).await?;
+    require_admin(&acting)?;
     let b = body.value;
     let name = b
         .name
@@ -308,15 +372,24 @@ pub async fn update(
 
     let now = app.now_ms();
     let mut tx = app.db.begin().await?;
+    // Serialize with role deletes (a member never ends up holding a deleted role).
+    store::orgs::lock(&mut tx, &org.id).await?;
     let mut m = store::members::get_tx(&mut tx, &org.id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("member"))?;
+    let target_kind = MemberKind::parse(&m.kind).unwrap_or(MemberKind::Member);
     if let Some(k) = kind
-        && m.kind == MemberKind::SuperAdmin.as_str()
-        && k != MemberKind::SuperAdmin
+        && k.as_str() != m.kind
     {
-        return Err(ApiError::conflict("the super admin's kind cannot change"));
+        may_change_kind(&acting, target_kind)?;
     }
+    check_may_edit(&acting, target_kind)?;
+    if let Some(Some(r)) = &role
+        && m.role.as_deref() != Some(r.as_str())
+    {
+        check_role_exists(&mut tx, &org.id, r).await?;
+    }
+    let before = audit_view(&m);
     let mut changed = Vec::new();
     if let Some(v) = name {
         m.name = v;
@@ -347,7 +420,14 @@ pub async fn update(
     }
     m.updated_at = now;
     store::members::update(&mut tx, &m).await?;
-    let actor = caller.actor();
+    let actor = actor::audit_actor(&caller, &acting);
+    let after = audit_view(&m);
+    let pick = |v: &serde_json::Value| {
+        changed
+            .iter()
+            .map(|f| (f.to_string(), v[*f].clone()))
+            .collect::<serde_json::Map<_, _>>()
+    };
     audit::operation(
         &mut tx,
         audit_op(
@@ -355,7 +435,7 @@ pub async fn update(
             &actor,
             "member.update",
             &m.id,
-            json!({ "fields": changed }),
+            json!({ "fields": changed, "before": pick(&before), "after": pick(&after) }),
             now,
         ),
     )
@@ -364,28 +444,44 @@ pub async fn update(
     Ok(Json(m.into()))
 }
 
+/// The super admin's record is edited by the super admin (or the platform)
+/// only; admins edit admins and members.
+fn check_may_edit(acting: &Option<ActingMember>, target: MemberKind) -> ApiResult<()> {
+    match acting {
+        Some(a) if target == MemberKind::SuperAdmin && !a.is_super_admin() => {
+            Err(ApiError::forbidden(format!(
+                "Approvald-Actor: member {:?} is not the super admin; only the super admin edits the super admin",
+                a.id
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// 202: the member is disabled at once and their review links revoked in the
 /// same transaction; every row they own stays. Disabling a disabled member
 /// changes nothing and answers the same.
 pub async fn disable(
     State(app): State<App>,
     caller: Caller,
+    headers: HeaderMap,
     ApiPath((org_id, id)): ApiPath<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<MemberOut>)> {
     let org = caller.org(&app, &org_id).await?;
+    let acting = require_actor(&app, &caller, &org, &headers).await?;
+    require_admin(&acting)?;
     let now = app.now_ms();
     let mut tx = app.db.begin().await?;
     let m = store::members::get_tx(&mut tx, &org.id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("member"))?;
-    if m.kind == MemberKind::SuperAdmin.as_str() {
-        return Err(ApiError::conflict(
-            "the super admin (the org's owner) cannot be disabled",
-        ));
-    }
+    may_disable(
+        &acting,
+        MemberKind::parse(&m.kind).unwrap_or(MemberKind::Member),
+    )?;
     if store::members::disable(&mut tx, &org.id, &id, now).await? {
         let revoked = store::members::revoke_review_tokens(&mut tx, &id, now).await?;
-        let actor = caller.actor();
+        let actor = actor::audit_actor(&caller, &acting);
         audit::operation(
             &mut tx,
             audit_op(
@@ -393,7 +489,8 @@ pub async fn disable(
                 &actor,
                 "member.disable",
                 &id,
-                json!({ "login_id": m.login_id, "review_tokens_revoked": revoked }),
+                json!({ "login_id": m.login_id, "review_tokens_revoked": revoked,
+                        "before": { "status": m.status }, "after": { "status": store::members::DISABLED } }),
                 now,
             ),
         )
@@ -456,19 +553,27 @@ async fn notify_admins_of_disable(
 pub async fn enable(
     State(app): State<App>,
     caller: Caller,
+    headers: HeaderMap,
     ApiPath((org_id, id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<MemberOut>> {
     let org = caller.org(&app, &org_id).await?;
+    let acting = require_actor(&app, &caller, &org, &headers).await?;
+    require_admin(&acting)?;
     let now = app.now_ms();
     let mut tx = app.db.begin().await?;
     store::orgs::lock(&mut tx, &org.id).await?;
     let m = store::members::get_tx(&mut tx, &org.id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("member"))?;
+    // Whoever may disable a member may enable it again.
+    may_disable(
+        &acting,
+        MemberKind::parse(&m.kind).unwrap_or(MemberKind::Member),
+    )?;
     if m.status == store::members::DISABLED {
         check_room(&app, &mut tx, &org.id).await?;
         store::members::enable(&mut tx, &org.id, &id, now).await?;
-        let actor = caller.actor();
+        let actor = actor::audit_actor(&caller, &acting);
         audit::operation(
             &mut tx,
             audit_op(
@@ -476,7 +581,8 @@ pub async fn enable(
                 &actor,
                 "member.enable",
                 &id,
-                json!({ "login_id": m.login_id }),
+                json!({ "login_id": m.login_id,
+                        "before": { "status": m.status }, "after": { "status": store::members::ACTIVE } }),
                 now,
             ),
         )

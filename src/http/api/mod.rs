@@ -12,17 +12,20 @@ use chrono::{DateTime, SecondsFormat};
 
 use crate::app::App;
 
+pub mod actor;
 pub mod auth;
 pub mod body;
 pub mod page;
 
 mod audit;
+mod authz;
 mod catalog;
 mod grants;
 mod members;
 mod orgs;
 mod requests;
 mod reviewers;
+mod roles;
 
 pub use auth::{Caller, CallerScope};
 
@@ -62,6 +65,18 @@ pub fn router() -> Router<App> {
         .route("/v1/orgs/{org}/grants/{kind}/revoke", post(grants::revoke))
         .route("/v1/orgs/{org}/audit", get(audit::list))
         .route("/v1/orgs/{org}/audit/logins", post(audit::login))
+        // Roles and authorization checks (issue 10).
+        .route("/v1/orgs/{org}/roles", get(roles::list))
+        .route(
+            "/v1/orgs/{org}/roles/{name}",
+            get(roles::get).put(roles::put).delete(roles::delete),
+        )
+        .route("/v1/orgs/{org}/authz/check", post(authz::check))
+        .route("/v1/orgs/{org}/authz/check-batch", post(authz::check_batch))
+        .route(
+            "/v1/orgs/{org}/members/{id}/permissions",
+            get(authz::permissions),
+        )
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.

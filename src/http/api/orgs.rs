@@ -128,6 +128,7 @@ pub async fn create(
     let mut tx = app.db.begin().await?;
     store::orgs::insert(&mut tx, &org).await?;
     store::members::insert(&mut tx, &owner).await?;
+    store::roles::insert_builtins(&mut tx, &org.id, now).await?;
     let actor = caller.actor();
     audit::operation(
         &mut tx,

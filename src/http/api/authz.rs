@@ -1,0 +1,300 @@
+//! "May this member do this?": `POST /v1/orgs/{org}/authz/check`,
+//! `authz/check-batch` (up to 100) and `GET .../members/{id}/permissions`.
+//!
+//! Every answer is computed from the last committed state (the member, its
+//! role, the org's grants are read for each call; nothing is cached), by the
+//! pure [`crate::domain::authz::decide`].
+use axum::{Json, extract::State, http::HeaderMap};
+use serde::{Deserialize, Serialize};
+
+use super::{Caller, body::JsonBody};
+use crate::{
+    app::App,
+    domain::{
+        authz::{self, Action, Decision, Subject},
+        catalog::Catalog,
+        ids::MemberKind,
+        role::RoleSpec,
+    },
+    http::{ApiError, ApiResult, extract::ApiPath},
+    store::{self, roles::MemberFacts},
+};
+
+/// Most checks in one `check-batch`.
+pub const MAX_BATCH: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckIn {
+    /// Member id or login id.
+    member: String,
+    action: String,
+    /// For `data:*`: the member (id or login id) who owns the data; absent
+    /// means the checked member's own data.
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct CheckOut {
+    allowed: bool,
+    reason: &'static str,
+    /// The member's id, or the reference as given when it names nobody.
+    member: String,
+    action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    /// The member's kind and role, when the member exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
+}
+
+/// A reference to a member (`member`, `owner`): 1-64 characters.
+fn reference(field: &str, s: &str) -> ApiResult<String> {
+    let t = s.trim();
+    if t.is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "{field}: name a member by its id or login id (1-64 characters)"
+        )));
+    }
+    Ok(t.to_string())
+}
+
+/// A checked request, every field valid.
+struct Valid {
+    member: String,
+    action: String,
+    owner: Option<String>,
+}
+
+fn validate(prefix: &str, c: CheckIn, catalog: &Catalog) -> ApiResult<Valid> {
+    let member = reference(&format!("{prefix}member"), &c.member)?;
+    Action::parse(&c.action, catalog)
+        .map_err(|e| ApiError::invalid(format!("{prefix}action: {:?} {e}", c.action)))?;
+    let owner = c
+        .owner
+        .as_deref()
+        .map(|o| reference(&format!("{prefix}owner"), o))
+        .transpose()?;
+    Ok(Valid {
+        member,
+        action: c.action,
+        owner,
+    })
+}
+
+/// A member as the decision function sees it (`None`: no such member).
+struct Loaded {
+    facts: MemberFacts,
+    kind: MemberKind,
+    spec: Option<RoleSpec>,
+}
+
+impl Loaded {
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            id: &self.facts.id,
+            login_id: &self.facts.login_id,
+            kind: self.kind,
+            active: self.facts.status == store::members::ACTIVE,
+            role: self.spec.as_ref(),
+        }
+    }
+}
+
+async fn load(app: &App, org_id: &str, reference: &str) -> ApiResult<Option<Loaded>> {
+    let Some(facts) = store::roles::member_facts(&app.db, org_id, reference).await? else {
+        return Ok(None);
+    };
+    let kind =
+        MemberKind::parse(&facts.kind).map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
+    let spec = facts.role_spec()?;
+    Ok(Some(Loaded { facts, kind, spec }))
+}
+
+fn count(d: Decision) {
+    metrics::counter!(
+        "approvald_authz_checks_total",
+        "allowed" => if d.allowed { "true" } else { "false" },
+        "reason" => d.reason.as_str()
+    )
+    .increment(1);
+}
+
+fn answer(v: Valid, who: Option<&Loaded>, d: Decision) -> CheckOut {
+    CheckOut {
+        allowed: d.allowed,
+        reason: d.reason.as_str(),
+        member: who.map_or(v.member, |l| l.facts.id.clone()),
+        action: v.action,
+        owner: v.owner,
+        kind: who.map(|l| l.facts.kind.clone()),
+        role: who.and_then(|l| l.facts.role.clone()),
+    }
+}
+
+pub async fn check(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<String>,
+    body: JsonBody<CheckIn>,
+) -> ApiResult<Json<CheckOut>> {
+    let org = caller.org(&app, &org_id).await?;
+    let v = validate("", body.value, &app.catalog)?;
+    let who = load(&app, &org.id, &v.member).await?;
+    let action = Action::parse(&v.action, &app.catalog).expect("validated");
+    // A gated menu asks the org's grants; nothing else does.
+    let gate = match action {
+        Action::Menu(m) => app.catalog.menu(m).and_then(|m| m.requires.clone()),
+        _ => None,
+    };
+    let holds = match (&gate, &who) {
+        (Some(kind), Some(l)) if l.facts.status == store::members::ACTIVE => {
+            store::roles::org_holds(&app.db, &org.id, kind).await?
+        }
+        _ => false,
+    };
+    let d = authz::decide(
+        &app.catalog,
+        who.as_ref().map(Loaded::subject).as_ref(),
+        action,
+        v.owner.as_deref(),
+        |_| holds,
+    );
+    count(d);
+    Ok(Json(answer(v, who.as_ref(), d)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchIn {
+    #[serde(default, deserialize_with = "super::body::option_objects")]
+    checks: Option<Vec<CheckIn>>,
+}
+
+#[derive(Serialize)]
+pub struct BatchOut {
+    results: Vec<CheckOut>,
+}
+
+/// Up to [`MAX_BATCH`] checks, answered in order; every check is validated
+/// before any is answered (one bad check: 422 naming `checks[i].<field>`).
+pub async fn check_batch(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<String>,
+    body: JsonBody<BatchIn>,
+) -> ApiResult<Json<BatchOut>> {
+    let org = caller.org(&app, &org_id).await?;
+    let checks = body.value.checks.unwrap_or_default();
+    if checks.is_empty() || checks.len() > MAX_BATCH {
+        return Err(ApiError::invalid(format!(
+            "checks: send 1 to {MAX_BATCH} checks, got {}",
+            checks.len()
+        )));
+    }
+    let valid = checks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| validate(&format!("checks[{i}]."), c, &app.catalog))
+        .collect::<ApiResult<Vec<_>>>()?;
+    // Each distinct member once; the org's grants once, if a gated menu is asked.
+    let mut members: Vec<(String, Option<Loaded>)> = Vec::new();
+    for v in &valid {
+        if !members.iter().any(|(r, _)| *r == v.member) {
+            members.push((v.member.clone(), load(&app, &org.id, &v.member).await?));
+        }
+    }
+    let gated = valid.iter().any(|v| {
+        v.action
+            .strip_prefix("menu:")
+            .and_then(|m| app.catalog.menu(m))
+            .is_some_and(|m| m.requires.is_some())
+    });
+    let held = if gated {
+        store::roles::org_granted_kinds(&app.db, &org.id).await?
+    } else {
+        Vec::new()
+    };
+    let mut results = Vec::with_capacity(valid.len());
+    for v in valid {
+        let who = members
+            .iter()
+            .find(|(r, _)| *r == v.member)
+            .and_then(|(_, l)| l.as_ref());
+        let action = Action::parse(&v.action, &app.catalog).expect("validated");
+        let d = authz::decide(
+            &app.catalog,
+            who.map(Loaded::subject).as_ref(),
+            action,
+            v.owner.as_deref(),
+            |k| held.iter().any(|h| h == k),
+        );
+        count(d);
+        results.push(answer(v, who, d));
+    }
+    Ok(Json(BatchOut { results }))
+}
+
+#[derive(Serialize)]
+pub struct Permission {
+    action: String,
+    reason: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct PermissionsOut {
+    member: String,
+    kind: String,
+    status: String,
+    role: Option<String>,
+    /// `data:view` / `data:edit` below are for the member's own data; with
+    /// `all` they hold for anyone's in the org.
+    data_scope: &'static str,
+    /// Every action the member may take now, complete (never paged).
+    items: Vec<Permission>,
+}
+
+/// Every action the member may take now, each with its reason: exactly the
+/// actions whose single `authz/check` (for `data:*`: on the member's own
+/// data) answers allowed.
+pub async fn permissions(
+    State(app): State<App>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath((org_id, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<PermissionsOut>> {
+    let m = super::members::load_visible(&app, &caller, &headers, &org_id, &id).await?;
+    let who = load(&app, &m.org_id, &m.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    let held = store::roles::org_granted_kinds(&app.db, &m.org_id).await?;
+    let subject = who.subject();
+    let mut items = Vec::new();
+    for a in authz::all_actions(&app.catalog) {
+        let action = Action::parse(&a, &app.catalog).expect("catalog actions parse");
+        let d = authz::decide(&app.catalog, Some(&subject), action, None, |k| {
+            held.iter().any(|h| h == k)
+        });
+        if d.allowed {
+            items.push(Permission {
+                action: a,
+                reason: d.reason.as_str(),
+            });
+        }
+    }
+    let data_scope = match who.kind {
+        MemberKind::SuperAdmin | MemberKind::Admin => "all",
+        MemberKind::Member => who.spec.as_ref().map_or("own", |s| s.data_scope.as_str()),
+    };
+    Ok(Json(PermissionsOut {
+        member: who.facts.id.clone(),
+        kind: who.facts.kind.clone(),
+        status: who.facts.status.clone(),
+        role: who.facts.role.clone(),
+        data_scope,
+        items,
+    }))
+}
