@@ -790,7 +790,8 @@ impl Cluster {
                 .post(
                     base,
                     &format!("/v1/orgs/{org_id}/members"),
-                    &key,
+                    // The platform key needs no Approvald-Actor.
+                    &self.platform_key,
                     json!({"login_id": login, "name": format!("Member {m}"), "email": format!("{login}@example.com")}),
                 )
                 .await;

@@ -113,9 +113,11 @@ async fn replay_and_different_body() {
         .await
         .expect(202);
     let bid = buyer["id"].as_str().unwrap();
-    t.post(
+    let owner = t.owner_of(&org).await;
+    t.post_as(
         &format!("/v1/orgs/{org}/members/{bid}/disable"),
         &key,
+        &owner,
         json!({}),
     )
     .await

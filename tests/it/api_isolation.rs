@@ -12,7 +12,7 @@ use crate::{
 #[tokio::test]
 async fn org_key_gets_404_for_another_orgs_everything() {
     let mut t = TestApp::spawn().await;
-    let (a, key_a, _) = t.create_org("Org A", "cn").await;
+    let (a, key_a, owner_a) = t.create_org("Org A", "cn").await;
     let (b, key_b, owner_b) = t.create_org("Org B", "jp").await;
     let req_b = submit(
         &t,
@@ -48,7 +48,8 @@ async fn org_key_gets_404_for_another_orgs_everything() {
         format!("/v1/orgs/{b}/audit"),
     ];
     for path in &gets {
-        let r = t.get(path, &key_a).await;
+        // Acting for A's owner: the org boundary holds for any actor.
+        let r = t.get_as(path, &key_a, &owner_a).await;
         assert_eq!(r.status.as_u16(), 404, "GET {path}: {}", r.text);
         r.assert_problem();
     }
@@ -116,7 +117,9 @@ async fn org_key_gets_404_for_another_orgs_everything() {
         ),
     ];
     for (method, path, body) in &posts {
-        let r = t.call(method.clone(), path, Some(&key_a), Some(body)).await;
+        let r = t
+            .call_as(method.clone(), path, &key_a, &owner_a, Some(body))
+            .await;
         assert!(
             matches!(r.status.as_u16(), 404 | 422),
             "{method} {path}: {} {}",
@@ -133,9 +136,13 @@ async fn org_key_gets_404_for_another_orgs_everything() {
     t.get(&format!("/v1/orgs/{b}/requests/{req_b}"), &key_b)
         .await
         .expect(200);
-    t.get(&format!("/v1/orgs/{b}/members/{member_b}"), &key_b)
-        .await
-        .expect(200);
+    t.get_as(
+        &format!("/v1/orgs/{b}/members/{member_b}"),
+        &key_b,
+        &owner_b,
+    )
+    .await
+    .expect(200);
     t.stop().await;
 }
 

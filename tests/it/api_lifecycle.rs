@@ -378,10 +378,11 @@ async fn audit_log_records_operations_and_logins() {
     let (org, key, owner) = t.create_org("Audit Co", "cn").await;
     let m = add_member(&t, &org, &key, "member").await;
     let mid = m["id"].as_str().unwrap();
-    t.call(
+    t.call_as(
         reqwest::Method::PATCH,
         &format!("/v1/orgs/{org}/members/{mid}"),
-        Some(&key),
+        &key,
+        &owner,
         Some(&json!({"role": "finance"})),
     )
     .await
@@ -428,13 +429,18 @@ async fn audit_log_records_operations_and_logins() {
         actions,
         vec!["member.update", "member.create", "key.create", "org.create"]
     );
+    // Member changes record the acting member (Approvald-Actor), with
+    // before and after.
+    assert_eq!(ops["items"][0]["actor"], format!("member:{owner}"));
+    assert_eq!(ops["items"][0]["target"], mid);
+    assert_eq!(ops["items"][0]["detail"]["before"]["role"], json!(null));
+    assert_eq!(ops["items"][0]["detail"]["after"]["role"], "finance");
     assert!(
-        ops["items"][0]["actor"]
+        ops["items"][2]["actor"]
             .as_str()
             .unwrap()
             .starts_with("key:")
     );
-    assert_eq!(ops["items"][0]["target"], mid);
     let logins = t
         .get(&format!("/v1/orgs/{org}/audit?type=login&limit=1"), &key)
         .await

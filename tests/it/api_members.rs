@@ -26,9 +26,10 @@ async fn member_limit_counts_the_owner_and_active_members() {
     let before = counts(&t).await;
     let l = login("full");
     let full = t
-        .post(
+        .post_as(
             &format!("/v1/orgs/{org}/members"),
             &key,
+            &owner,
             json!({"login_id": l, "name": "One too many", "email": "x@example.com"}),
         )
         .await;
@@ -43,35 +44,39 @@ async fn member_limit_counts_the_owner_and_active_members() {
     assert_eq!(counts(&t).await, before);
 
     // A disabled member frees a place; enabling it again needs one.
-    t.post(
+    t.post_as(
         &format!("/v1/orgs/{org}/members/{mid}/disable"),
         &key,
+        &owner,
         json!({}),
     )
     .await
     .expect(202);
     let fourth = add_member(&t, &org, &key, "member").await;
     let r = t
-        .post(
+        .post_as(
             &format!("/v1/orgs/{org}/members/{mid}/enable"),
             &key,
+            &owner,
             json!({}),
         )
         .await;
     assert_eq!(r.status.as_u16(), 409, "{}", r.text);
     r.assert_problem();
     let fid = fourth["id"].as_str().unwrap();
-    t.post(
+    t.post_as(
         &format!("/v1/orgs/{org}/members/{fid}/disable"),
         &key,
+        &owner,
         json!({}),
     )
     .await
     .expect(202);
     let back = t
-        .post(
+        .post_as(
             &format!("/v1/orgs/{org}/members/{mid}/enable"),
             &key,
+            &owner,
             json!({}),
         )
         .await
@@ -82,7 +87,7 @@ async fn member_limit_counts_the_owner_and_active_members() {
 
     // List with a cursor: oldest first, the owner first.
     let p1 = t
-        .get(&format!("/v1/orgs/{org}/members?limit=2"), &key)
+        .get_as(&format!("/v1/orgs/{org}/members?limit=2"), &key, &owner)
         .await
         .expect(200)
         .json();
@@ -90,7 +95,11 @@ async fn member_limit_counts_the_owner_and_active_members() {
     assert_eq!(p1["items"][0]["kind"], "super_admin");
     let c = p1["next_cursor"].as_str().unwrap();
     let p2 = t
-        .get(&format!("/v1/orgs/{org}/members?limit=2&cursor={c}"), &key)
+        .get_as(
+            &format!("/v1/orgs/{org}/members?limit=2&cursor={c}"),
+            &key,
+            &owner,
+        )
         .await
         .expect(200)
         .json();
@@ -116,8 +125,12 @@ async fn member_edits_and_rules() {
     let patch = |body: serde_json::Value| {
         let path = path.clone();
         let key = key.clone();
+        let owner = owner.clone();
         let t = &t;
-        async move { t.call(Method::PATCH, &path, Some(&key), Some(&body)).await }
+        async move {
+            t.call_as(Method::PATCH, &path, &key, &owner, Some(&body))
+                .await
+        }
     };
     let e = patch(json!({"role": "purchasing", "name": "  New Name ", "kind": "admin", "phone": "+81 3-1234-5678", "locale": "ja"})).await.expect(200).json();
     assert_eq!(
@@ -150,10 +163,11 @@ async fn member_edits_and_rules() {
         r.assert_problem();
     }
     let r = t
-        .call(
+        .call_as(
             Method::PATCH,
             &format!("/v1/orgs/{org}/members/{owner}"),
-            Some(&key),
+            &key,
+            &owner,
             Some(&json!({"kind": "member"})),
         )
         .await;
@@ -161,31 +175,37 @@ async fn member_edits_and_rules() {
     r.assert_problem();
     // The owner cannot be disabled; login ids are unique in an org.
     let r = t
-        .post(
+        .post_as(
             &format!("/v1/orgs/{org}/members/{owner}/disable"),
             &key,
+            &owner,
             json!({}),
         )
         .await;
     assert_eq!(r.status.as_u16(), 409);
     r.assert_problem();
     let r = t
-        .post(
+        .post_as(
             &format!("/v1/orgs/{org}/members"),
             &key,
+            &owner,
             json!({"login_id": m["login_id"], "name": "Twin", "email": "twin@example.com"}),
         )
         .await;
     assert_eq!(r.status.as_u16(), 409);
     r.assert_problem();
     let r = t
-        .post(&format!("/v1/orgs/{org}/members"), &key, json!({"login_id": login("x"), "name": "Boss 2", "email": "b2@example.com", "kind": "super_admin"}))
+        .post_as(&format!("/v1/orgs/{org}/members"), &key, &owner, json!({"login_id": login("x"), "name": "Boss 2", "email": "b2@example.com", "kind": "super_admin"}))
         .await;
     assert_eq!(r.status.as_u16(), 422);
     r.assert_problem();
     assert_eq!(counts(&t).await, before, "refused edits write nothing");
     let r = t
-        .get(&format!("/v1/orgs/{org}/members/not-a-member"), &key)
+        .get_as(
+            &format!("/v1/orgs/{org}/members/not-a-member"),
+            &key,
+            &owner,
+        )
         .await;
     assert_eq!(r.status.as_u16(), 404);
     r.assert_problem();
@@ -238,9 +258,10 @@ async fn disable_stops_access_at_once_and_deletes_nothing() {
     };
     let before = counts(&t).await;
     let d = t
-        .post(
+        .post_as(
             &format!("/v1/orgs/{org}/members/{aid}/disable"),
             &key,
+            &owner,
             json!({}),
         )
         .await
@@ -268,15 +289,16 @@ async fn disable_stops_access_at_once_and_deletes_nothing() {
     let mails = t.count("emails WHERE template = 'member_disabled'").await;
     assert_eq!(mails, told, "one member_disabled mail per other admin");
     let m = t
-        .get(&format!("/v1/orgs/{org}/members/{aid}"), &key)
+        .get_as(&format!("/v1/orgs/{org}/members/{aid}"), &key, &owner)
         .await
         .expect(200)
         .json();
     assert_eq!(m["status"], "disabled");
     // Disabling again changes nothing.
-    t.post(
+    t.post_as(
         &format!("/v1/orgs/{org}/members/{aid}/disable"),
         &key,
+        &owner,
         json!({}),
     )
     .await
@@ -284,9 +306,10 @@ async fn disable_stops_access_at_once_and_deletes_nothing() {
     assert_eq!(counts(&t).await, after);
 
     // A disabled member cannot ask for anything.
-    t.post(
+    t.post_as(
         &format!("/v1/orgs/{org}/members/{bid}/disable"),
         &key,
+        &owner,
         json!({}),
     )
     .await
@@ -312,22 +335,21 @@ async fn concurrent_creates_never_pass_the_member_limit() {
         ..Opts::default()
     })
     .await;
-    let (org, key, _) = t.create_org("Busy Co", "cn").await;
+    let (org, key, owner) = t.create_org("Busy Co", "cn").await;
     let t_ref = &t;
-    let answers = futures::future::join_all((0..12).map(|i| {
-        let (org, key) = (org.clone(), key.clone());
-        async move {
-            let l = login(&format!("c{i}"));
-            t_ref
-                .post(
-                    &format!("/v1/orgs/{org}/members"),
-                    &key,
+    let answers =
+        futures::future::join_all((0..12).map(|i| {
+            let (org, key, owner) = (org.clone(), key.clone(), owner.clone());
+            async move {
+                let l = login(&format!("c{i}"));
+                t_ref
+                .post_as(&format!("/v1/orgs/{org}/members"), &key, &owner,
                     json!({"login_id": l, "name": "Racer", "email": format!("{l}@example.com")}),
                 )
                 .await
-        }
-    }))
-    .await;
+            }
+        }))
+        .await;
     let created = answers.iter().filter(|a| a.status.as_u16() == 201).count();
     let full = answers.iter().filter(|a| a.status.as_u16() == 409).count();
     let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();

@@ -22,6 +22,7 @@ pub fn guarded_tables(t: &TestApp) -> Vec<&'static str> {
         "reviewer_groups",
         "grants",
         "review_tokens",
+        "roles",
     ];
     if t.profile == Profile::Embedded {
         v.push("wq_jobs");
@@ -44,16 +45,25 @@ pub fn login(prefix: &str) -> String {
     format!("{prefix}_{}", &s[..10])
 }
 
+/// A new member of `kind`, created by the org's owner (`Approvald-Actor`).
 pub async fn add_member(t: &TestApp, org: &str, key: &str, kind: &str) -> Value {
+    add_member_with(t, org, key, json!({"kind": kind})).await
+}
+
+/// A new member with the fields of `extra` (e.g. `{"role": "finance"}`),
+/// created by the org's owner.
+pub async fn add_member_with(t: &TestApp, org: &str, key: &str, extra: Value) -> Value {
     let l = login("m");
-    t.post(
-        &format!("/v1/orgs/{org}/members"),
-        key,
-        json!({"login_id": l, "name": format!("Member {l}"), "email": format!("{l}@example.com"), "kind": kind}),
-    )
-    .await
-    .expect(201)
-    .json()
+    let mut body =
+        json!({"login_id": l, "name": format!("Member {l}"), "email": format!("{l}@example.com")});
+    for (k, v) in extra.as_object().expect("an object") {
+        body[k] = v.clone();
+    }
+    let owner = t.owner_of(org).await;
+    t.post_as(&format!("/v1/orgs/{org}/members"), key, &owner, body)
+        .await
+        .expect(201)
+        .json()
 }
 
 pub async fn submit(t: &TestApp, org: &str, key: &str, body: Value) -> Resp {

@@ -236,6 +236,47 @@ filter = "warn"
         read(req.send().await.expect("request")).await
     }
 
+    /// A call acting for a member of the org (`Approvald-Actor: <actor>`),
+    /// as org-key calls that manage members, roles and logs must be.
+    pub async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        actor: &str,
+        body: Option<&Value>,
+    ) -> Resp {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .header("approvald-actor", actor);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        read(req.send().await.expect("request")).await
+    }
+
+    pub async fn get_as(&self, path: &str, key: &str, actor: &str) -> Resp {
+        self.call_as(Method::GET, path, key, actor, None).await
+    }
+
+    pub async fn post_as(&self, path: &str, key: &str, actor: &str, body: Value) -> Resp {
+        self.call_as(Method::POST, path, key, actor, Some(&body))
+            .await
+    }
+
+    /// The id of the org's owner (its super admin).
+    pub async fn owner_of(&self, org: &str) -> String {
+        approvald::on_db!(&self.app.db, |p| sqlx::query_scalar::<_, String>(
+            "SELECT id FROM members WHERE org_id = $1 AND kind = 'super_admin'"
+        )
+        .bind(org)
+        .fetch_one(p)
+        .await)
+        .unwrap_or_else(|e| panic!("owner of {org}: {e}"))
+    }
+
     /// POST raw bytes with a content type (malformed-body tests).
     pub async fn post_raw(&self, path: &str, key: &str, content_type: &str, body: Vec<u8>) -> Resp {
         let req = self

@@ -6,6 +6,7 @@ mod api_isolation;
 mod api_lifecycle;
 mod api_members;
 mod api_util;
+mod authz;
 mod harness;
 mod http_server;
 mod mail_file;

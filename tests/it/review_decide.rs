@@ -420,7 +420,7 @@ async fn links_stop_when_the_reviewer_is_removed_or_disabled() {
     );
 
     // An org admin reviewing a member's payment request, then disabled.
-    let (org, key, _owner) = t.create_org("Members Co", "cn").await;
+    let (org, key, owner) = t.create_org("Members Co", "cn").await;
     let admin = crate::api_util::add_member(&t, &org, &key, "admin").await;
     let member = crate::api_util::add_member(&t, &org, &key, "member").await;
     let id = t
@@ -446,9 +446,10 @@ async fn links_stop_when_the_reviewer_is_removed_or_disabled() {
     assert_eq!(open(&t, &token).await.status, StatusCode::OK);
     let admin_id = admin["id"].as_str().unwrap();
     let r = t
-        .post(
+        .post_as(
             &format!("/v1/orgs/{org}/members/{admin_id}/disable"),
             &key,
+            &owner,
             serde_json::json!({}),
         )
         .await;

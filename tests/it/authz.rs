@@ -1,0 +1,1162 @@
+//! Roles and authorization checks (issue 10), through the HTTP API: the
+//! rules table, the catalog's later functions, disable / grant / revoke seen
+//! by the next check, the actor rules, roles' validation and audit, and the
+//! permissions listing.
+use std::{collections::BTreeSet, time::Duration};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{
+    api_util::{add_member, add_member_with, counts, scalar_i64},
+    harness::{Opts, TestApp},
+    review_util::{decide, outbox, reviewer, submit_ftp, wait_emails_final, wait_status},
+};
+
+/// Reasons that mean "allowed".
+const ALLOWING: [&str; 5] = [
+    "super_admin",
+    "admin",
+    "module_grant",
+    "function_grant",
+    "menu",
+];
+
+async fn put_role(
+    t: &TestApp,
+    org: &str,
+    key: &str,
+    actor: &str,
+    name: &str,
+    spec: Value,
+) -> Value {
+    t.call_as(
+        Method::PUT,
+        &format!("/v1/orgs/{org}/roles/{name}"),
+        key,
+        actor,
+        Some(&spec),
+    )
+    .await
+    .expect(201)
+    .json()
+}
+
+async fn check(
+    t: &TestApp,
+    org: &str,
+    key: &str,
+    member: &str,
+    action: &str,
+    owner: Option<&str>,
+) -> (bool, String) {
+    let mut body = json!({"member": member, "action": action});
+    if let Some(o) = owner {
+        body["owner"] = json!(o);
+    }
+    let r = t
+        .post(&format!("/v1/orgs/{org}/authz/check"), key, body)
+        .await
+        .expect(200)
+        .json();
+    (
+        r["allowed"].as_bool().expect("allowed"),
+        r["reason"].as_str().expect("reason").to_string(),
+    )
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_string()
+}
+
+/// Every action of the catalog (functions and menus) and the fixed ones.
+async fn every_action(t: &TestApp) -> Vec<String> {
+    let c = t
+        .get("/v1/catalog", &t.platform_key)
+        .await
+        .expect(200)
+        .json();
+    let mut v = Vec::new();
+    for m in c["modules"].as_array().unwrap() {
+        for f in m["functions"].as_object().unwrap().keys() {
+            v.push(format!("{}.{f}", m["key"].as_str().unwrap()));
+        }
+    }
+    for m in c["menus"].as_array().unwrap() {
+        v.push(format!("menu:{}", m["key"].as_str().unwrap()));
+    }
+    for a in [
+        "payment:use_balance",
+        "advanced:sign_in",
+        "data:view",
+        "data:edit",
+        "account:overview",
+        "account:close",
+        "account:switch",
+        "account:cancel_close",
+        "members:manage",
+        "logs:view",
+    ] {
+        v.push(a.to_string());
+    }
+    v
+}
+
+/// The permissions listing of `member` equals the set of actions whose
+/// single check (for `data:*`, on the member's own data) is allowed, with
+/// the same reasons.
+async fn assert_listing_matches_checks(
+    t: &TestApp,
+    org: &str,
+    key: &str,
+    owner: &str,
+    member: &str,
+) {
+    let listed = t
+        .get_as(
+            &format!("/v1/orgs/{org}/members/{member}/permissions"),
+            key,
+            owner,
+        )
+        .await
+        .expect(200)
+        .json();
+    let listed: BTreeSet<(String, String)> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["action"].as_str().unwrap().to_string(),
+                i["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut allowed = BTreeSet::new();
+    for a in every_action(t).await {
+        let data = a.starts_with("data:");
+        let (ok, reason) = check(t, org, key, member, &a, data.then_some(member)).await;
+        if ok {
+            allowed.insert((a, reason));
+        }
+    }
+    assert_eq!(listed, allowed, "permissions of {member}");
+}
+
+/// Super admin, admin and three roles (module grant, function grant, menus
+/// only), each with `own` and `all` scope, over 21 actions: the expected
+/// `allowed` and `reason` of every check, one by one and in a batch; and the
+/// permissions listing of each equals its allowed single checks.
+#[tokio::test]
+async fn rules_table_for_every_kind_role_and_scope() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Rules Co", "cn").await;
+    let admin = id(&add_member(&t, &org, &key, "admin").await);
+    let other = id(&add_member(&t, &org, &key, "member").await);
+    let mut members = vec![owner.clone(), admin.clone()];
+    for scope in ["own", "all"] {
+        let roles = [
+            (
+                format!("module_{scope}"),
+                json!({"data_scope": scope, "grants": [{"module": "orders"}],
+                       "payment": {"allowed": true, "per_tx": 100, "daily": 1000, "monthly": 10000}}),
+            ),
+            (
+                format!("function_{scope}"),
+                json!({"data_scope": scope,
+                       "grants": [{"module": "orders", "function": "delete"}, {"module": "files", "function": "download"}],
+                       "advanced": true}),
+            ),
+            (
+                format!("menus_{scope}"),
+                json!({"data_scope": scope, "menus": ["basic_info", "ftp"]}),
+            ),
+        ];
+        for (name, spec) in roles {
+            put_role(&t, &org, &key, &owner, &name, spec).await;
+        }
+    }
+    // Subjects in column order: S A MO MA FO FA NO NA.
+    for role in [
+        "module_own",
+        "module_all",
+        "function_own",
+        "function_all",
+        "menus_own",
+        "menus_all",
+    ] {
+        members.push(id(
+            &add_member_with(&t, &org, &key, json!({"role": role})).await
+        ));
+    }
+    // (action, owner: "self" | "other" | none, expected reason per subject).
+    const S: &str = "super_admin";
+    const A: &str = "admin";
+    const MG: &str = "module_grant";
+    const FG: &str = "function_grant";
+    const MN: &str = "menu";
+    const NG: &str = "no_grant";
+    const OWN: &str = "scope_own_only";
+    const AO: &str = "admin_only";
+    const SO: &str = "super_admin_only";
+    const ONG: &str = "org_not_granted";
+    const UA: &str = "unknown_action";
+    let table: [(&str, Option<&str>, [&str; 8]); 21] = [
+        ("orders.delete", None, [S, A, MG, MG, FG, FG, NG, NG]),
+        (
+            "orders.download_files",
+            None,
+            [S, A, MG, MG, NG, NG, NG, NG],
+        ),
+        ("prepaid.transfer_out", None, [S, A, NG, NG, NG, NG, NG, NG]),
+        (
+            "prepaid.set_payment_password",
+            None,
+            [S, A, NG, NG, NG, NG, NG, NG],
+        ),
+        ("files.delete", None, [S, A, NG, NG, NG, NG, NG, NG]),
+        ("files.download", None, [S, A, NG, NG, FG, FG, NG, NG]),
+        ("menu:basic_info", None, [S, A, NG, NG, NG, NG, MN, MN]),
+        ("menu:items", None, [S, A, NG, NG, NG, NG, NG, NG]),
+        // Listed by the menus roles, but the org holds no ftp_access grant.
+        ("menu:ftp", None, [ONG, ONG, ONG, ONG, ONG, ONG, ONG, ONG]),
+        ("payment:use_balance", None, [S, A, FG, FG, NG, NG, NG, NG]),
+        ("advanced:sign_in", None, [S, A, NG, NG, FG, FG, NG, NG]),
+        ("data:view", Some("self"), [S, A, FG, FG, FG, FG, FG, FG]),
+        (
+            "data:view",
+            Some("other"),
+            [S, A, OWN, FG, OWN, FG, OWN, FG],
+        ),
+        (
+            "data:edit",
+            Some("other"),
+            [S, A, OWN, FG, OWN, FG, OWN, FG],
+        ),
+        ("account:overview", None, [S, A, AO, AO, AO, AO, AO, AO]),
+        ("account:close", None, [S, SO, AO, AO, AO, AO, AO, AO]),
+        ("account:switch", None, [S, SO, AO, AO, AO, AO, AO, AO]),
+        (
+            "account:cancel_close",
+            None,
+            [S, SO, AO, AO, AO, AO, AO, AO],
+        ),
+        ("members:manage", None, [S, A, AO, AO, AO, AO, AO, AO]),
+        ("logs:view", None, [S, A, AO, AO, AO, AO, AO, AO]),
+        ("orders.fly", None, [UA, UA, UA, UA, UA, UA, UA, UA]),
+    ];
+    let owner_of = |who: &str, o: Option<&str>| match o {
+        Some("self") => Some(who.to_string()),
+        Some(_) => Some(other.clone()),
+        None => None,
+    };
+    let mut checked = 0;
+    for (col, who) in members.iter().enumerate() {
+        let mut batch = Vec::new();
+        let mut expected = Vec::new();
+        for (action, o, reasons) in &table {
+            let want = reasons[col];
+            let data_owner = owner_of(who, *o);
+            let got = check(&t, &org, &key, who, action, data_owner.as_deref()).await;
+            assert_eq!(
+                got,
+                (ALLOWING.contains(&want), want.to_string()),
+                "subject {col} ({who}), action {action} owner {o:?}"
+            );
+            checked += 1;
+            let mut c = json!({"member": who, "action": action});
+            if let Some(o) = data_owner {
+                c["owner"] = json!(o);
+            }
+            batch.push(c);
+            expected.push(want);
+        }
+        let r = t
+            .post(
+                &format!("/v1/orgs/{org}/authz/check-batch"),
+                &key,
+                json!({"checks": batch}),
+            )
+            .await
+            .expect(200)
+            .json();
+        let got: Vec<&str> = r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, expected, "batch of subject {col}");
+        assert_listing_matches_checks(&t, &org, &key, &owner, who).await;
+    }
+    assert_eq!(checked, 8 * 21);
+    // An unknown member is denied, and so is one of another org.
+    assert_eq!(
+        check(&t, &org, &key, "nobody_here", "orders.delete", None).await,
+        (false, "unknown_member".to_string())
+    );
+    let (_, _, foreign_owner) = t.create_org("Elsewhere", "jp").await;
+    assert_eq!(
+        check(&t, &org, &key, &foreign_owner, "orders.delete", None).await,
+        (false, "unknown_member".to_string())
+    );
+    // Checks are counted by outcome and reason.
+    let metrics = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"approvald_authz_checks_total{allowed="false",reason="scope_own_only"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"approvald_authz_checks_total{allowed="true",reason="module_grant"}"#)
+    );
+    t.finish().await;
+}
+
+/// A function added to a module in the catalog is covered, at the next
+/// start, by the module's grants and by no function grant.
+#[tokio::test]
+async fn a_function_added_later_follows_module_grants_only() {
+    let mut t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Growing Co", "cn").await;
+    put_role(
+        &t,
+        &org,
+        &key,
+        &owner,
+        "by_module",
+        json!({"data_scope": "own", "grants": [{"module": "orders"}]}),
+    )
+    .await;
+    put_role(
+        &t,
+        &org,
+        &key,
+        &owner,
+        "by_function",
+        json!({"data_scope": "own", "grants": [{"module": "orders", "function": "delete"}, {"module": "orders", "function": "download_files"}]}),
+    )
+    .await;
+    let m = id(&add_member_with(&t, &org, &key, json!({"role": "by_module"})).await);
+    let f = id(&add_member_with(&t, &org, &key, json!({"role": "by_function"})).await);
+    for who in [&m, &f] {
+        assert_eq!(
+            check(&t, &org, &key, who, "orders.archive", None).await,
+            (false, "unknown_action".to_string())
+        );
+    }
+    // The catalog grows a function in `orders`; restart on it.
+    let shipped = approvald::domain::catalog::SHIPPED;
+    let anchor = "download_files = {";
+    let at = shipped
+        .find(anchor)
+        .expect("orders.download_files in the catalog");
+    let line_end = at + shipped[at..].find('\n').unwrap() + 1;
+    let grown = format!(
+        "{}archive = {{ en = \"Archive orders\", \"zh-CN\" = \"归档订单\", ja = \"注文のアーカイブ\" }}\n{}",
+        &shipped[..line_end],
+        &shipped[line_end..]
+    );
+    let path = t.dir.path().join("catalog-grown.toml");
+    std::fs::write(&path, grown).unwrap();
+    t.config.catalog.path = path.display().to_string();
+    t.restart().await;
+    let c = t.get("/v1/catalog", &key).await.expect(200).json();
+    let orders = c["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["key"] == "orders")
+        .unwrap()
+        .clone();
+    assert_eq!(orders["functions"]["archive"]["zh-CN"], "归档订单");
+    assert_eq!(
+        check(&t, &org, &key, &m, "orders.archive", None).await,
+        (true, "module_grant".to_string())
+    );
+    assert_eq!(
+        check(&t, &org, &key, &f, "orders.archive", None).await,
+        (false, "no_grant".to_string())
+    );
+    assert_eq!(
+        check(&t, &org, &key, &f, "orders.delete", None).await,
+        (true, "function_grant".to_string())
+    );
+    // A function grant cannot name the new function before it... but can now.
+    put_role(
+        &t,
+        &org,
+        &key,
+        &owner,
+        "archiver",
+        json!({"data_scope": "own", "grants": [{"module": "orders", "function": "archive"}]}),
+    )
+    .await;
+    t.finish().await;
+}
+
+/// Disable, role edits and enable are seen by the very next check.
+#[tokio::test]
+async fn every_committed_change_is_seen_by_the_next_check() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Now Co", "cn").await;
+    let buyer = id(&add_member_with(&t, &org, &key, json!({"role": "purchasing"})).await);
+    let admin = id(&add_member(&t, &org, &key, "admin").await);
+    assert_eq!(
+        check(&t, &org, &key, &buyer, "orders.delete", None).await,
+        (true, "module_grant".into())
+    );
+    t.post_as(
+        &format!("/v1/orgs/{org}/members/{buyer}/disable"),
+        &key,
+        &owner,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    assert_eq!(
+        check(&t, &org, &key, &buyer, "orders.delete", None).await,
+        (false, "member_disabled".into())
+    );
+    assert_eq!(
+        check(&t, &org, &key, &buyer, "data:view", Some(&buyer)).await,
+        (false, "member_disabled".into())
+    );
+    let listing = t
+        .get_as(
+            &format!("/v1/orgs/{org}/members/{buyer}/permissions"),
+            &key,
+            &owner,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        listing["items"],
+        json!([]),
+        "a disabled member may do nothing"
+    );
+    t.post_as(
+        &format!("/v1/orgs/{org}/members/{buyer}/enable"),
+        &key,
+        &owner,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        check(&t, &org, &key, &buyer, "orders.delete", None).await,
+        (true, "module_grant".into())
+    );
+    // A role edit applies to the next check.
+    t.call_as(
+        Method::PUT,
+        &format!("/v1/orgs/{org}/roles/purchasing"),
+        &key,
+        &admin,
+        Some(&json!({"data_scope": "own", "grants": [{"module": "files"}]})),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        check(&t, &org, &key, &buyer, "orders.delete", None).await,
+        (false, "no_grant".into())
+    );
+    assert_eq!(
+        check(&t, &org, &key, &buyer, "files.delete", None).await,
+        (true, "module_grant".into())
+    );
+    // So does a kind change.
+    t.call_as(
+        Method::PATCH,
+        &format!("/v1/orgs/{org}/members/{buyer}"),
+        &key,
+        &owner,
+        Some(&json!({"kind": "admin"})),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        check(&t, &org, &key, &buyer, "logs:view", None).await,
+        (true, "admin".into())
+    );
+    t.finish().await;
+}
+
+/// A menu gated by a permission kind opens once the grant is approved
+/// through the review link (for the super admin, and for a sub-ID whose role
+/// lists it), and closes when the grant is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gated_menu_follows_the_grant() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Menu Co", "jp").await;
+    put_role(
+        &t,
+        &org,
+        &key,
+        &owner,
+        "ftp_user",
+        json!({"data_scope": "own", "menus": ["ftp", "items"]}),
+    )
+    .await;
+    let sub = id(&add_member_with(&t, &org, &key, json!({"role": "ftp_user"})).await);
+    let plain = id(&add_member_with(&t, &org, &key, json!({"role": "engineer"})).await);
+    for who in [&owner, &sub, &plain] {
+        assert_eq!(
+            check(&t, &org, &key, who, "menu:ftp", None).await,
+            (false, "org_not_granted".into())
+        );
+    }
+    reviewer(&t, "menu-reviewer@example.com", "en").await;
+    let rid = submit_ftp(&t, &org, &key, "We upload stock by FTP").await;
+    wait_status(&t, &org, &key, &rid, "in_review").await;
+    let rows = wait_emails_final(&t, Duration::from_secs(30)).await;
+    let row = rows
+        .iter()
+        .find(|r| r.recipient == "menu-reviewer@example.com")
+        .expect("review mail");
+    let token = outbox(&t)[&row.id].review_token(&t.base).expect("link");
+    let r = decide(&t, &token, "approve", "ok").await;
+    assert!(r.status.is_success(), "{}", r.text);
+    wait_status(&t, &org, &key, &rid, "approved").await;
+    assert_eq!(
+        check(&t, &org, &key, &owner, "menu:ftp", None).await,
+        (true, "super_admin".into())
+    );
+    assert_eq!(
+        check(&t, &org, &key, &sub, "menu:ftp", None).await,
+        (true, "menu".into())
+    );
+    assert_eq!(
+        check(&t, &org, &key, &plain, "menu:ftp", None).await,
+        (false, "no_grant".into())
+    );
+    let listing = t
+        .get_as(
+            &format!("/v1/orgs/{org}/members/{sub}/permissions"),
+            &key,
+            &sub,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert!(
+        listing["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["action"] == "menu:ftp")
+    );
+
+    t.post(
+        &format!("/v1/orgs/{org}/grants/ftp_access/revoke"),
+        &key,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        check(&t, &org, &key, &owner, "menu:ftp", None).await,
+        (false, "org_not_granted".into())
+    );
+    assert_eq!(
+        check(&t, &org, &key, &sub, "menu:ftp", None).await,
+        (false, "org_not_granted".into())
+    );
+    assert_eq!(
+        check(&t, &org, &key, &sub, "menu:items", None).await,
+        (true, "menu".into())
+    );
+    t.finish().await;
+}
+
+/// Who may manage whom: the header is required and checked; members manage
+/// nothing; only the super admin disables or demotes an admin; nobody the
+/// super admin. Every refusal writes nothing.
+#[tokio::test]
+async fn actor_rules() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Actors Co", "cn").await;
+    let (other_org, other_key, other_owner) = t.create_org("Other Co", "cn").await;
+    let admin = id(&add_member(&t, &org, &key, "admin").await);
+    let admin2 = id(&add_member(&t, &org, &key, "admin").await);
+    let member = id(&add_member(&t, &org, &key, "member").await);
+    let member2 = id(&add_member(&t, &org, &key, "member").await);
+    let gone = id(&add_member(&t, &org, &key, "member").await);
+    t.post_as(
+        &format!("/v1/orgs/{org}/members/{gone}/disable"),
+        &key,
+        &owner,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    let members = format!("/v1/orgs/{org}/members");
+    let new_member = || json!({"login_id": crate::api_util::login("n"), "name": "New", "email": "new@example.com"});
+    let before = counts(&t).await;
+
+    let forbidden = |r: crate::harness::Resp, what: &str| {
+        assert_eq!(r.status.as_u16(), 403, "{what}: {}", r.text);
+        r.assert_problem();
+        assert!(
+            r.json()["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Approvald-Actor"),
+            "{what}: {}",
+            r.text
+        );
+    };
+    // No header, unknown, disabled, foreign actors.
+    forbidden(t.post(&members, &key, new_member()).await, "no header");
+    forbidden(t.get(&members, &key).await, "no header on a list");
+    forbidden(
+        t.post_as(&members, &key, "nobody_here", new_member()).await,
+        "unknown actor",
+    );
+    forbidden(
+        t.post_as(&members, &key, &gone, new_member()).await,
+        "disabled actor",
+    );
+    forbidden(
+        t.post_as(&members, &key, &other_owner, new_member()).await,
+        "another org's member",
+    );
+    // A plain member manages nothing.
+    forbidden(
+        t.post_as(&members, &key, &member, new_member()).await,
+        "member creates a member",
+    );
+    forbidden(
+        t.get_as(&members, &key, &member).await,
+        "member lists members",
+    );
+    forbidden(
+        t.post_as(
+            &format!("{members}/{member2}/disable"),
+            &key,
+            &member,
+            json!({}),
+        )
+        .await,
+        "member disables a member",
+    );
+    forbidden(
+        t.call_as(
+            Method::PUT,
+            &format!("/v1/orgs/{org}/roles/mine"),
+            &key,
+            &member,
+            Some(&json!({"data_scope": "all"})),
+        )
+        .await,
+        "member writes a role",
+    );
+    forbidden(
+        t.get_as(&format!("/v1/orgs/{org}/roles"), &key, &member)
+            .await,
+        "member reads roles",
+    );
+    forbidden(
+        t.get_as(&format!("{members}/{member2}/permissions"), &key, &member)
+            .await,
+        "member reads another's permissions",
+    );
+    // An admin does not disable, enable, demote or make admins.
+    forbidden(
+        t.post_as(
+            &format!("{members}/{admin2}/disable"),
+            &key,
+            &admin,
+            json!({}),
+        )
+        .await,
+        "admin disables an admin",
+    );
+    forbidden(
+        t.call_as(
+            Method::PATCH,
+            &format!("{members}/{admin2}"),
+            &key,
+            &admin,
+            Some(&json!({"kind": "member"})),
+        )
+        .await,
+        "admin demotes an admin",
+    );
+    forbidden(
+        t.call_as(
+            Method::PATCH,
+            &format!("{members}/{member}"),
+            &key,
+            &admin,
+            Some(&json!({"kind": "admin"})),
+        )
+        .await,
+        "admin promotes a member",
+    );
+    let mut as_admin = new_member();
+    as_admin["kind"] = json!("admin");
+    forbidden(
+        t.post_as(&members, &key, &admin, as_admin).await,
+        "admin creates an admin",
+    );
+    forbidden(
+        t.call_as(
+            Method::PATCH,
+            &format!("{members}/{owner}"),
+            &key,
+            &admin,
+            Some(&json!({"email": "takeover@example.com"})),
+        )
+        .await,
+        "admin edits the super admin",
+    );
+    // Nobody disables or demotes the super admin.
+    for actor in [&admin, &owner] {
+        let r = t
+            .post_as(
+                &format!("{members}/{owner}/disable"),
+                &key,
+                actor,
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 409, "{}", r.text);
+        r.assert_problem();
+        let r = t
+            .call_as(
+                Method::PATCH,
+                &format!("{members}/{owner}"),
+                &key,
+                actor,
+                Some(&json!({"kind": "admin"})),
+            )
+            .await;
+        assert!(matches!(r.status.as_u16(), 403 | 409), "{}", r.text);
+        r.assert_problem();
+    }
+    let r = t
+        .post(
+            &format!("{members}/{owner}/disable"),
+            &t.platform_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409, "not even the platform: {}", r.text);
+    assert_eq!(counts(&t).await, before, "refusals write nothing");
+
+    // What is allowed: the member reads itself; an admin manages members;
+    // the super admin disables an admin and changes kinds.
+    t.get_as(&format!("{members}/{member}"), &key, &member)
+        .await
+        .expect(200);
+    t.get_as(&format!("{members}/{member}/permissions"), &key, &member)
+        .await
+        .expect(200);
+    t.post_as(&members, &key, &admin, new_member())
+        .await
+        .expect(201);
+    t.post_as(
+        &format!("{members}/{member2}/disable"),
+        &key,
+        &admin,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    t.call_as(
+        Method::PATCH,
+        &format!("{members}/{member}"),
+        &key,
+        &admin,
+        Some(&json!({"role": "finance"})),
+    )
+    .await
+    .expect(200);
+    t.post_as(
+        &format!("{members}/{admin2}/disable"),
+        &key,
+        &owner,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    t.call_as(
+        Method::PATCH,
+        &format!("{members}/{admin}"),
+        &key,
+        &owner,
+        Some(&json!({"kind": "member"})),
+    )
+    .await
+    .expect(200);
+    // The platform key needs no header; with one, it is checked too.
+    t.get(&members, &t.platform_key).await.expect(200);
+    forbidden(
+        t.get_as(&members, &t.platform_key, "nobody_here").await,
+        "platform with a bad actor",
+    );
+    // The acting member is the audit actor.
+    let n = scalar_i64(
+        &t,
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'member.disable' AND actor = $1",
+        &format!("member:{owner}"),
+    )
+    .await;
+    assert_eq!(n, 2, "the owner disabled two members (gone, admin2)");
+    let _ = (other_org, other_key);
+    t.finish().await;
+}
+
+/// Roles: the built-ins exist from the org's creation; PUT validates every
+/// name and limit (422 naming the field, nothing written); DELETE is 409
+/// while a member holds the role; changes are audited with before/after.
+#[tokio::test]
+async fn roles_api_validation_and_audit() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Roles Co", "cn").await;
+    let roles = format!("/v1/orgs/{org}/roles");
+    let list = t.get_as(&roles, &key, &owner).await.expect(200).json();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["engineer", "finance", "purchasing"]);
+    assert_eq!(list["items"][1]["data_scope"], "all");
+    assert_eq!(list["items"][1]["builtin"], true);
+
+    let good = json!({"data_scope": "own", "grants": [{"module": "files", "function": "download"}],
+                      "menus": ["items"], "payment": {"allowed": true, "per_tx": 100, "daily": 500, "monthly": 2000},
+                      "advanced": false});
+    let before = counts(&t).await;
+    let put = |name: &str, body: Value| {
+        let path = format!("{roles}/{name}");
+        let (t, key, owner) = (&t, key.clone(), owner.clone());
+        async move {
+            t.call_as(Method::PUT, &path, &key, &owner, Some(&body))
+                .await
+        }
+    };
+    let with = |k: &str, v: Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b
+    };
+    let bad = [
+        (
+            with("grants", json!([{"module": "warehouse"}])),
+            "grants[0].module",
+        ),
+        (
+            with(
+                "grants",
+                json!([{"module": "files"}, {"module": "files", "function": "shred"}]),
+            ),
+            "grants[1].function",
+        ),
+        (with("menus", json!(["items", "secret_menu"])), "menus[1]"),
+        (with("data_scope", json!("team")), "data_scope"),
+        (
+            with(
+                "payment",
+                json!({"allowed": true, "per_tx": -1, "daily": 5, "monthly": 10}),
+            ),
+            "payment.per_tx",
+        ),
+        (
+            with(
+                "payment",
+                json!({"allowed": true, "per_tx": 1.5, "daily": 5, "monthly": 10}),
+            ),
+            "payment.per_tx",
+        ),
+        (
+            with(
+                "payment",
+                json!({"allowed": true, "per_tx": "1", "daily": 5, "monthly": 10}),
+            ),
+            "payment.per_tx",
+        ),
+        (
+            with(
+                "payment",
+                json!({"allowed": true, "per_tx": 6, "daily": 5, "monthly": 10}),
+            ),
+            "payment.per_tx",
+        ),
+        (
+            with(
+                "payment",
+                json!({"allowed": true, "per_tx": 1, "daily": 50, "monthly": 10}),
+            ),
+            "payment.daily",
+        ),
+        (
+            with(
+                "payment",
+                json!({"allowed": true, "per_tx": 1, "daily": 5, "monthly": -10}),
+            ),
+            "payment.monthly",
+        ),
+        (with("surprise", json!(true)), "surprise"),
+    ];
+    for (body, field) in bad {
+        let r = put("custom", body.clone()).await;
+        assert_eq!(r.status.as_u16(), 422, "{body}: {}", r.text);
+        r.assert_problem();
+        assert!(
+            r.json()["detail"].as_str().unwrap().contains(field),
+            "{field}: {}",
+            r.text
+        );
+    }
+    let r = put("a%2Fb", good.clone()).await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text);
+    assert!(r.json()["detail"].as_str().unwrap().contains("name"));
+    assert_eq!(counts(&t).await, before, "refused roles write nothing");
+
+    let created = put("custom", good.clone()).await.expect(201).json();
+    assert_eq!(created["payment"]["daily"], 500);
+    assert_eq!(created["builtin"], false);
+    let mut changed = good.clone();
+    changed["data_scope"] = json!("all");
+    put("custom", changed.clone()).await.expect(200);
+    let got = t
+        .get_as(&format!("{roles}/custom"), &key, &owner)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(got["data_scope"], "all");
+    assert_eq!(got["members"], 0);
+    t.get_as(&format!("{roles}/nothing"), &key, &owner)
+        .await
+        .expect(404);
+
+    // In use: 409, even when the holder is disabled; a member only holds roles that exist.
+    let m = id(&add_member_with(&t, &org, &key, json!({"role": "custom"})).await);
+    let r = t
+        .call_as(
+            Method::DELETE,
+            &format!("{roles}/custom"),
+            &key,
+            &owner,
+            None,
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409, "{}", r.text);
+    r.assert_problem();
+    t.post_as(
+        &format!("/v1/orgs/{org}/members/{m}/disable"),
+        &key,
+        &owner,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    let r = t
+        .call_as(
+            Method::DELETE,
+            &format!("{roles}/custom"),
+            &key,
+            &owner,
+            None,
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409, "{}", r.text);
+    let before = counts(&t).await;
+    let r = t
+        .call_as(
+            Method::PATCH,
+            &format!("/v1/orgs/{org}/members/{m}"),
+            &key,
+            &owner,
+            Some(&json!({"role": "ghost"})),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text);
+    assert!(r.json()["detail"].as_str().unwrap().starts_with("role"));
+    let r = t
+        .post_as(&format!("/v1/orgs/{org}/members"), &key, &owner,
+            json!({"login_id": crate::api_util::login("g"), "name": "G", "email": "g@example.com", "role": "ghost"}))
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text);
+    assert_eq!(counts(&t).await, before);
+    t.call_as(
+        Method::PATCH,
+        &format!("/v1/orgs/{org}/members/{m}"),
+        &key,
+        &owner,
+        Some(&json!({"role": "engineer"})),
+    )
+    .await
+    .expect(200);
+    t.call_as(
+        Method::DELETE,
+        &format!("{roles}/custom"),
+        &key,
+        &owner,
+        None,
+    )
+    .await
+    .expect(204);
+    t.get_as(&format!("{roles}/custom"), &key, &owner)
+        .await
+        .expect(404);
+
+    // Audited with before and after, the acting member as actor.
+    let rows: Vec<(String, String, String)> = approvald::on_db!(&t.app.db, |p| sqlx::query_as(
+        "SELECT action, actor, detail FROM audit_log WHERE org_id = $1 AND action LIKE 'role.%' ORDER BY at, id"
+    )
+    .bind(&org)
+    .fetch_all(p)
+    .await)
+    .unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(actions, ["role.create", "role.update", "role.delete"]);
+    assert!(rows.iter().all(|r| r.1 == format!("member:{owner}")));
+    let details: Vec<Value> = rows
+        .iter()
+        .map(|r| serde_json::from_str(&r.2).unwrap())
+        .collect();
+    assert_eq!(details[0]["before"], json!(null));
+    assert_eq!(details[0]["after"]["data_scope"], "own");
+    assert_eq!(details[1]["before"]["data_scope"], "own");
+    assert_eq!(details[1]["after"]["data_scope"], "all");
+    assert_eq!(details[2]["before"]["data_scope"], "all");
+    assert_eq!(details[2]["after"], json!(null));
+    let upd: (String,) = approvald::on_db!(&t.app.db, |p| sqlx::query_as(
+        "SELECT detail FROM audit_log WHERE org_id = $1 AND action = 'member.update' ORDER BY at DESC, id DESC LIMIT 1"
+    )
+    .bind(&org)
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    let upd: Value = serde_json::from_str(&upd.0).unwrap();
+    assert_eq!(upd["before"]["role"], "custom");
+    assert_eq!(upd["after"]["role"], "engineer");
+    t.finish().await;
+}
+
+/// Bad checks are 422 naming the field; a batch holds 1 to 100 checks.
+#[tokio::test]
+async fn bad_checks_are_refused() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Strict Co", "cn").await;
+    let single = format!("/v1/orgs/{org}/authz/check");
+    let batch = format!("/v1/orgs/{org}/authz/check-batch");
+    for (body, field) in [
+        (
+            json!({"member": owner, "action": "delete orders"}),
+            "action",
+        ),
+        (json!({"member": owner, "action": ""}), "action"),
+        (
+            json!({"member": owner, "action": "orders.delete.now"}),
+            "action",
+        ),
+        (json!({"member": owner, "action": "menu:"}), "action"),
+        (json!({"member": "", "action": "orders.delete"}), "member"),
+        (
+            json!({"member": owner, "action": "data:view", "owner": ""}),
+            "owner",
+        ),
+        (json!({"member": owner}), "action"),
+    ] {
+        let r = t.post(&single, &key, body.clone()).await;
+        assert_eq!(r.status.as_u16(), 422, "{body}: {}", r.text);
+        r.assert_problem();
+        assert!(
+            r.json()["detail"].as_str().unwrap().contains(field),
+            "{field}: {}",
+            r.text
+        );
+    }
+    let one = json!({"member": owner, "action": "orders.delete"});
+    let r = t
+        .post(&batch, &key, json!({"checks": vec![one.clone(); 101]}))
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text);
+    assert!(r.json()["detail"].as_str().unwrap().starts_with("checks"));
+    let r = t.post(&batch, &key, json!({"checks": []})).await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text);
+    let r = t
+        .post(
+            &batch,
+            &key,
+            json!({"checks": [one.clone(), {"member": owner, "action": "nope"}]}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text);
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("checks[1].action"),
+        "{}",
+        r.text
+    );
+    let full = t
+        .post(&batch, &key, json!({"checks": vec![one; 100]}))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(full["results"].as_array().unwrap().len(), 100);
+    assert!(
+        full["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["reason"] == "super_admin")
+    );
+    t.finish().await;
+}
+
+/// The catalog lists the company-account modules with titles in three
+/// languages and the marketplace menus with the kind each requires.
+#[tokio::test]
+async fn catalog_lists_modules_and_menus() {
+    let t = TestApp::spawn_with(Opts::default()).await;
+    let c = t
+        .get("/v1/catalog", &t.platform_key)
+        .await
+        .expect(200)
+        .json();
+    let prepaid = c["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == "prepaid")
+        .unwrap();
+    assert_eq!(prepaid["titles"]["zh-CN"], "预付款账户");
+    assert_eq!(
+        prepaid["functions"]["set_password_free_limit"]["zh-CN"],
+        "设置免密支付额度"
+    );
+    assert_eq!(prepaid["functions"]["transfer_out"]["ja"], "残高の払い出し");
+    let files = c["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == "files")
+        .unwrap();
+    assert_eq!(files["functions"]["delete"]["zh-CN"], "删除文件/模型");
+    let alcohol = c["menus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == "alcohol")
+        .unwrap();
+    assert_eq!(alcohol["requires"], "alcohol_sales");
+    t.finish().await;
+}
