@@ -235,7 +235,7 @@ impl Default for Config {
                 listen: "127.0.0.1:8080".into(),
                 public_url: "http://127.0.0.1:8080".into(),
                 body_limit: 64 * 1024,
-                header_read_timeout_secs: 15,
+                header_read_timeout_secs: 30,
                 shutdown_grace_secs: 10,
             },
             database: DatabaseConfig {
@@ -389,7 +389,7 @@ impl Config {
             return bad(
                 "server.header_read_timeout_secs",
                 format!(
-                    "{} is out of range; use 1-600 seconds (default 15)",
+                    "{} is out of range; use 1-600 seconds (default 30)",
                     self.server.header_read_timeout_secs
                 ),
             );

@@ -879,6 +879,19 @@ async fn nul_bytes_are_refused_on_every_route() {
         "{}",
         r.text
     );
+    // Header values cannot carry a NUL at all: the HTTP parser refuses the
+    // request (its own 400, see README) before anything of ours runs.
+    for header in ["Idempotency-Key", "Approvald-Actor", "Authorization"] {
+        let mut raw = format!(
+            "POST {o}/requests HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n{header}: a"
+        )
+        .into_bytes();
+        raw.extend_from_slice(b"\0b\r\n\r\n{}");
+        let (status, _, text) = raw_http(&t, raw).await;
+        assert_eq!(status, 400, "NUL in {header}: {text}");
+        assert_eq!(counts(&t).await, before, "NUL in {header} wrote something");
+    }
     // `%2500` is a literal `%00`, not a NUL: an ordinary unknown id.
     t.get(&format!("{o}/requests/%2500"), &key)
         .await
