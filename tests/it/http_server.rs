@@ -156,3 +156,99 @@ async fn metrics_need_the_token_when_one_is_set() {
     assert_eq!(ready.status().as_u16(), 200);
     t.finish().await;
 }
+
+/// The same through the real binary and a real SIGTERM: the process exits
+/// (status 0) within the grace although a client stalls mid-header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_exits_on_sigterm_despite_a_stalled_client() {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+        sync::{Arc, Mutex},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_approvald"))
+        .args(["serve"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("APPROVALD_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("APPROVALD__SERVER__LISTEN", "127.0.0.1:0")
+        .env("APPROVALD__SERVER__SHUTDOWN_GRACE_SECS", "1")
+        .env("APPROVALD__SERVER__HEADER_READ_TIMEOUT_SECS", "600")
+        .env(
+            "APPROVALD__DATABASE__URL",
+            format!("sqlite://{}/a.db?mode=rwc", dir.path().display()),
+        )
+        .env(
+            "APPROVALD__MAIL__OUTBOX_DIR",
+            dir.path().join("outbox").display().to_string(),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn approvald");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let err = child.stderr.take().unwrap();
+    let l2 = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            l2.lock().unwrap().push(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr: std::net::SocketAddr = loop {
+        let found = lines.lock().unwrap().iter().find_map(|l| {
+            let at = l.find("listening on http://")? + "listening on http://".len();
+            let a: String = l[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            a.parse().ok()
+        });
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "approvald did not start: {:?}",
+            lines.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(killed.success());
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!(
+                "approvald still running 30 s after SIGTERM: {:?}",
+                lines.lock().unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        status.success(),
+        "exit status {status}: {:?}",
+        lines.lock().unwrap()
+    );
+    let logs = lines.lock().unwrap().join("\n");
+    assert!(
+        logs.contains("HTTP connections still open after server.shutdown_grace_secs"),
+        "the forced close is logged: {logs}"
+    );
+    drop(s);
+}
