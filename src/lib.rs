@@ -10,6 +10,8 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 pub mod app;
+pub mod audit;
+pub mod audit_cmd;
 pub mod config;
 pub mod db;
 pub mod domain;
@@ -56,6 +58,10 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
     telemetry::metrics_handle();
     let db = db::Db::connect(&config).await?;
     db.migrate().await.context("applying database migrations")?;
+    store::audit::chain_enabled();
+    store::audit::finish_migration(&db)
+        .await
+        .context("hashing pre-chain audit rows into the chain")?;
     let qcfg = QueueConfig {
         prefix: config.queue.prefix.clone(),
         lease: config.lease(),

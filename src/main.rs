@@ -54,6 +54,33 @@ enum Cmd {
     },
     /// Print the effective configuration with secrets masked.
     CheckConfig,
+    /// The audit logs' hash chains.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check every chain (or one org's): prints `N/N entries valid` per org,
+    /// or the first seq changed, removed, inserted or reordered; exits 1 if
+    /// any chain is broken.
+    Verify {
+        /// Only this org (its id, or `platform`).
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Write an org's chain as JSON Lines on stdout, for outside verifiers
+    /// (scripts/verify-audit-export.py is one).
+    Export {
+        /// The org's id (or `platform`).
+        #[arg(long)]
+        org: String,
+        /// Start at this seq (its `prev_hash` links it to the entry before).
+        #[arg(long, default_value_t = 1)]
+        from: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,6 +222,26 @@ async fn dispatch(cmd: Cmd, config: Config) -> anyhow::Result<()> {
                             d.id, d.died_at_ms, d.attempts, d.last_error
                         );
                     }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Audit { cmd } => {
+            let db = approvald::audit_cmd::open(&config).await?;
+            let now = chrono::Utc::now().timestamp_millis();
+            match cmd {
+                AuditCmd::Verify { org } => {
+                    let reports = approvald::audit_cmd::verify(&db, org.as_deref(), now).await?;
+                    for r in &reports {
+                        println!("{}: {}", r.org_id, r.summary);
+                    }
+                    let broken = reports.iter().filter(|r| !r.ok).count();
+                    anyhow::ensure!(broken == 0, "{broken} audit chain(s) broken");
+                }
+                AuditCmd::Export { org, from } => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout());
+                    let n = approvald::audit_cmd::export(&db, &org, from, now, &mut out).await?;
+                    eprintln!("exported {n} entries");
                 }
             }
             Ok(())

@@ -9,6 +9,7 @@ pub mod api;
 pub mod error;
 pub mod extract;
 pub mod ops;
+pub mod request_id;
 pub mod review;
 pub mod serve;
 
@@ -26,6 +27,8 @@ pub fn router(app: App) -> Router {
         .layer(RequestBodyLimitLayer::new(limit))
         .layer(axum::middleware::map_response(problem_for_oversized))
         .layer(axum::middleware::from_fn(extract::reject_unstorable_uri))
+        // Outermost: every response (errors too) carries the request id.
+        .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(app)
 }
 

@@ -90,7 +90,7 @@ impl Job for ReviewJob {
     type Context = App;
 
     async fn run(self, app: App, _info: JobInfo) -> Result<(), JobError> {
-        review(&app, &self.request_id).await
+        crate::audit::in_job(Self::NAME, review(&app, &self.request_id)).await
     }
 }
 
@@ -286,6 +286,22 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
         return Ok(());
     }
     let names: Vec<&str> = reviewers.iter().map(|r| r.name.as_str()).collect();
+    crate::store::audit::operation(
+        &mut tx,
+        crate::store::audit::Operation {
+            org_id: &req.org_id,
+            actor: &crate::audit::current_actor(),
+            action: "request.in_review",
+            target: Some(&req.id),
+            detail: serde_json::json!({
+                "before": {"status": "submitted"},
+                "after": {"status": "in_review", "reviewers": names},
+            }),
+            at: now,
+        },
+    )
+    .await
+    .context("auditing")?;
     add_event(
         app,
         &mut tx,

@@ -43,10 +43,13 @@ impl Job for SlaJob {
     type Context = App;
 
     async fn run(self, app: App, _info: JobInfo) -> Result<(), JobError> {
-        match self.stage {
-            Stage::Reminder => remind(&app, &self.request_id, Some(self.due_ms)).await?,
-            Stage::Due => breach(&app, &self.request_id, Some(self.due_ms)).await?,
+        let work = async {
+            match self.stage {
+                Stage::Reminder => remind(&app, &self.request_id, Some(self.due_ms)).await,
+                Stage::Due => breach(&app, &self.request_id, Some(self.due_ms)).await,
+            }
         };
+        crate::audit::in_job(Self::NAME, work).await?;
         Ok(())
     }
 }
@@ -168,6 +171,18 @@ pub async fn remind(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
         tx.rollback().await.ok();
         return Ok(false);
     }
+    crate::store::audit::operation(
+        &mut tx,
+        crate::store::audit::Operation {
+            org_id: &req.org_id,
+            actor: &crate::audit::current_actor(),
+            action: "request.remind",
+            target: Some(request_id),
+            detail: serde_json::json!({"after": {"reminded_at": now}, "due_at_ms": req.sla_due_at}),
+            at: now,
+        },
+    )
+    .await?;
     add_event(
         app,
         &mut tx,
@@ -250,6 +265,18 @@ pub async fn breach(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
         OnBreach::Escalate => "escalate",
         OnBreach::AutoReject => "auto_reject",
     };
+    crate::store::audit::operation(
+        &mut tx,
+        crate::store::audit::Operation {
+            org_id: &req.org_id,
+            actor: &crate::audit::current_actor(),
+            action: "request.sla_breach",
+            target: Some(request_id),
+            detail: serde_json::json!({"after": {"breached_at": now}, "due_at_ms": req.sla_due_at, "on_breach": action}),
+            at: now,
+        },
+    )
+    .await?;
     add_event(
         app,
         &mut tx,
@@ -354,6 +381,22 @@ pub async fn extend(
         tx.rollback().await.ok();
         return Ok(Err(ExtendError::AlreadyExtended));
     }
+    crate::store::audit::operation(
+        &mut tx,
+        crate::store::audit::Operation {
+            org_id: &req.org_id,
+            actor: &crate::audit::current_actor(),
+            action: "request.extend",
+            target: Some(request_id),
+            detail: serde_json::json!({
+                "before": {"sla_due_at": req.sla_due_at},
+                "after": {"sla_due_at": due, "sla_days": days},
+                "reason": reason,
+            }),
+            at: now,
+        },
+    )
+    .await?;
     add_event(
         app,
         &mut tx,

@@ -21,7 +21,7 @@ impl Job for SweepJob {
     type Context = App;
 
     async fn run(self, app: App, _info: JobInfo) -> Result<(), JobError> {
-        let s = super::sla::sweep(&app).await?;
+        let s = crate::audit::in_job(Self::NAME, super::sla::sweep(&app)).await?;
         if s != super::sla::Swept::default() {
             tracing::info!(
                 reminded = s.reminded,

@@ -57,6 +57,22 @@ impl Decider {
             Decider::Reviewer(r) => format!("{}:{}", r.kind.as_str(), r.id),
         }
     }
+    /// The audit actor: `reviewer:<id>` (platform reviewer), `member:<id>`,
+    /// or for the system whoever runs it (`job:<name>`).
+    fn audit_actor(&self) -> String {
+        match self {
+            Decider::System => crate::audit::current_actor(),
+            Decider::Reviewer(r) => reviewer_actor(r.kind, &r.id),
+        }
+    }
+}
+
+/// The audit actor of a reviewer acting through a review link.
+pub fn reviewer_actor(kind: ReviewerKind, id: &str) -> String {
+    match kind {
+        ReviewerKind::Platform => format!("reviewer:{id}"),
+        ReviewerKind::Member => format!("member:{id}"),
+    }
 }
 
 /// A decision that was made by this call.
@@ -292,8 +308,44 @@ async fn decide_in(
     )
     .await
     .context("writing decision event")?;
+    let actor = decider.audit_actor();
+    crate::store::audit::operation(
+        tx,
+        crate::store::audit::Operation {
+            org_id: &row.org_id,
+            actor: &actor,
+            action: match decision {
+                Decision::Approve => "request.approve",
+                Decision::Reject => "request.reject",
+            },
+            target: Some(&row.id),
+            detail: json!({
+                "before": {"status": row.status},
+                "after": {"status": status.as_str(), "decided_by": decider.name(), "comment": comment},
+            }),
+            at: now,
+        },
+    )
+    .await
+    .context("auditing decision")?;
     if decision == Decision::Approve {
-        apply_grant(app, tx, &row, now).await?;
+        let (grant_id, member) = apply_grant(app, tx, &row, now).await?;
+        crate::store::audit::operation(
+            tx,
+            crate::store::audit::Operation {
+                org_id: &row.org_id,
+                actor: &actor,
+                action: "grant.apply",
+                target: Some(&grant_id),
+                detail: json!({
+                    "after": {"kind": row.kind, "member_id": member, "status": "active"},
+                    "request_id": row.id,
+                }),
+                at: now,
+            },
+        )
+        .await
+        .context("auditing grant")?;
     }
     let template = match decision {
         Decision::Approve => Template::Approved,
@@ -381,8 +433,14 @@ async fn record_refused_approval(
 }
 
 /// Approval grants the kind: to the whole org, or (scope `member`) to the
-/// requester. A revoked grant comes back to life.
-async fn apply_grant(app: &App, tx: &mut Tx, row: &Row, now: i64) -> anyhow::Result<()> {
+/// requester. A revoked grant comes back to life. Returns the grant's id and
+/// member (`None`: the whole org).
+async fn apply_grant(
+    app: &App,
+    tx: &mut Tx,
+    row: &Row,
+    now: i64,
+) -> anyhow::Result<(String, Option<String>)> {
     let scope = app
         .catalog
         .kind(&row.kind)
@@ -409,7 +467,16 @@ async fn apply_grant(app: &App, tx: &mut Tx, row: &Row, now: i64) -> anyhow::Res
     .await
     .map(|r| r.rows_affected()))
     .context("applying grant")?;
-    Ok(())
+    let grant_id: String = on_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT id FROM grants WHERE org_id = $1 AND kind = $2 AND member_id = $3"
+    )
+    .bind(&row.org_id)
+    .bind(&row.kind)
+    .bind(&member)
+    .fetch_one(c)
+    .await)
+    .context("reading grant")?;
+    Ok((grant_id, Some(member).filter(|m| !m.is_empty())))
 }
 
 /// Who hears the outcome: the requester, or the org's super admin when the

@@ -107,7 +107,7 @@ async fn org_key_gets_404_for_another_orgs_everything() {
         (
             Method::POST,
             format!("/v1/orgs/{b}/audit/logins"),
-            json!({"member": owner_b, "ip": "10.0.0.1", "success": true}),
+            json!({"member": owner_b, "ip": "10.0.0.1", "method": "password", "success": true}),
         ),
         // A's own request naming B's member as requester: not a member of A.
         (

@@ -390,22 +390,30 @@ async fn audit_log_records_operations_and_logins() {
     t.post(
         &format!("/v1/orgs/{org}/audit/logins"),
         &key,
-        json!({"member": owner, "ip": "203.0.113.9", "user_agent": "Mozilla/5.0", "success": true}),
+        json!({"member": owner, "ip": "203.0.113.9", "user_agent": "Mozilla/5.0", "method": "password", "success": true}),
     )
     .await
     .expect(201);
     t.post(
         &format!("/v1/orgs/{org}/audit/logins"),
         &key,
-        json!({"member": m["login_id"], "ip": "2001:db8::1", "success": false}),
+        json!({"member": m["login_id"], "ip": "2001:db8::1", "method": "wechat", "success": false, "reason": "QR code expired"}),
     )
     .await
     .expect(201);
     for bad in [
-        json!({"member": owner, "ip": "999.1.1.1", "success": true}),
-        json!({"member": "nobody_here", "ip": "10.0.0.1", "success": true}),
-        json!({"member": owner, "ip": "10.0.0.1", "success": "yes"}),
-        json!({"member": owner, "ip": "10.0.0.1", "success": true, "user_agent": "a\u{0}b"}),
+        json!({"member": owner, "ip": "999.1.1.1", "method": "password", "success": true}),
+        json!({"member": owner, "ip": "10.0.0.1.", "method": "password", "success": true}),
+        json!({"member": owner, "ip": "fe80::1::2", "method": "password", "success": true}),
+        json!({"member": "nobody_here", "ip": "10.0.0.1", "method": "password", "success": true}),
+        json!({"member": owner, "ip": "10.0.0.1", "method": "password", "success": "yes"}),
+        json!({"member": owner, "ip": "10.0.0.1", "method": "password", "success": true, "user_agent": "a\u{0}b"}),
+        json!({"member": owner, "ip": "10.0.0.1", "method": "password", "success": true, "user_agent": "a".repeat(513)}),
+        json!({"member": owner, "ip": "10.0.0.1", "success": true}),
+        json!({"member": owner, "ip": "10.0.0.1", "method": "Pass Word", "success": true}),
+        json!({"member": owner, "ip": "10.0.0.1", "method": "x".repeat(33), "success": true}),
+        json!({"member": owner, "ip": "10.0.0.1", "method": "sms", "success": false, "reason": "r".repeat(257)}),
+        json!({"member": owner, "ip": "10.0.0.1", "method": "sms", "success": true, "reason": "why"}),
     ] {
         let r = t
             .post(&format!("/v1/orgs/{org}/audit/logins"), &key, bad.clone())
@@ -414,8 +422,7 @@ async fn audit_log_records_operations_and_logins() {
         r.assert_problem();
     }
 
-    let ops = t
-        .get(&format!("/v1/orgs/{org}/audit?type=operation"), &key)
+    let ops = t.get_as(&format!("/v1/orgs/{org}/audit?type=operation"), &key, &owner)
         .await
         .expect(200)
         .json();
@@ -425,42 +432,78 @@ async fn audit_log_records_operations_and_logins() {
         .iter()
         .map(|i| i["action"].as_str().unwrap())
         .collect();
+    // Newest first; reading the log is itself logged, before the read.
     assert_eq!(
         actions,
-        vec!["member.update", "member.create", "key.create", "org.create"]
+        vec![
+            "audit.list",
+            "member.update",
+            "member.create",
+            "key.create",
+            "org.create"
+        ]
     );
+    assert_eq!(ops["items"][0]["actor"], format!("member:{owner}"));
     // Member changes record the acting member (Approvald-Actor), with
     // before and after.
-    assert_eq!(ops["items"][0]["actor"], format!("member:{owner}"));
-    assert_eq!(ops["items"][0]["target"], mid);
-    assert_eq!(ops["items"][0]["detail"]["before"]["role"], json!(null));
-    assert_eq!(ops["items"][0]["detail"]["after"]["role"], "finance");
+    assert_eq!(ops["items"][1]["actor"], format!("member:{owner}"));
+    assert_eq!(ops["items"][1]["target"], mid);
+    assert_eq!(ops["items"][1]["detail"]["before"]["role"], json!(null));
+    assert_eq!(ops["items"][1]["detail"]["after"]["role"], "finance");
     assert!(
-        ops["items"][2]["actor"]
+        ops["items"][3]["actor"]
             .as_str()
             .unwrap()
             .starts_with("key:")
     );
-    let logins = t
-        .get(&format!("/v1/orgs/{org}/audit?type=login&limit=1"), &key)
+    let seqs: Vec<i64> = ops["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![7, 4, 3, 2, 1], "logins took seq 5 and 6");
+    assert_eq!(ops["items"][0]["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(ops["items"][1]["prev_hash"], ops["items"][2]["hash"]);
+    // Filters: actor, action, time window.
+    let actor = ops["items"][1]["actor"].as_str().unwrap();
+    let by_action = t.get_as(&format!("/v1/orgs/{org}/audit?action=member.create&actor={actor}"), &key, &owner)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(by_action["items"].as_array().unwrap().len(), 1);
+    assert_eq!(by_action["items"][0]["action"], "member.create");
+    let future = t.get_as(&format!("/v1/orgs/{org}/audit?from=2999-01-01T00:00:00Z"), &key, &owner)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(future["items"], json!([]));
+    for bad in [
+        "from=yesterday",
+        "to=2026-13-01T00:00:00Z",
+        "from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "cursor=nope",
+    ] {
+        let r = t.get_as(&format!("/v1/orgs/{org}/audit?{bad}"), &key, &owner).await;
+        assert_eq!(r.status.as_u16(), 400, "{bad}: {}", r.text);
+        r.assert_problem();
+    }
+    let logins = t.get_as(&format!("/v1/orgs/{org}/audit?type=login&limit=1"), &key, &owner)
         .await
         .expect(200)
         .json();
     assert_eq!(logins["items"][0]["ip"], "2001:db8::1");
     assert_eq!(logins["items"][0]["success"], false);
+    assert_eq!(logins["items"][0]["method"], "wechat");
+    assert_eq!(logins["items"][0]["reason"], "QR code expired");
     let next = logins["next_cursor"].as_str().expect("a second page");
-    let page2 = t
-        .get(
-            &format!("/v1/orgs/{org}/audit?type=login&limit=1&cursor={next}"),
-            &key,
-        )
+    let page2 = t.get_as(&format!("/v1/orgs/{org}/audit?type=login&limit=1&cursor={next}"), &key, &owner)
         .await
         .expect(200)
         .json();
     assert_eq!(page2["items"][0]["ip"], "203.0.113.9");
     assert!(page2.get("next_cursor").is_none());
-    let r = t
-        .get(&format!("/v1/orgs/{org}/audit?type=everything"), &key)
+    let r = t.get_as(&format!("/v1/orgs/{org}/audit?type=everything"), &key, &owner)
         .await;
     assert_eq!(r.status.as_u16(), 400);
     r.assert_problem();

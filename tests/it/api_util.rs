@@ -17,6 +17,7 @@ pub fn guarded_tables(t: &TestApp) -> Vec<&'static str> {
         "idempotency_keys",
         "outbox",
         "audit_log",
+        "audit_heads",
         "api_keys",
         "reviewers",
         "reviewer_groups",

@@ -7,6 +7,7 @@ mod api_lifecycle;
 mod api_members;
 mod api_util;
 mod authz;
+mod audit_chain;
 mod harness;
 mod http_server;
 mod mail_file;

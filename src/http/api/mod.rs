@@ -77,6 +77,7 @@ pub fn router() -> Router<App> {
             "/v1/orgs/{org}/members/{id}/permissions",
             get(authz::permissions),
         )
+        .route("/v1/orgs/{org}/audit/verify", get(audit::verify))
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.

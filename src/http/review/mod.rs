@@ -498,7 +498,9 @@ async fn extend(app: &App, token: &str, ctx: &Ctx, days: Option<&str>, reason: &
         }
     };
     let by = ctx.reviewer_name.clone();
-    match crate::jobs::sla::extend(app, &ctx.view.id, days, &reason, &by).await {
+    let actor = decisions::reviewer_actor(ctx.reviewer_kind, &ctx.row.reviewer_id);
+    let extended = crate::jobs::sla::extend(app, &ctx.view.id, days, &reason, &by);
+    match crate::audit::acting(actor, extended).await {
         Err(e) => server_error(e),
         Ok(Ok(due)) => {
             let view = match decisions::view(&app.db, &ctx.view.id).await {
