@@ -422,7 +422,12 @@ async fn audit_log_records_operations_and_logins() {
         r.assert_problem();
     }
 
-    let ops = t.get_as(&format!("/v1/orgs/{org}/audit?type=operation"), &key, &owner)
+    let ops = t
+        .get_as(
+            &format!("/v1/orgs/{org}/audit?type=operation"),
+            &key,
+            &owner,
+        )
         .await
         .expect(200)
         .json();
@@ -467,13 +472,23 @@ async fn audit_log_records_operations_and_logins() {
     assert_eq!(ops["items"][1]["prev_hash"], ops["items"][2]["hash"]);
     // Filters: actor, action, time window.
     let actor = ops["items"][1]["actor"].as_str().unwrap();
-    let by_action = t.get_as(&format!("/v1/orgs/{org}/audit?action=member.create&actor={actor}"), &key, &owner)
+    let by_action = t
+        .get_as(
+            &format!("/v1/orgs/{org}/audit?action=member.create&actor={actor}"),
+            &key,
+            &owner,
+        )
         .await
         .expect(200)
         .json();
     assert_eq!(by_action["items"].as_array().unwrap().len(), 1);
     assert_eq!(by_action["items"][0]["action"], "member.create");
-    let future = t.get_as(&format!("/v1/orgs/{org}/audit?from=2999-01-01T00:00:00Z"), &key, &owner)
+    let future = t
+        .get_as(
+            &format!("/v1/orgs/{org}/audit?from=2999-01-01T00:00:00Z"),
+            &key,
+            &owner,
+        )
         .await
         .expect(200)
         .json();
@@ -484,11 +499,18 @@ async fn audit_log_records_operations_and_logins() {
         "from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z",
         "cursor=nope",
     ] {
-        let r = t.get_as(&format!("/v1/orgs/{org}/audit?{bad}"), &key, &owner).await;
+        let r = t
+            .get_as(&format!("/v1/orgs/{org}/audit?{bad}"), &key, &owner)
+            .await;
         assert_eq!(r.status.as_u16(), 400, "{bad}: {}", r.text);
         r.assert_problem();
     }
-    let logins = t.get_as(&format!("/v1/orgs/{org}/audit?type=login&limit=1"), &key, &owner)
+    let logins = t
+        .get_as(
+            &format!("/v1/orgs/{org}/audit?type=login&limit=1"),
+            &key,
+            &owner,
+        )
         .await
         .expect(200)
         .json();
@@ -497,13 +519,23 @@ async fn audit_log_records_operations_and_logins() {
     assert_eq!(logins["items"][0]["method"], "wechat");
     assert_eq!(logins["items"][0]["reason"], "QR code expired");
     let next = logins["next_cursor"].as_str().expect("a second page");
-    let page2 = t.get_as(&format!("/v1/orgs/{org}/audit?type=login&limit=1&cursor={next}"), &key, &owner)
+    let page2 = t
+        .get_as(
+            &format!("/v1/orgs/{org}/audit?type=login&limit=1&cursor={next}"),
+            &key,
+            &owner,
+        )
         .await
         .expect(200)
         .json();
     assert_eq!(page2["items"][0]["ip"], "203.0.113.9");
     assert!(page2.get("next_cursor").is_none());
-    let r = t.get_as(&format!("/v1/orgs/{org}/audit?type=everything"), &key, &owner)
+    let r = t
+        .get_as(
+            &format!("/v1/orgs/{org}/audit?type=everything"),
+            &key,
+            &owner,
+        )
         .await;
     assert_eq!(r.status.as_u16(), 400);
     r.assert_problem();

@@ -35,11 +35,14 @@ async fn verify(t: &TestApp, org: &str) -> approvald::audit::Report {
     store_audit::verify(&t.app.db, org).await.unwrap()
 }
 
-async fn rename(t: &TestApp, org: &str, key: &str, member: &str, name: &str) -> Resp {
-    t.call(
+/// Rename a member, acting as the org's owner (the member itself when
+/// `member` is the owner).
+async fn rename(t: &TestApp, org: &str, key: &str, owner: &str, member: &str, name: &str) -> Resp {
+    t.call_as(
         Method::PATCH,
         &format!("/v1/orgs/{org}/members/{member}"),
-        Some(key),
+        key,
+        owner,
         Some(&json!({"name": name})),
     )
     .await
@@ -59,7 +62,7 @@ async fn login(t: &TestApp, org: &str, key: &str, member: &str, ok: bool) -> Res
 async fn org_with_entries(t: &TestApp, name: &str, n: usize) -> (String, String, String) {
     let (org, key, owner) = t.create_org(name, "cn").await;
     for i in 0..n {
-        rename(t, &org, &key, &owner, &format!("Owner {i}"))
+        rename(t, &org, &key, &owner, &owner, &format!("Owner {i}"))
             .await
             .expect(200);
     }
@@ -87,8 +90,8 @@ async fn concurrent_appends_across_orgs_stay_gap_free_and_verify() {
         let t = &t;
         async move {
             let r = match i % 4 {
-                0 => rename(t, org, key, owner, &format!("Owner {i}")).await,
-                1 => rename(t, org, key, member, &format!("Member {i}")).await,
+                0 => rename(t, org, key, owner, owner, &format!("Owner {i}")).await,
+                1 => rename(t, org, key, owner, member, &format!("Member {i}")).await,
                 2 => login(t, org, key, member, true).await,
                 _ => login(t, org, key, owner, false).await,
             };
@@ -293,7 +296,7 @@ async fn export_verifies_with_the_python_verifier() {
     login(&t, &org, &key, &owner, true).await.expect(201);
     login(&t, &org, &key, &owner, false).await.expect(201);
     // Non-ASCII text, quotes and control characters must hash the same way.
-    rename(&t, &org, &key, &owner, "张三 \"Zhang\" é")
+    rename(&t, &org, &key, &owner, &owner, "张三 \"Zhang\" é")
         .await
         .expect(200);
     let mut out = Vec::new();
@@ -367,6 +370,7 @@ async fn entries_carry_request_ids_and_job_actors() {
         .client
         .patch(format!("{}/v1/orgs/{org}/members/{owner}", t.base))
         .bearer_auth(&key)
+        .header("approvald-actor", &owner)
         .header("x-request-id", "trace-abc.123")
         .json(&json!({"name": "Renamed Owner"}))
         .send()
@@ -437,7 +441,9 @@ async fn pre_chain_rows_are_hashed_at_start() {
     assert!(r.ok, "{}", r.summary);
     assert_eq!(r.summary, "4/4 entries valid");
     // And the chain goes on from there.
-    rename(&t, &org, &key, &owner, "Later").await.expect(200);
+    rename(&t, &org, &key, &owner, &owner, "Later")
+        .await
+        .expect(200);
     assert_eq!(verify(&t, &org).await.summary, "5/5 entries valid");
     t.finish().await;
 }
@@ -472,7 +478,12 @@ async fn only_admins_read_the_logs() {
         assert_eq!(r.status.as_u16(), 403, "{path}: {}", r.text);
         r.assert_problem();
         let r = t.get(&path, &key).await;
-        assert_eq!(r.status.as_u16(), 403, "{path} without an actor: {}", r.text);
+        assert_eq!(
+            r.status.as_u16(),
+            403,
+            "{path} without an actor: {}",
+            r.text
+        );
         r.assert_problem();
         for r in [
             t.get_as(&path, &other_key, &other_owner).await,
@@ -481,7 +492,11 @@ async fn only_admins_read_the_logs() {
             assert_eq!(r.status.as_u16(), 404, "{path}: {}", r.text);
             r.assert_problem();
         }
-        assert_eq!(t.count("audit_log").await, before, "refused reads write nothing");
+        assert_eq!(
+            t.count("audit_log").await,
+            before,
+            "refused reads write nothing"
+        );
     }
     let reads: Vec<(String, String)> = on_db!(&t.app.db, |p| sqlx::query_as(
         "SELECT action, actor FROM audit_log WHERE org_id = $1 AND action LIKE 'audit.%' ORDER BY seq"
