@@ -27,7 +27,10 @@ async fn main() -> anyhow::Result<()> {
     let n_orgs = env_num("BENCH_ORGS", 4);
     let dir = tempfile::tempdir()?;
     let (db_url, queue_url) = match std::env::var("BENCH_PG_URL") {
-        Ok(url) => (url, std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())),
+        Ok(url) => (
+            url,
+            std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
+        ),
         Err(_) => (
             format!("sqlite://{}/bench.db?mode=rwc", dir.path().display()),
             "sqlite".to_string(),
@@ -53,7 +56,8 @@ filter = "error"
     ))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let running = approvald::start(config, Role::Api, Some(listener), Arc::new(SystemClock)).await?;
+    let running =
+        approvald::start(config, Role::Api, Some(listener), Arc::new(SystemClock)).await?;
     let app = running.app.clone();
     let key = approvald::store::keys::create(
         &app.db,
@@ -90,7 +94,12 @@ filter = "error"
                 .patch(format!("{base}/v1/orgs/{org}/members/{owner}"))
                 .bearer_auth(&key)
                 .json(&json!({"name": format!("Owner {i}")}));
-            async move { req.send().await.map(|r| r.status().is_success()).unwrap_or(false) }
+            async move {
+                req.send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
         })
         .buffer_unordered(concurrency)
         .filter(|ok| std::future::ready(!ok))
@@ -98,7 +107,11 @@ filter = "error"
         .await;
     let secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(failures == 0, "{failures} of {ops} calls failed");
-    println!("chain={} ops={ops} seconds={secs:.3} ops_per_sec={:.1}", if chain { "on" } else { "off" }, ops as f64 / secs);
+    println!(
+        "chain={} ops={ops} seconds={secs:.3} ops_per_sec={:.1}",
+        if chain { "on" } else { "off" },
+        ops as f64 / secs
+    );
     running.stop();
     running.wait().await?;
     Ok(())
