@@ -520,3 +520,123 @@ async fn only_admins_read_the_logs() {
     );
     t.finish().await;
 }
+
+/// A database written before the chain (migrations up to 0009, rows in the
+/// old shape) verifies after the upgrade: migration 0010 numbers the rows,
+/// the first start hashes them, and the chain goes on from there.
+#[tokio::test]
+async fn an_upgraded_database_verifies() {
+    use approvald::db::Db;
+    let profile = crate::harness::Profile::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = match profile {
+        crate::harness::Profile::Embedded => "sqlite",
+        crate::harness::Profile::Production => "postgres",
+    };
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(engine);
+    let old = dir.path().join("before-0010");
+    std::fs::create_dir(&old).unwrap();
+    for f in std::fs::read_dir(&all).unwrap() {
+        let f = f.unwrap();
+        if f.file_name().to_string_lossy().as_ref() < "0010" {
+            std::fs::copy(f.path(), old.join(f.file_name())).unwrap();
+        }
+    }
+    let db = match profile {
+        crate::harness::Profile::Embedded => {
+            let url = format!("sqlite://{}/upgrade.db?mode=rwc", dir.path().display());
+            Db::Sqlite(
+                sqlx::SqlitePool::connect_with(approvald::db::sqlite_options(&url).unwrap())
+                    .await
+                    .unwrap(),
+            )
+        }
+        crate::harness::Profile::Production => Db::Postgres(
+            sqlx::PgPool::connect(&crate::harness::fresh_pg_database().await)
+                .await
+                .unwrap(),
+        ),
+    };
+    let before = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
+    on_db!(&db, |p| before.run(p).await).unwrap();
+    // Rows as the old code wrote them (no seq, no hash), out of time order.
+    for (id, org, kind, at) in [
+        (
+            "00000000-0000-7000-8000-000000000003",
+            "o1",
+            "operation",
+            2000,
+        ),
+        ("00000000-0000-7000-8000-000000000002", "o1", "login", 1000),
+        (
+            "00000000-0000-7000-8000-000000000001",
+            "o1",
+            "operation",
+            1000,
+        ),
+        (
+            "00000000-0000-7000-8000-000000000004",
+            "platform",
+            "operation",
+            5,
+        ),
+        (
+            "00000000-0000-7000-8000-000000000005",
+            "platform",
+            "operation",
+            7,
+        ),
+    ] {
+        on_db!(&db, |p| sqlx::query(
+            "INSERT INTO audit_log (id, org_id, type, actor, action, target, detail, ip, user_agent, success, at) \
+             VALUES ($1, $2, $3, 'key:k', $3, 't', '{\"n\": 1}', $4, $5, $6, $7)"
+        )
+        .bind(id)
+        .bind(org)
+        .bind(kind)
+        .bind((kind == "login").then_some("10.0.0.1"))
+        .bind((kind == "login").then_some("ua"))
+        .bind((kind == "login").then_some(true))
+        .bind(at)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+        .unwrap();
+    }
+    db.migrate().await.unwrap();
+    assert_eq!(store_audit::finish_migration(&db).await.unwrap(), 5);
+    assert_eq!(store_audit::finish_migration(&db).await.unwrap(), 0, "once");
+    let order: Vec<(String, i64)> = on_db!(&db, |p| sqlx::query_as(
+        "SELECT id, seq FROM audit_log WHERE org_id = 'o1' ORDER BY seq"
+    )
+    .fetch_all(p)
+    .await)
+    .unwrap();
+    let ids: Vec<&str> = order.iter().map(|r| &r.0[r.0.len() - 1..]).collect();
+    assert_eq!(ids, ["1", "2", "3"], "time order, then id");
+    for (org, n) in [("o1", 3), ("platform", 2)] {
+        let r = store_audit::verify(&db, org).await.unwrap();
+        assert_eq!(r.summary, format!("{n}/{n} entries valid"), "{org}");
+    }
+    let mut tx = db.begin().await.unwrap();
+    store_audit::operation(
+        &mut tx,
+        store_audit::Operation {
+            org_id: "o1",
+            actor: "key:k",
+            action: "member.update",
+            target: None,
+            detail: json!({"after": {"name": "x"}}),
+            at: 3000,
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        store_audit::verify(&db, "o1").await.unwrap().summary,
+        "4/4 entries valid"
+    );
+}
