@@ -880,7 +880,7 @@ async fn nul_bytes_are_refused_on_every_route() {
         r.text
     );
     // Header values cannot carry a NUL at all: the HTTP parser refuses the
-    // request (its own 400, see README) before anything of ours runs.
+    // request before anything of ours runs (its 400, made problem+json).
     for header in ["Idempotency-Key", "Approvald-Actor", "Authorization"] {
         let mut raw = format!(
             "POST {o}/requests HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
@@ -888,8 +888,9 @@ async fn nul_bytes_are_refused_on_every_route() {
         )
         .into_bytes();
         raw.extend_from_slice(b"\0b\r\n\r\n{}");
-        let (status, _, text) = raw_http(&t, raw).await;
+        let (status, ct, text) = raw_http(&t, raw).await;
         assert_eq!(status, 400, "NUL in {header}: {text}");
+        assert_eq!(ct, "application/problem+json", "NUL in {header}: {text}");
         assert_eq!(counts(&t).await, before, "NUL in {header} wrote something");
     }
     // `%2500` is a literal `%00`, not a NUL: an ordinary unknown id.

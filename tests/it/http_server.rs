@@ -252,3 +252,74 @@ async fn the_process_exits_on_sigterm_despite_a_stalled_client() {
     );
     drop(s);
 }
+
+/// Requests the HTTP parser itself refuses get problem+json too, not an
+/// empty body; and the connection is closed, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_parsers_own_refusals_are_problem_json() {
+    let t = TestApp::spawn().await;
+    let (org, key, _) = t.create_org("Parser Co", "cn").await;
+    let before = t.count("requests").await;
+    let body = r#"{"kind": "ftp_access", "remark": "x"}"#;
+    let head = format!(
+        "POST /v1/orgs/{org}/requests HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\n"
+    );
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "two Content-Length headers",
+            format!(
+                "{head}Content-Length: {}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len(),
+                body.len() + 1
+            ),
+            400,
+        ),
+        (
+            "a folded header",
+            format!(
+                "{head}X-Folded: a\r\n b\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            400,
+        ),
+        (
+            "a malformed request line",
+            "GET /healthz HTTP/9\r\nHost: x\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            "a header far too large",
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(1 << 20)
+            ),
+            431,
+        ),
+    ];
+    for (name, raw, want) in cases {
+        let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        let _ = s.write_all(raw.as_bytes()).await;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no answer"))
+            .ok();
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {want} ")),
+            "{name}: {text}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{name}: {text}"
+        );
+        let p: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
+        assert_eq!(p["status"], want, "{name}");
+    }
+    assert_eq!(t.count("requests").await, before);
+    t.finish().await;
+}
