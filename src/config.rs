@@ -53,6 +53,7 @@ pub struct Config {
     pub calendars: CalendarsConfig,
     pub workers: WorkersConfig,
     pub log: LogConfig,
+    pub webhooks: WebhooksConfig,
     pub ops: OpsConfig,
 }
 
@@ -213,6 +214,33 @@ pub struct WorkersConfig {
     pub shutdown_timeout_secs: u64,
 }
 
+/// Webhook delivery (DESIGN "Webhooks"; see `src/webhooks/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// One delivery attempt may take this long (connect, send, answer), seconds.
+    pub timeout_secs: u64,
+    /// Delays before the 2nd, 3rd, ... attempt of a delivery, seconds; after
+    /// the last one fails the delivery is `failed`.
+    pub retry_schedule_secs: Vec<u64>,
+    /// An endpoint whose deliveries have only failed for this many days is
+    /// disabled (checked when a delivery fails for good); 0 = at the first
+    /// delivery that fails for good.
+    pub disable_after_days: u64,
+    /// Accept `http://` endpoint URLs (tests, closed networks); https otherwise.
+    pub allow_http: bool,
+    /// Accept endpoints on loopback, private, link-local and metadata
+    /// addresses (tests on loopback); refused otherwise, also at delivery time.
+    pub allow_private: bool,
+    /// After a secret rotation the old secret keeps signing this long, hours.
+    pub rotation_overlap_hours: u64,
+    /// How much of a response body the delivery log keeps, bytes.
+    pub response_excerpt_bytes: usize,
+    /// 32 bytes, base64: seals endpoint signing secrets at rest (AES-256-GCM).
+    /// Empty: secrets are stored unsealed (a warning is logged at start).
+    pub secret_key: Secret,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -289,6 +317,16 @@ impl Default for Config {
             log: LogConfig {
                 format: LogFormat::Text,
                 filter: "info".into(),
+            },
+            webhooks: WebhooksConfig {
+                timeout_secs: 10,
+                retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
+                disable_after_days: 5,
+                allow_http: false,
+                allow_private: false,
+                rotation_overlap_hours: 24,
+                response_excerpt_bytes: 1024,
+                secret_key: Secret::default(),
             },
             ops: OpsConfig {
                 metrics_token: Secret::default(),
@@ -485,6 +523,7 @@ impl Config {
                 "must be at least 16 visible ASCII characters (or empty: /metrics open); e.g. the output of `openssl rand -hex 32`".into(),
             );
         }
+        self.validate_webhooks()?;
         if let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&self.sla.sweep_cron) {
             return bad(
                 "sla.sweep_cron",
@@ -493,6 +532,45 @@ impl Config {
                     self.sla.sweep_cron
                 ),
             );
+        }
+        Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("key `webhooks.{key}`: {why}")));
+        let w = &self.webhooks;
+        if !(1..=60).contains(&w.timeout_secs) {
+            return bad(
+                "timeout_secs",
+                "must be between 1 and 60 seconds (default 10)",
+            );
+        }
+        if w.retry_schedule_secs.len() > 20 {
+            return bad(
+                "retry_schedule_secs",
+                "at most 20 retries, e.g. [5, 300, 1800, 7200, 18000, 36000, 36000]",
+            );
+        }
+        if w.retry_schedule_secs
+            .iter()
+            .any(|&d| d == 0 || d > 7 * 86400)
+        {
+            return bad(
+                "retry_schedule_secs",
+                "each delay must be between 1 second and 7 days",
+            );
+        }
+        if w.disable_after_days > 365 {
+            return bad("disable_after_days", "must be at most 365 (default 5)");
+        }
+        if w.rotation_overlap_hours > 24 * 30 {
+            return bad("rotation_overlap_hours", "must be at most 720 (30 days)");
+        }
+        if !(64..=65536).contains(&w.response_excerpt_bytes) {
+            return bad("response_excerpt_bytes", "must be between 64 and 65536");
+        }
+        if let Err(e) = crate::webhooks::secret::Sealer::from_config(w) {
+            return bad("secret_key", &e.to_string());
         }
         Ok(())
     }

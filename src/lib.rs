@@ -21,6 +21,7 @@ pub mod mail;
 pub mod ops;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::Config;

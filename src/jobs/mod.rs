@@ -24,6 +24,7 @@ pub const QUEUES: &[&str] = &[
     sla::SlaJob::NAME,
     notify::NotifyJob::NAME,
     sweep::SweepJob::NAME,
+    crate::webhooks::deliver::DeliverJob::NAME,
 ];
 
 /// Register every job handler (the worker role).
@@ -32,6 +33,7 @@ pub fn register(rt: Runtime, app: &App) -> Runtime {
         .register::<sla::SlaJob>(app.clone())
         .register::<notify::NotifyJob>(app.clone())
         .register::<sweep::SweepJob>(app.clone())
+        .register::<crate::webhooks::deliver::DeliverJob>(app.clone())
 }
 
 /// Cron schedules (the scheduler role): each tick yields exactly one job

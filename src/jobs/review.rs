@@ -355,6 +355,8 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
         .await?;
     }
     sla::arm_timers(app, &mut tx, &req.id, reminder_at, req.sla_due_at).await?;
+    crate::webhooks::emit_request(app, &mut tx, &req.org_id, &req.id, "request.in_review", now)
+        .await?;
     tx.commit().await.context("commit")?;
     app.jobs_committed();
     tracing::info!(request_id, number = %req.number, kind = %req.kind, reviewers = reviewers.len(), "request in review");

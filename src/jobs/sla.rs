@@ -302,6 +302,15 @@ pub async fn breach(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
             .await?;
         }
     }
+    crate::webhooks::emit_request(
+        app,
+        &mut tx,
+        &req.org_id,
+        request_id,
+        "request.sla_breached",
+        now,
+    )
+    .await?;
     tx.commit().await?;
     app.jobs_committed();
     metrics::counter!("approvald_sla_breaches_total", "kind" => req.kind.clone()).increment(1);
@@ -424,6 +433,9 @@ pub struct Swept {
     /// Requests whose SLA timers were armed again because the queue held
     /// fewer timers than the database expects (a queue that restarted empty).
     pub timers_rearmed: usize,
+    /// Webhook deliveries whose next attempt is overdue by
+    /// `sla.reconcile_after_secs`, pushed again (a queue that lost the job).
+    pub webhooks_repushed: usize,
 }
 
 /// The database is the truth: handle overdue reminders and deadlines whose
@@ -510,6 +522,7 @@ pub async fn sweep(app: &App) -> anyhow::Result<Swept> {
         out.mail_repushed = pending.len();
     }
     out.timers_rearmed = rearm_lost_timers(app, now).await?;
+    out.webhooks_repushed = crate::webhooks::deliver::reconcile(app, now - after_ms).await?;
     Ok(out)
 }
 

@@ -58,10 +58,12 @@ pub enum Template {
     Cancelled,
     /// To an org's admins: a member was disabled.
     MemberDisabled,
+    /// To an org's admins: approvald disabled one of its webhook endpoints.
+    WebhookDisabled,
 }
 
 impl Template {
-    pub const ALL: [Template; 7] = [
+    pub const ALL: [Template; 8] = [
         Self::ReviewRequested,
         Self::Reminder,
         Self::SlaEscalation,
@@ -69,6 +71,7 @@ impl Template {
         Self::Rejected,
         Self::Cancelled,
         Self::MemberDisabled,
+        Self::WebhookDisabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +83,7 @@ impl Template {
             Self::Rejected => "rejected",
             Self::Cancelled => "cancelled",
             Self::MemberDisabled => "member_disabled",
+            Self::WebhookDisabled => "webhook_disabled",
         }
     }
 

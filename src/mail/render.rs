@@ -35,6 +35,10 @@ pub struct MailContext {
     pub comment: Option<String>,
     pub member_name: Option<String>,
     pub member_login: Option<String>,
+    /// The endpoint URL of a webhook mail.
+    pub webhook_url: Option<String>,
+    /// Why approvald disabled it: `gone` (410) or `failing`.
+    pub webhook_reason: Option<String>,
 }
 
 impl MailContext {
@@ -68,6 +72,8 @@ impl MailContext {
                 "comment" => &mut self.comment,
                 "member_name" => &mut self.member_name,
                 "member_login" => &mut self.member_login,
+                "webhook_url" => &mut self.webhook_url,
+                "webhook_reason" => &mut self.webhook_reason,
                 _ => continue,
             };
             *slot = val;
@@ -166,6 +172,7 @@ table! {
     Rejected => "rejected",
     Cancelled => "cancelled",
     MemberDisabled => "member_disabled",
+    WebhookDisabled => "webhook_disabled",
 }
 
 const LAYOUT: &str = include_str!("templates/layout.html");
@@ -281,6 +288,8 @@ pub fn sample_context(locale: Locale) -> MailContext {
         comment: Some("The licence number does not match the registry.".into()),
         member_name: Some("Dave Departed".into()),
         member_login: Some("dave_01".into()),
+        webhook_url: Some("https://shop.example.com/hooks/approvald?a=1&b=<2>".into()),
+        webhook_reason: Some("failing".into()),
     }
 }
 

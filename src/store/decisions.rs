@@ -351,6 +351,18 @@ async fn decide_in(
         Decision::Approve => Template::Approved,
         Decision::Reject => Template::Rejected,
     };
+    crate::webhooks::emit_request(
+        app,
+        tx,
+        &row.org_id,
+        &row.id,
+        match decision {
+            Decision::Approve => "request.approved",
+            Decision::Reject => "request.rejected",
+        },
+        now,
+    )
+    .await?;
     for to in outcome_recipients(tx, &row).await? {
         crate::mail::queue_email(
             app,

@@ -154,6 +154,19 @@ pub async fn events(db: &Db, request_id: &str) -> Result<Vec<Event>, sqlx::Error
     })
 }
 
+/// A request's history inside a transaction (sees the transaction's own
+/// writes: webhook payloads are built there).
+pub async fn events_tx(tx: &mut Tx, request_id: &str) -> Result<Vec<Event>, sqlx::Error> {
+    on_tx!(tx, |c| {
+        sqlx::query_as::<_, Event>(
+        "SELECT id, request_id, at, type, actor, detail FROM request_events WHERE request_id = $1 ORDER BY at, id"
+    )
+    .bind(request_id)
+    .fetch_all(c)
+    .await
+    })
+}
+
 /// Filters of the history list.
 #[derive(Debug, Default)]
 pub struct Filter<'a> {

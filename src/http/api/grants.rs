@@ -138,6 +138,10 @@ pub async fn revoke(
     let g = store::grants::get_tx(&mut tx, &org.id, &kind, &member_id)
         .await?
         .ok_or_else(|| ApiError::not_found("grant"))?;
+    let out = GrantOut::from(g);
+    let payload = serde_json::to_value(&out).map_err(anyhow::Error::from)?;
+    crate::webhooks::emit(&app, &mut tx, &org.id, "grant.revoked", payload, now).await?;
     tx.commit().await?;
-    Ok(Json(g.into()))
+    app.jobs_committed();
+    Ok(Json(out))
 }

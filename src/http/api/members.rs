@@ -496,6 +496,12 @@ pub async fn disable(
         )
         .await?;
         notify_admins_of_disable(&app, &mut tx, &org.id, &m, now).await?;
+        let disabled = store::members::get_tx(&mut tx, &org.id, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("member"))?;
+        let payload =
+            serde_json::to_value(MemberOut::from(disabled)).map_err(anyhow::Error::from)?;
+        crate::webhooks::emit(&app, &mut tx, &org.id, "member.disabled", payload, now).await?;
     }
     let m = store::members::get_tx(&mut tx, &org.id, &id)
         .await?

@@ -23,9 +23,10 @@ mod catalog;
 mod grants;
 mod members;
 mod orgs;
-mod requests;
+pub mod requests;
 mod reviewers;
 mod roles;
+mod webhooks;
 
 pub use auth::{Caller, CallerScope};
 
@@ -78,6 +79,57 @@ pub fn router() -> Router<App> {
             get(authz::permissions),
         )
         .route("/v1/orgs/{org}/audit/verify", get(audit::verify))
+        .merge(webhook_routes())
+}
+
+/// Webhook endpoints of an org, and platform-wide ones (`/v1/webhooks`).
+fn webhook_routes() -> Router<App> {
+    use webhooks as w;
+    Router::new()
+        .route(
+            "/v1/orgs/{org}/webhooks",
+            post(w::org_create).get(w::org_list),
+        )
+        .route(
+            "/v1/orgs/{org}/webhooks/{id}",
+            get(w::org_get).patch(w::org_update).delete(w::org_delete),
+        )
+        .route(
+            "/v1/orgs/{org}/webhooks/{id}/rotate-secret",
+            post(w::org_rotate),
+        )
+        .route(
+            "/v1/orgs/{org}/webhooks/{id}/deliveries",
+            get(w::org_deliveries),
+        )
+        .route(
+            "/v1/orgs/{org}/webhooks/{id}/deliveries/{delivery}",
+            get(w::org_delivery),
+        )
+        .route(
+            "/v1/orgs/{org}/webhooks/{id}/deliveries/{delivery}/redeliver",
+            post(w::org_redeliver),
+        )
+        .route(
+            "/v1/webhooks",
+            post(w::platform_create).get(w::platform_list),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(w::platform_get)
+                .patch(w::platform_update)
+                .delete(w::platform_delete),
+        )
+        .route("/v1/webhooks/{id}/rotate-secret", post(w::platform_rotate))
+        .route("/v1/webhooks/{id}/deliveries", get(w::platform_deliveries))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery}",
+            get(w::platform_delivery),
+        )
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
+            post(w::platform_redeliver),
+        )
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.

@@ -392,6 +392,7 @@ pub async fn submit(
         PushOptions::default(),
     )
     .await?;
+    crate::webhooks::emit_request(&app, &mut tx, &org.id, &id, "request.submitted", now).await?;
     let answer = serde_json::to_string(&Submitted {
         id: &id,
         number: &number,
@@ -529,8 +530,26 @@ pub struct Detail {
 }
 
 async fn detail(app: &App, r: Request) -> ApiResult<Detail> {
-    let events = store::requests::events(&app.db, &r.id)
-        .await?
+    let events = store::requests::events(&app.db, &r.id).await?;
+    Ok(detail_from(r, events))
+}
+
+/// The request as `GET .../requests/{id}` returns it, read inside `tx` (the
+/// payload of the `request.*` webhook events); `None` if it does not exist.
+pub async fn detail_value_tx(
+    tx: &mut crate::db::Tx,
+    org_id: &str,
+    id: &str,
+) -> anyhow::Result<Option<Value>> {
+    let Some(r) = store::requests::get_tx(tx, org_id, id).await? else {
+        return Ok(None);
+    };
+    let events = store::requests::events_tx(tx, id).await?;
+    Ok(Some(serde_json::to_value(detail_from(r, events))?))
+}
+
+fn detail_from(r: Request, events: Vec<store::requests::Event>) -> Detail {
+    let events = events
         .into_iter()
         .map(|e| EventOut {
             kind: e.kind,
@@ -539,7 +558,7 @@ async fn detail(app: &App, r: Request) -> ApiResult<Detail> {
             detail: json_column(&e.detail),
         })
         .collect();
-    Ok(Detail {
+    Detail {
         id: r.id,
         number: r.number,
         kind: r.kind,
@@ -559,7 +578,7 @@ async fn detail(app: &App, r: Request) -> ApiResult<Detail> {
         created_at: time(r.created_at),
         updated_at: time(r.updated_at),
         events,
-    })
+    }
 }
 
 pub async fn get(
@@ -636,6 +655,7 @@ pub async fn cancel(
         },
     )
     .await?;
+    crate::webhooks::emit_request(&app, &mut tx, &org.id, &id, "request.cancelled", now).await?;
     tx.commit().await?;
     app.jobs_committed();
     let r = store::requests::get(&app.db, &org.id, &id)
