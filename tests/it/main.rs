@@ -21,3 +21,5 @@ mod review_browser;
 mod review_decide;
 mod review_util;
 mod sla;
+mod webhook_receiver;
+mod webhooks;
