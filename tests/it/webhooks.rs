@@ -119,7 +119,7 @@ async fn every_lifecycle_event_is_delivered_signed() {
     let rx = Receiver::start().await;
     t.create_reviewer("lead@platform.example", "marketplace", true)
         .await;
-    let (org, key, _) = t.create_org("Hooked", "cn").await;
+    let (org, key, owner) = t.create_org("Hooked", "cn").await;
     let (ep, secret) = endpoint(&t, &org, &key, &rx.url(), json!(["*"])).await;
 
     // approved by policy, rejected (licence missing), cancelled, breached.
@@ -158,9 +158,10 @@ async fn every_lifecycle_event_is_delivered_signed() {
     .expect(200);
     let m = add_member(&t, &org, &key, "member").await;
     let member = m["id"].as_str().unwrap();
-    t.post(
+    t.post_as(
         &format!("/v1/orgs/{org}/members/{member}/disable"),
         &key,
+        &owner,
         json!({}),
     )
     .await
