@@ -485,7 +485,7 @@ pub async fn disable_endpoint(
         tx,
         audit::Operation {
             org_id: org_id.unwrap_or(audit::PLATFORM),
-            actor: "system",
+            actor: "job:webhook",
             action: "webhook.disable",
             target: Some(endpoint_id),
             detail: json!({"before": {"enabled": true}, "after": {"enabled": false}, "reason": reason}),
