@@ -216,19 +216,18 @@ pub async fn deliver(
         }
         Err(SendError::Config { kind, error }) => {
             // The operator's configuration (credentials, TLS trust), not this
-            // mail: it stays pending and is retried with the transient
-            // backoff, without ever giving up; said once per process.
+            // mail: it stays pending and is tried again with the transient
+            // backoff, without ever giving up. Said once per process (not
+            // once per mail and attempt): this job ends well and the next
+            // attempt is a fresh job, due after the backoff.
             let msg = format!("{error:#}");
             emails::note_error(&app.db, &row.id, &msg).await?;
             count(&row.template, "retry");
             transport_failing(app, kind, &msg).await;
             tracing::debug!(email_id, template = %template, to = %to, attempt, error = %msg, "mail waits for the mail transport");
-            if attempt < max_attempts {
-                return Err(JobError::Retryable(error));
-            }
-            // Out of attempts for this job: hand over to a fresh one later.
-            let (_, cap) = crate::mail::retry_policy();
-            resume_later(app, &row, cap).await?;
+            let (base, cap) = crate::mail::retry_policy();
+            let tries = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
+            resume_later(app, &row, exponential_backoff(tries, base, cap)).await?;
             Ok(())
         }
         Err(SendError::Transient(e)) if attempt < max_attempts => {
@@ -278,8 +277,8 @@ async fn transport_works(app: &App) {
     }
 }
 
-/// Push a fresh notify job for a mail whose job ran out of attempts while
-/// the transport was misconfigured, due after `delay`.
+/// Push the next attempt of a mail held up by the transport's configuration,
+/// as a fresh notify job due after `delay` (one key per attempt).
 async fn resume_later(app: &App, row: &EmailRow, delay: Duration) -> anyhow::Result<()> {
     let at = chrono::DateTime::from_timestamp_millis(app.now_ms() + delay.as_millis() as i64)
         .unwrap_or_default();
