@@ -12,4 +12,7 @@ mod many_processes;
 mod redis_down;
 mod redis_empty;
 mod submit;
+mod webhook_kill;
+#[path = "../it/webhook_receiver.rs"]
+mod webhook_receiver;
 mod worker_kill;

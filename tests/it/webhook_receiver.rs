@@ -39,6 +39,8 @@ struct St {
     default_status: u16,
     /// Hold every answer this long (the kill test).
     delay_ms: u64,
+    /// Calls received whose answer is still held.
+    held: usize,
 }
 
 pub struct Receiver {
@@ -55,19 +57,25 @@ async fn handle(State(st): State<Arc<Mutex<St>>>, headers: HeaderMap, body: Byte
             .unwrap_or("")
             .to_string()
     };
-    let delay = st.lock().unwrap().delay_ms;
+    // Recorded on arrival, as a receiver that acts on what it gets: a
+    // sender that dies while the answer is held has still delivered.
+    let (status, delay) = {
+        let mut s = st.lock().unwrap();
+        let status = s.script.pop_front().unwrap_or(s.default_status);
+        s.hits.push(Hit {
+            id: h("webhook-id"),
+            timestamp: h("webhook-timestamp").parse().unwrap_or(0),
+            signature: h("webhook-signature"),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            status,
+        });
+        s.held += 1;
+        (status, s.delay_ms)
+    };
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
-    let mut s = st.lock().unwrap();
-    let status = s.script.pop_front().unwrap_or(s.default_status);
-    s.hits.push(Hit {
-        id: h("webhook-id"),
-        timestamp: h("webhook-timestamp").parse().unwrap_or(0),
-        signature: h("webhook-signature"),
-        body: String::from_utf8_lossy(&body).into_owned(),
-        status,
-    });
+    st.lock().unwrap().held -= 1;
     StatusCode::from_u16(status).unwrap()
 }
 
@@ -145,6 +153,11 @@ impl Receiver {
 
     pub fn set_delay_ms(&self, ms: u64) {
         self.st.lock().unwrap().delay_ms = ms;
+    }
+
+    /// Calls received and not yet answered (senders waiting).
+    pub fn held(&self) -> usize {
+        self.st.lock().unwrap().held
     }
 
     pub fn hits(&self) -> Vec<Hit> {
