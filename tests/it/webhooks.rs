@@ -373,7 +373,7 @@ async fn receiver_down_while_100_events_happen_then_all_delivered_once() {
 [webhooks]
 allow_http = true
 allow_private = true
-retry_schedule_secs = [1, 1, 2, 2, 2, 2, 2, 2, 2, 2]
+retry_schedule_secs = [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
 timeout_secs = 5
 "#,
     )
