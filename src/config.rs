@@ -55,6 +55,7 @@ pub struct Config {
     pub log: LogConfig,
     pub webhooks: WebhooksConfig,
     pub ops: OpsConfig,
+    pub payments: PaymentsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,6 +242,21 @@ pub struct WebhooksConfig {
     pub secret_key: Secret,
 }
 
+/// Spending limits (DESIGN "Spending limits").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// ISO 4217 currency of orgs created without one.
+    pub currency: String,
+    /// An unsettled hold expires after this many hours.
+    pub hold_hours: u64,
+    /// Spend counters of periods older than this many months are pruned.
+    pub retention_months: u32,
+    /// Cron expression (with seconds, UTC) of the `limits` job, which closes
+    /// every day and month that has ended in each zone in use.
+    pub limits_cron: String,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -330,6 +346,12 @@ impl Default for Config {
             },
             ops: OpsConfig {
                 metrics_token: Secret::default(),
+            },
+            payments: PaymentsConfig {
+                currency: "CNY".into(),
+                hold_hours: 168,
+                retention_months: 13,
+                limits_cron: "30 * * * * *".into(),
             },
         }
     }
@@ -533,6 +555,37 @@ impl Config {
                 ),
             );
         }
+        self.validate_payments()?;
+        Ok(())
+    }
+
+    fn validate_payments(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("key `{key}`: {why}")));
+        let p = &self.payments;
+        if let Err(e) = crate::domain::spending::Currency::parse("payments.currency", &p.currency) {
+            return bad("payments.currency", e.why);
+        }
+        if !(1..=24 * 366).contains(&p.hold_hours) {
+            return bad(
+                "payments.hold_hours",
+                format!("{} must be 1..=8784 hours (default 168)", p.hold_hours),
+            );
+        }
+        if !(2..=240).contains(&p.retention_months) {
+            return bad(
+                "payments.retention_months",
+                format!("{} must be 2..=240 months (default 13)", p.retention_months),
+            );
+        }
+        if let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&p.limits_cron) {
+            return bad(
+                "payments.limits_cron",
+                format!(
+                    "{:?} is not a cron expression ({e}); use 6 fields with seconds, e.g. \"30 * * * * *\"",
+                    p.limits_cron
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -646,6 +699,15 @@ mod tests {
         assert!(e.0.contains("mail.smtp.host"), "{e}");
         let e = Config::from_toml("[database]\nurl = \"postgres://a@b/c\"").unwrap_err();
         assert!(e.0.contains("queue.url"), "{e}");
+        for bad in [
+            "[payments]\ncurrency = \"XXX\"",
+            "[payments]\nhold_hours = 0",
+            "[payments]\nretention_months = 1",
+            "[payments]\nlimits_cron = \"often\"",
+        ] {
+            let e = Config::from_toml(bad).unwrap_err();
+            assert!(e.0.contains("payments."), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod audit_cmd;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod flows;
 pub mod http;
 pub mod jobs;
 pub mod mail;

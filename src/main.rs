@@ -59,6 +59,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Spending limits.
+    Limits {
+        #[command(subcommand)]
+        cmd: LimitsCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +85,23 @@ enum AuditCmd {
         /// Start at this seq (its `prev_hash` links it to the entry before).
         #[arg(long, default_value_t = 1)]
         from: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum LimitsCmd {
+    /// Close by hand the daily or monthly period that had most recently
+    /// ended at `--at` (default: now) in a zone: one summary row per member.
+    /// Idempotent: a closed period is left as it is.
+    Close {
+        #[arg(long, value_parser = ["daily", "monthly"])]
+        period: String,
+        /// IANA zone, e.g. Asia/Shanghai.
+        #[arg(long)]
+        zone: String,
+        /// RFC 3339 instant, e.g. 2026-04-01T00:10:00+08:00.
+        #[arg(long)]
+        at: Option<String>,
     },
 }
 
@@ -250,7 +272,58 @@ async fn dispatch(cmd: Cmd, config: Config) -> anyhow::Result<()> {
             print!("{}", config.to_masked_toml());
             Ok(())
         }
+        Cmd::Limits {
+            cmd: LimitsCmd::Close { period, zone, at },
+        } => limits_close(config, &period, &zone, at.as_deref()).await,
     }
+}
+
+async fn limits_close(
+    config: Config,
+    period: &str,
+    zone: &str,
+    at: Option<&str>,
+) -> anyhow::Result<()> {
+    use approvald::jobs::limits::{Closed, Kind, Period, close};
+    let tz = approvald::domain::spending::parse_zone("--zone", zone)?;
+    let kind = Kind::parse(period).context("--period must be daily or monthly")?;
+    let app = approvald::build_app(config, Arc::new(SystemClock)).await?;
+    let at = match at {
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .with_context(|| {
+                format!("--at {s:?} is not an RFC 3339 instant such as 2026-04-01T00:10:00+08:00")
+            })?
+            .with_timezone(&chrono::Utc),
+        None => app.clock.now(),
+    };
+    let p = Period::last_ended(tz, kind, at);
+    match close(&app, tz.name(), &p).await? {
+        Closed::Now { members } => println!(
+            "closed {} {} in {}: {members} member summaries",
+            kind.as_str(),
+            p.key,
+            tz.name()
+        ),
+        Closed::Already => println!(
+            "{} {} in {} was already closed; nothing changed",
+            kind.as_str(),
+            p.key,
+            tz.name()
+        ),
+        Closed::Busy => anyhow::bail!(
+            "{} {} in {} is being closed by a running worker; try again in a few minutes",
+            kind.as_str(),
+            p.key,
+            tz.name()
+        ),
+        Closed::NotEnded => anyhow::bail!(
+            "{} {} in {} has not ended yet",
+            kind.as_str(),
+            p.key,
+            tz.name()
+        ),
+    }
+    Ok(())
 }
 
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {

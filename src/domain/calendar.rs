@@ -590,7 +590,7 @@ fn parse_iso_date(s: &str) -> Option<NaiveDate> {
 
 /// The instant a wall-clock time stands for in `tz`: the earlier one in a
 /// fold, the first valid instant after it in a gap.
-fn resolve_local(tz: Tz, wall: NaiveDateTime) -> Result<DateTime<Tz>, CalendarError> {
+pub(crate) fn resolve_local(tz: Tz, wall: NaiveDateTime) -> Result<DateTime<Tz>, CalendarError> {
     match tz.from_local_datetime(&wall) {
         MappedLocalTime::Single(t) => Ok(t),
         MappedLocalTime::Ambiguous(a, b) => Ok(a.min(b)),

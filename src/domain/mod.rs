@@ -7,3 +7,4 @@ pub mod ids;
 pub mod payment;
 pub mod request;
 pub mod role;
+pub mod spending;

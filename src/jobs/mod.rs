@@ -10,6 +10,7 @@ use approvald_workers::{Job, PushOptions};
 use crate::{app::App, db::Tx};
 
 pub mod decide;
+pub mod limits;
 pub mod notify;
 pub mod relay;
 pub mod review;
@@ -25,6 +26,7 @@ pub const QUEUES: &[&str] = &[
     notify::NotifyJob::NAME,
     sweep::SweepJob::NAME,
     crate::webhooks::deliver::DeliverJob::NAME,
+    limits::LimitsJob::NAME,
 ];
 
 /// Register every job handler (the worker role).
@@ -34,6 +36,7 @@ pub fn register(rt: Runtime, app: &App) -> Runtime {
         .register::<notify::NotifyJob>(app.clone())
         .register::<sweep::SweepJob>(app.clone())
         .register::<crate::webhooks::deliver::DeliverJob>(app.clone())
+        .register::<limits::LimitsJob>(app.clone())
 }
 
 /// Cron schedules (the scheduler role): each tick yields exactly one job
@@ -49,6 +52,19 @@ pub fn schedule(rt: Runtime, app: &App) -> Runtime {
         )
         .catch_up(CatchUp::Latest),
         |tick| sweep::SweepJob {
+            tick_ms: tick.timestamp_millis(),
+        },
+    )
+    // Spending periods: each run closes every period that has ended in every
+    // zone in use, so one missed tick loses nothing (see `limits`).
+    .cron::<limits::LimitsJob>(
+        CronSchedule::new(
+            limits::SCHEDULE,
+            app.config.payments.limits_cron.clone(),
+            chrono_tz::UTC,
+        )
+        .catch_up(CatchUp::Latest),
+        |tick| limits::LimitsJob {
             tick_ms: tick.timestamp_millis(),
         },
     )

@@ -60,10 +60,12 @@ pub enum Template {
     MemberDisabled,
     /// To an org's admins: approvald disabled one of its webhook endpoints.
     WebhookDisabled,
+    /// To a member and the org's admins: 80 % or 100 % of a spending limit used.
+    SpendThreshold,
 }
 
 impl Template {
-    pub const ALL: [Template; 8] = [
+    pub const ALL: [Template; 9] = [
         Self::ReviewRequested,
         Self::Reminder,
         Self::SlaEscalation,
@@ -72,6 +74,7 @@ impl Template {
         Self::Cancelled,
         Self::MemberDisabled,
         Self::WebhookDisabled,
+        Self::SpendThreshold,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +87,7 @@ impl Template {
             Self::Cancelled => "cancelled",
             Self::MemberDisabled => "member_disabled",
             Self::WebhookDisabled => "webhook_disabled",
+            Self::SpendThreshold => "spend_threshold",
         }
     }
 

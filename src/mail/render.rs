@@ -39,6 +39,13 @@ pub struct MailContext {
     pub webhook_url: Option<String>,
     /// Why approvald disabled it: `gone` (410) or `failing`.
     pub webhook_reason: Option<String>,
+    /// Spending alerts: `daily` or `monthly`, the period (`2026-03-31`,
+    /// `2026-03`), the threshold in percent, and amounts with their currency.
+    pub period_kind: Option<String>,
+    pub period: Option<String>,
+    pub threshold: Option<String>,
+    pub spent: Option<String>,
+    pub limit: Option<String>,
 }
 
 impl MailContext {
@@ -74,6 +81,11 @@ impl MailContext {
                 "member_login" => &mut self.member_login,
                 "webhook_url" => &mut self.webhook_url,
                 "webhook_reason" => &mut self.webhook_reason,
+                "period_kind" => &mut self.period_kind,
+                "period" => &mut self.period,
+                "threshold" => &mut self.threshold,
+                "spent" => &mut self.spent,
+                "limit" => &mut self.limit,
                 _ => continue,
             };
             *slot = val;
@@ -173,6 +185,7 @@ table! {
     Cancelled => "cancelled",
     MemberDisabled => "member_disabled",
     WebhookDisabled => "webhook_disabled",
+    SpendThreshold => "spend_threshold",
 }
 
 const LAYOUT: &str = include_str!("templates/layout.html");
@@ -290,6 +303,11 @@ pub fn sample_context(locale: Locale) -> MailContext {
         member_login: Some("dave_01".into()),
         webhook_url: Some("https://shop.example.com/hooks/approvald?a=1&b=<2>".into()),
         webhook_reason: Some("failing".into()),
+        period_kind: Some("daily".into()),
+        period: Some("2026-02-14".into()),
+        threshold: Some("80".into()),
+        spent: Some("800.00 CNY".into()),
+        limit: Some("1000.00 CNY".into()),
     }
 }
 

@@ -346,6 +346,16 @@ async fn decide_in(
         )
         .await
         .context("auditing grant")?;
+        crate::flows::payments::on_approved(
+            tx,
+            &row.org_id,
+            &row.kind,
+            row.requester_id.as_deref(),
+            &row.id,
+            &actor,
+            now,
+        )
+        .await?;
     }
     let template = match decision {
         Decision::Approve => Template::Approved,

@@ -11,4 +11,5 @@ pub mod orgs;
 pub mod requests;
 pub mod reviewers;
 pub mod roles;
+pub mod spending;
 pub mod tokens;

@@ -11,18 +11,26 @@ pub struct Org {
     pub region: String,
     pub locale: String,
     pub created_at: i64,
+    /// ISO 4217; `None` on orgs made before spending limits (the config's
+    /// `payments.currency` applies, see `App::org_currency`).
+    pub currency: Option<String>,
+    /// IANA zone; `None`: the region calendar's (see `App::org_zone`).
+    pub timezone: Option<String>,
 }
 
 pub async fn insert(tx: &mut Tx, org: &Org) -> Result<(), sqlx::Error> {
     on_tx!(tx, |c| {
         sqlx::query(
-        "INSERT INTO orgs (id, name, region, locale, next_request_seq, created_at) VALUES ($1, $2, $3, $4, 0, $5)"
+        "INSERT INTO orgs (id, name, region, locale, next_request_seq, created_at, currency, timezone) \
+         VALUES ($1, $2, $3, $4, 0, $5, $6, $7)"
     )
     .bind(&org.id)
     .bind(&org.name)
     .bind(&org.region)
     .bind(&org.locale)
     .bind(org.created_at)
+    .bind(&org.currency)
+    .bind(&org.timezone)
     .execute(c)
     .await
     .map(|r| r.rows_affected())
@@ -32,7 +40,7 @@ pub async fn insert(tx: &mut Tx, org: &Org) -> Result<(), sqlx::Error> {
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<Org>, sqlx::Error> {
     on_db!(db, |c| sqlx::query_as::<_, Org>(
-        "SELECT id, name, region, locale, created_at FROM orgs WHERE id = $1"
+        "SELECT id, name, region, locale, created_at, currency, timezone FROM orgs WHERE id = $1"
     )
     .bind(id)
     .fetch_optional(c)

@@ -266,3 +266,17 @@ pub async fn active_reviewers(
     .await
     })
 }
+
+/// Store a request's kind-specific `params` (a JSON object), in its
+/// submitting transaction.
+pub async fn set_params(tx: &mut Tx, id: &str, params: &str) -> Result<(), sqlx::Error> {
+    on_tx!(tx, |c| sqlx::query(
+        "UPDATE requests SET params = $2 WHERE id = $1"
+    )
+    .bind(id)
+    .bind(params)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}

@@ -112,6 +112,25 @@ pub async fn revoke(
         )));
     }
     let actor = caller.actor();
+    if kind == crate::flows::payments::PAYMENT_PERMISSION && !member_id.is_empty() {
+        // The member-level limits the grant brought end with it.
+        if let Some(before) =
+            crate::flows::payments::end_member_permission(&mut tx, &org.id, &member_id, now).await?
+        {
+            audit::operation(
+                &mut tx,
+                audit::Operation {
+                    org_id: &org.id,
+                    actor: &actor,
+                    action: "payment.limits_ended",
+                    target: Some(&member_id),
+                    detail: json!({ "before": before, "after": null }),
+                    at: now,
+                },
+            )
+            .await?;
+        }
+    }
     if let Some(request_id) = &g.request_id {
         store::requests::add_event(
             &mut tx,

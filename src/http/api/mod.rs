@@ -23,6 +23,7 @@ mod catalog;
 mod grants;
 mod members;
 mod orgs;
+mod payments;
 pub mod requests;
 mod reviewers;
 mod roles;
@@ -80,6 +81,21 @@ pub fn router() -> Router<App> {
         )
         .route("/v1/orgs/{org}/audit/verify", get(audit::verify))
         .merge(webhook_routes())
+        // Spending limits (issue 11).
+        .route(
+            "/v1/orgs/{org}/payments/authorize",
+            post(payments::authorize),
+        )
+        .route("/v1/orgs/{org}/payments/{id}", get(payments::get))
+        .route(
+            "/v1/orgs/{org}/payments/{id}/capture",
+            post(payments::capture),
+        )
+        .route("/v1/orgs/{org}/payments/{id}/void", post(payments::void))
+        .route(
+            "/v1/orgs/{org}/members/{id}/spending",
+            get(payments::spending),
+        )
 }
 
 /// Webhook endpoints of an org, and platform-wide ones (`/v1/webhooks`).

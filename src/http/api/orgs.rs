@@ -9,6 +9,7 @@ use crate::{
     domain::{
         calendar::Region,
         ids::{Email, Locale, LoginId, MemberKind, parse_name},
+        spending::{Currency, parse_zone},
     },
     http::{ApiError, ApiResult, extract::ApiPath},
     store::{self, audit, keys::KeyScope, members::Member, orgs::Org},
@@ -20,6 +21,12 @@ pub struct CreateOrg {
     name: String,
     region: String,
     locale: String,
+    /// IANA zone of the org's spending periods; default: the region calendar's.
+    #[serde(default)]
+    timezone: Option<String>,
+    /// ISO 4217; default: `payments.currency`.
+    #[serde(default)]
+    currency: Option<String>,
     #[serde(deserialize_with = "super::body::object")]
     owner: OwnerIn,
 }
@@ -40,14 +47,20 @@ pub struct OrgOut {
     name: String,
     region: String,
     locale: String,
+    timezone: String,
+    currency: String,
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<MemberOut>,
 }
 
 impl OrgOut {
-    fn new(o: Org, owner: Option<Member>) -> Self {
+    fn new(app: &App, o: Org, owner: Option<Member>) -> Self {
         Self {
+            timezone: crate::flows::payments::org_zone(app, &o).name().to_string(),
+            currency: crate::flows::payments::org_currency(app, &o)
+                .code()
+                .to_string(),
             id: o.id,
             name: o.name,
             region: o.region,
@@ -92,6 +105,20 @@ pub async fn create(
     let name = parse_name("name", &b.name)?;
     let region = parse_region(&app, &b.region)?;
     let locale = Locale::parse(&b.locale)?;
+    let timezone = match b.timezone.as_deref() {
+        Some(z) => parse_zone("timezone", z)?,
+        None => app
+            .calendars
+            .get(&region)
+            .map(|c| c.tz())
+            .unwrap_or(chrono_tz::UTC),
+    };
+    let currency = Currency::parse(
+        "currency",
+        b.currency
+            .as_deref()
+            .unwrap_or(&app.config.payments.currency),
+    )?;
     let login_id = LoginId::parse(&b.owner.login_id)?;
     let owner_name = parse_name("owner.name", &b.owner.name)?;
     let email = Email::parse(&b.owner.email)?;
@@ -109,6 +136,8 @@ pub async fn create(
         region: region.as_str().to_string(),
         locale: locale.as_str().to_string(),
         created_at: now,
+        currency: Some(currency.code().to_string()),
+        timezone: Some(timezone.name().to_string()),
     };
     let owner = Member {
         id: new_id(),
@@ -137,13 +166,17 @@ pub async fn create(
             actor: &actor,
             action: "org.create",
             target: Some(&org.id),
-            detail: json!({ "name": org.name, "region": org.region, "owner": owner.id }),
+            detail: json!({ "name": org.name, "region": org.region, "owner": owner.id,
+                            "timezone": org.timezone, "currency": org.currency }),
             at: now,
         },
     )
     .await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(OrgOut::new(org, Some(owner)))))
+    Ok((
+        StatusCode::CREATED,
+        Json(OrgOut::new(&app, org, Some(owner))),
+    ))
 }
 
 pub async fn get(
@@ -152,7 +185,7 @@ pub async fn get(
     ApiPath(org_id): ApiPath<String>,
 ) -> ApiResult<Json<OrgOut>> {
     let org = caller.org(&app, &org_id).await?;
-    Ok(Json(OrgOut::new(org, None)))
+    Ok(Json(OrgOut::new(&app, org, None)))
 }
 
 #[derive(Serialize)]

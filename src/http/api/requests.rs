@@ -44,6 +44,10 @@ pub struct Submit {
     remark: String,
     #[serde(default, deserialize_with = "super::body::option_objects")]
     documents: Option<Vec<Document>>,
+    /// Kind-specific parameters, e.g. the limits a `payment_permission`
+    /// request asks for.
+    #[serde(default)]
+    params: Option<serde_json::Map<String, Value>>,
 }
 
 /// An attached document: a link the reviewer opens.
@@ -243,7 +247,11 @@ struct Valid<'a> {
     requester_id: Option<String>,
     remark: String,
     documents: String,
+    params: Option<String>,
 }
+
+/// Largest `params` object, as JSON text.
+pub const MAX_PARAMS: usize = 4096;
 
 async fn validate<'a>(app: &'a App, org: &Org, b: Submit) -> ApiResult<Valid<'a>> {
     let kind = app.catalog.kind(&b.kind).ok_or_else(|| {
@@ -280,11 +288,27 @@ async fn validate<'a>(app: &'a App, org: &Org, b: Submit) -> ApiResult<Valid<'a>
         )));
     }
     let documents = serde_json::to_string(&documents).map_err(anyhow::Error::from)?;
+    let params = match b.params.filter(|p| !p.is_empty()) {
+        None => None,
+        Some(p) => {
+            if kind.key == crate::flows::payments::PAYMENT_PERMISSION {
+                crate::domain::spending::limits_from_params(&p)?;
+            }
+            let text = Value::Object(p).to_string();
+            if text.len() > MAX_PARAMS {
+                return Err(ApiError::invalid(format!(
+                    "params: at most {MAX_PARAMS} bytes of JSON"
+                )));
+            }
+            Some(text)
+        }
+    };
     Ok(Valid {
         kind,
         requester_id,
         remark,
         documents,
+        params,
     })
 }
 
@@ -361,6 +385,9 @@ pub async fn submit(
         },
     )
     .await?;
+    if let Some(params) = &v.params {
+        store::requests::set_params(&mut tx, &id, params).await?;
+    }
     let actor = caller.actor();
     store::requests::add_event(
         &mut tx,

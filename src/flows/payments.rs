@@ -1,0 +1,917 @@
+//! Spending flows (DESIGN "Spending limits", invariant 4): authorize,
+//! capture, void, the spending view, and what the `cleanup` job and the
+//! `payment_permission` approval change. Each change is one transaction that
+//! first locks the member's row (see `store::spending` for the lock order),
+//! so decisions for one member are serial under any concurrency on both
+//! engines, and `used + held <= limit` holds for every period.
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    app::App,
+    db::Tx,
+    domain::{
+        ids::Locale,
+        spending::{self, Currency, Decline, Limits, Periods, Remaining, Usage},
+    },
+    mail::{self, EmailSpec, Recipient, Template},
+    on_tx,
+    store::{
+        members,
+        orgs::Org,
+        spending::{self as st, BATCH, Delta, LockedMember, Payment, Settled},
+    },
+};
+
+/// Alert thresholds, in percent of a limit.
+pub const THRESHOLDS: [i64; 2] = [80, 100];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayError {
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// 422: the call names something impossible (capture above the hold).
+    #[error("{0}")]
+    Invalid(String),
+    /// 409: the payment is not in a state that allows this.
+    #[error("{0}")]
+    Conflict(String),
+    /// 409: the reference was used with another body.
+    #[error("reference {0:?} was already used with a different body")]
+    ReferenceReused(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// The org's time zone: its own, else its region calendar's, else UTC.
+pub fn org_zone(app: &App, org: &Org) -> Tz {
+    org.timezone
+        .as_deref()
+        .and_then(|z| z.parse::<Tz>().ok())
+        .unwrap_or_else(|| crate::jobs::notify::region_tz(app, &org.region))
+}
+
+/// The org's currency: its own, else `payments.currency`.
+pub fn org_currency(app: &App, org: &Org) -> Currency {
+    org.currency
+        .as_deref()
+        .and_then(|c| Currency::parse("currency", c).ok())
+        .or_else(|| Currency::parse("payments.currency", &app.config.payments.currency).ok())
+        .unwrap_or_else(|| Currency::parse("currency", "CNY").expect("CNY is ISO 4217"))
+}
+
+/// A validated authorization call.
+#[derive(Debug, Clone)]
+pub struct Authorize {
+    pub member: String,
+    pub amount: i64,
+    pub reference: String,
+    pub capture: bool,
+    /// SHA-256 of the body's canonical JSON: the same reference with another
+    /// body is refused.
+    pub body_hash: String,
+}
+
+/// The answer to `authorize`: the stored JSON (replayed byte for byte).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub body: String,
+    pub replayed: bool,
+}
+
+#[derive(Serialize)]
+pub struct Resets {
+    pub daily: String,
+    pub monthly: String,
+}
+
+#[derive(Serialize)]
+pub struct PeriodKeys {
+    pub daily: String,
+    pub monthly: String,
+}
+
+fn resets(p: &Periods) -> Resets {
+    Resets {
+        daily: crate::http::api::time(p.day_ends.timestamp_millis()),
+        monthly: crate::http::api::time(p.month_ends.timestamp_millis()),
+    }
+}
+
+fn period_keys(p: &Periods) -> PeriodKeys {
+    PeriodKeys {
+        daily: p.day_key(),
+        monthly: p.month_key(),
+    }
+}
+
+#[derive(Serialize)]
+struct AuthorizeOut<'a> {
+    id: &'a str,
+    approved: bool,
+    status: &'a str,
+    reason: Option<&'static str>,
+    member: &'a str,
+    amount: i64,
+    currency: &'static str,
+    reference: &'a str,
+    capture: bool,
+    remaining: Remaining,
+    resets_at: Resets,
+    periods: PeriodKeys,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    created_at: String,
+}
+
+/// Release the member's holds that have expired at `now` (the member is
+/// locked by the caller). Returns how many.
+pub async fn expire_member_holds(
+    tx: &mut Tx,
+    member_id: &str,
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut n = 0;
+    loop {
+        let settled = st::settle_member_holds(tx, member_id, "expired", None, true, now).await?;
+        n += settled.len() as u64;
+        release(tx, member_id, &settled, now).await?;
+        if (settled.len() as i64) < BATCH {
+            return Ok(n);
+        }
+    }
+}
+
+/// Take released holds off their periods' `held` (counted as voided).
+async fn release(
+    tx: &mut Tx,
+    member_id: &str,
+    settled: &[Settled],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let mut groups: Vec<(&str, &str, i64, i64)> = Vec::new();
+    for s in settled {
+        match groups
+            .iter_mut()
+            .find(|g| g.0 == s.day.as_str() && g.1 == s.month.as_str())
+        {
+            Some(g) => {
+                g.2 += s.amount;
+                g.3 += 1;
+            }
+            None => groups.push((&s.day, &s.month, s.amount, 1)),
+        }
+    }
+    for (day, month, amount, count) in groups {
+        adjust(
+            tx,
+            member_id,
+            [day, month],
+            Delta {
+                held: -amount,
+                voided_count: count,
+                voided_amount: amount,
+                ..Delta::default()
+            },
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Add `d` to existing counters (settlements: the hold made them).
+async fn adjust(
+    tx: &mut Tx,
+    member_id: &str,
+    periods: [&str; 2],
+    d: Delta,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    on_tx!(tx, |c| sqlx::query(
+        "UPDATE spend_counters SET used = used + $4, held = held + $5, \
+           captured_count = captured_count + $6, captured_amount = captured_amount + $7, \
+           voided_count = voided_count + $8, voided_amount = voided_amount + $9, updated_at = $10 \
+         WHERE member_id = $1 AND period IN ($2, $3)"
+    )
+    .bind(member_id)
+    .bind(periods[0])
+    .bind(periods[1])
+    .bind(d.used)
+    .bind(d.held)
+    .bind(d.captured_count)
+    .bind(d.captured_amount)
+    .bind(d.voided_count)
+    .bind(d.voided_amount)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Decide one authorization (one transaction). A reference seen before
+/// replays its first answer; with another body it is refused.
+pub async fn authorize(app: &App, org: &Org, req: &Authorize) -> Result<Answer, PayError> {
+    let now_dt = app.clock.now();
+    let now = now_dt.timestamp_millis();
+    let tz = org_zone(app, org);
+    let currency = org_currency(app, org);
+    let p = spending::periods(tz, now_dt);
+    let (day, month) = (p.day_key(), p.month_key());
+
+    let mut tx = app.db.begin().await?;
+    let Some(member) = st::lock_member(&mut tx, &org.id, &req.member).await? else {
+        tx.rollback().await?;
+        return Err(PayError::NotFound("member"));
+    };
+    expire_member_holds(&mut tx, &member.id, now).await?;
+    let inputs = st::inputs(
+        &mut tx,
+        &org.id,
+        member.role.as_deref(),
+        &member.id,
+        &day,
+        &month,
+    )
+    .await?;
+    let (limits, _) = inputs.limits();
+    let used = Usage {
+        day: inputs.day_used.unwrap_or(0),
+        month: inputs.month_used.unwrap_or(0),
+    };
+    let active = member.status == members::ACTIVE;
+    let decision = spending::decide(active, &limits, used, req.amount);
+    let after = match decision {
+        Ok(()) => Usage {
+            day: used.day + req.amount,
+            month: used.month + req.amount,
+        },
+        Err(_) => used,
+    };
+    let status = match (decision, req.capture) {
+        (Err(_), _) => "declined",
+        (Ok(()), true) => "approved",
+        (Ok(()), false) => "held",
+    };
+    let id = crate::http::api::new_id();
+    let expires_at =
+        (status == "held").then(|| now + app.config.payments.hold_hours as i64 * 3_600_000);
+    let reason = decision.err().map(Decline::as_str);
+    let out = AuthorizeOut {
+        id: &id,
+        approved: decision.is_ok(),
+        status,
+        reason,
+        member: &member.id,
+        amount: req.amount,
+        currency: currency.code(),
+        reference: &req.reference,
+        capture: req.capture,
+        remaining: spending::remaining(active, &limits, after),
+        resets_at: resets(&p),
+        periods: period_keys(&p),
+        expires_at: expires_at.map(crate::http::api::time),
+        created_at: crate::http::api::time(now),
+    };
+    let body = serde_json::to_string(&out).map_err(anyhow::Error::from)?;
+    let row = Payment {
+        id: id.clone(),
+        org_id: org.id.clone(),
+        member_id: member.id.clone(),
+        reference: req.reference.clone(),
+        body_hash: req.body_hash.clone(),
+        amount: req.amount,
+        currency: currency.code().to_string(),
+        capture: req.capture,
+        status: status.to_string(),
+        reason: reason.map(str::to_string),
+        day: day.clone(),
+        month: month.clone(),
+        day_used: used.day,
+        month_used: used.month,
+        captured_amount: None,
+        expires_at,
+        settled_at: None,
+        response: body.clone(),
+        created_at: now,
+    };
+    if !st::insert_payment(&mut tx, &row).await? {
+        // This reference was decided already (maybe a moment ago).
+        tx.rollback().await?;
+        return match replay(app, org, req).await? {
+            Some(a) => Ok(a),
+            None => Err(PayError::Conflict(
+                "a payment with this reference is being decided; retry".into(),
+            )),
+        };
+    }
+    let delta = match status {
+        "approved" => Delta {
+            used: req.amount,
+            approved_count: 1,
+            approved_amount: req.amount,
+            ..Delta::default()
+        },
+        "held" => Delta {
+            held: req.amount,
+            approved_count: 1,
+            approved_amount: req.amount,
+            ..Delta::default()
+        },
+        _ => Delta {
+            declined_count: 1,
+            declined_amount: req.amount,
+            ..Delta::default()
+        },
+    };
+    st::bump(
+        &mut tx,
+        &member.id,
+        &org.id,
+        tz.name(),
+        [&day, &month],
+        delta,
+        now,
+    )
+    .await?;
+    let mut crossed = Vec::new();
+    if active && limits.allowed {
+        for (kind, key, limit, before, after, hit) in [
+            (
+                "daily",
+                &day,
+                limits.daily,
+                used.day,
+                after.day,
+                reason == Some("daily"),
+            ),
+            (
+                "monthly",
+                &month,
+                limits.monthly,
+                used.month,
+                after.month,
+                reason == Some("monthly"),
+            ),
+        ] {
+            for t in THRESHOLDS {
+                let reached = limit > 0 && after * 100 >= t * limit;
+                let was = limit > 0 && before * 100 >= t * limit;
+                if (reached && !was && decision.is_ok()) || (t == 100 && hit) {
+                    crossed.push((kind, key.clone(), t, after, limit));
+                }
+            }
+        }
+    }
+    let mut mailed = false;
+    for (kind, key, t, used_now, limit) in crossed {
+        if st::record_alert(&mut tx, &member.id, &key, t, now).await? {
+            mailed |= alert(
+                app,
+                &mut tx,
+                org,
+                &member,
+                currency,
+                (kind, &key, t),
+                (used_now, limit),
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    if mailed {
+        app.jobs_committed();
+    }
+    let outcome = match reason {
+        None => status.to_string(),
+        Some(r) => format!("declined_{r}"),
+    };
+    metrics::counter!("approvald_spend_authorizations_total", "outcome" => outcome).increment(1);
+    Ok(Answer {
+        body,
+        replayed: false,
+    })
+}
+
+/// The stored answer for `req.reference`, or 409 when it came with another body.
+async fn replay(app: &App, org: &Org, req: &Authorize) -> Result<Option<Answer>, PayError> {
+    let Some(p) = st::payment_by_reference(&app.db, &org.id, &req.reference).await? else {
+        return Ok(None);
+    };
+    if p.body_hash != req.body_hash {
+        return Err(PayError::ReferenceReused(req.reference.clone()));
+    }
+    Ok(Some(Answer {
+        body: p.response,
+        replayed: true,
+    }))
+}
+
+/// Mail the member and the org's admins that `threshold` % of a limit is
+/// used (once per member, period and threshold: the caller recorded it).
+#[allow(clippy::too_many_arguments)]
+async fn alert(
+    app: &App,
+    tx: &mut Tx,
+    org: &Org,
+    member: &LockedMember,
+    currency: Currency,
+    (kind, period, threshold): (&str, &str, i64),
+    (used, limit): (i64, i64),
+) -> anyhow::Result<bool> {
+    let admins: Vec<(String, String, String)> = on_tx!(tx, |c| sqlx::query_as(
+        "SELECT email, name, locale FROM members \
+         WHERE org_id = $1 AND kind IN ('super_admin', 'admin') AND status = 'active' AND id <> $2 \
+         ORDER BY created_at, id LIMIT 50"
+    )
+    .bind(&org.id)
+    .bind(&member.id)
+    .fetch_all(c)
+    .await)?;
+    let mut to = vec![(
+        member.email.clone(),
+        member.name.clone(),
+        member.locale.clone(),
+    )];
+    for a in admins {
+        if !to.iter().any(|t| t.0.eq_ignore_ascii_case(&a.0)) {
+            to.push(a);
+        }
+    }
+    let mut any = false;
+    for (email, name, locale) in to {
+        any |= mail::queue_email(
+            app,
+            tx,
+            EmailSpec {
+                template: Template::SpendThreshold,
+                request_id: None,
+                to: Recipient {
+                    email,
+                    name,
+                    locale: Locale::or_en(&locale),
+                    reviewer: None,
+                },
+                params: json!({
+                    "dedupe": format!("spend:{}:{period}:{threshold}", member.id),
+                    "org_id": org.id,
+                    "member_name": member.name,
+                    "member_login": member.login_id,
+                    "period_kind": kind,
+                    "period": period,
+                    "threshold": threshold.to_string(),
+                    "spent": currency.format(used),
+                    "limit": currency.format(limit),
+                }),
+            },
+        )
+        .await?;
+    }
+    if threshold == 100 {
+        tracing::info!(org_id = %org.id, member_id = %member.id, period, "spending limit reached");
+        crate::webhooks::emit(
+            app,
+            tx,
+            &org.id,
+            "payment.limit_reached",
+            json!({
+                "member": member.id,
+                "period_kind": kind,
+                "period": period,
+                "limit": limit,
+                "used": used,
+                "currency": currency.code(),
+            }),
+            app.now_ms(),
+        )
+        .await?;
+        any = true;
+    }
+    Ok(any)
+}
+
+/// A payment as capture, void and GET show it.
+#[derive(Serialize)]
+pub struct PaymentOut {
+    pub id: String,
+    pub member: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub amount: i64,
+    pub captured_amount: Option<i64>,
+    pub currency: String,
+    pub reference: String,
+    pub capture: bool,
+    pub periods: PeriodKeys,
+    pub expires_at: Option<String>,
+    pub settled_at: Option<String>,
+    pub created_at: String,
+    pub remaining: Remaining,
+    pub resets_at: Resets,
+}
+
+/// Capture (`Some(amount)` or the whole hold) or void (`None` with
+/// `void = true`) a hold, in one transaction.
+pub async fn settle(
+    app: &App,
+    org: &Org,
+    payment_id: &str,
+    capture: Option<Option<i64>>,
+) -> Result<PaymentOut, PayError> {
+    let now_dt = app.clock.now();
+    let now = now_dt.timestamp_millis();
+    let mut tx = app.db.begin().await?;
+    let Some(p) = st::payment_tx(&mut tx, &org.id, payment_id).await? else {
+        tx.rollback().await?;
+        return Err(PayError::NotFound("payment"));
+    };
+    let member = st::lock_member(&mut tx, &org.id, &p.member_id)
+        .await?
+        .ok_or(PayError::NotFound("payment"))?;
+    expire_member_holds(&mut tx, &member.id, now).await?;
+    let p = st::payment_tx(&mut tx, &org.id, payment_id)
+        .await?
+        .ok_or(PayError::NotFound("payment"))?;
+    let verb = if capture.is_some() { "capture" } else { "void" };
+    if p.status != "held" {
+        let why = match p.status.as_str() {
+            "approved" => {
+                "it was approved with capture: true; there is no hold to settle".to_string()
+            }
+            "declined" => "it was declined; there is nothing to settle".to_string(),
+            s => format!("the hold is already {s}"),
+        };
+        tx.rollback().await?;
+        return Err(PayError::Conflict(format!(
+            "cannot {verb} payment {}: {why}",
+            p.id
+        )));
+    }
+    let (status, delta, captured) = match capture {
+        Some(amount) => {
+            let amount = amount.unwrap_or(p.amount);
+            if amount > p.amount {
+                tx.rollback().await?;
+                return Err(PayError::Invalid(format!(
+                    "amount: {amount} is more than the {} held",
+                    p.amount
+                )));
+            }
+            (
+                "captured",
+                Delta {
+                    used: amount,
+                    held: -p.amount,
+                    captured_count: 1,
+                    captured_amount: amount,
+                    ..Delta::default()
+                },
+                Some(amount),
+            )
+        }
+        None => (
+            "voided",
+            Delta {
+                held: -p.amount,
+                voided_count: 1,
+                voided_amount: p.amount,
+                ..Delta::default()
+            },
+            None,
+        ),
+    };
+    if !st::settle_hold(&mut tx, &p.id, status, captured, None, now).await? {
+        tx.rollback().await?;
+        return Err(PayError::Conflict(format!(
+            "cannot {verb} payment {}: the hold is no longer open",
+            p.id
+        )));
+    }
+    adjust(&mut tx, &member.id, [&p.day, &p.month], delta, now).await?;
+    let out = view_tx(app, &mut tx, org, &member, &p.id, now_dt).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+async fn view_tx(
+    app: &App,
+    tx: &mut Tx,
+    org: &Org,
+    member: &LockedMember,
+    payment_id: &str,
+    now: DateTime<Utc>,
+) -> Result<PaymentOut, PayError> {
+    let p = st::payment_tx(tx, &org.id, payment_id)
+        .await?
+        .ok_or(PayError::NotFound("payment"))?;
+    let cur = spending::periods(org_zone(app, org), now);
+    let inputs = st::inputs(
+        tx,
+        &org.id,
+        member.role.as_deref(),
+        &member.id,
+        &cur.day_key(),
+        &cur.month_key(),
+    )
+    .await?;
+    let (limits, _) = inputs.limits();
+    let used = Usage {
+        day: inputs.day_used.unwrap_or(0),
+        month: inputs.month_used.unwrap_or(0),
+    };
+    Ok(payment_out(
+        p,
+        spending::remaining(member.status == members::ACTIVE, &limits, used),
+        &cur,
+    ))
+}
+
+fn payment_out(p: Payment, remaining: Remaining, cur: &Periods) -> PaymentOut {
+    use crate::http::api::{opt_time, time};
+    PaymentOut {
+        periods: PeriodKeys {
+            daily: p.day,
+            monthly: p.month,
+        },
+        id: p.id,
+        member: p.member_id,
+        status: p.status,
+        reason: p.reason,
+        amount: p.amount,
+        captured_amount: p.captured_amount,
+        currency: p.currency,
+        reference: p.reference,
+        capture: p.capture,
+        expires_at: opt_time(p.expires_at),
+        settled_at: opt_time(p.settled_at),
+        created_at: time(p.created_at),
+        remaining,
+        resets_at: resets(cur),
+    }
+}
+
+/// `GET .../payments/{id}`: reads only.
+pub async fn payment_view(app: &App, org: &Org, id: &str) -> Result<PaymentOut, PayError> {
+    let p = st::payment(&app.db, &org.id, id)
+        .await?
+        .ok_or(PayError::NotFound("payment"))?;
+    let s = spending(app, org, &p.member_id).await?;
+    let cur = spending::periods(org_zone(app, org), app.clock.now());
+    Ok(payment_out(p, s.remaining, &cur))
+}
+
+#[derive(Serialize)]
+pub struct LimitsOut {
+    pub allowed: bool,
+    pub per_tx: i64,
+    pub daily: i64,
+    pub monthly: i64,
+    /// `role` or `member` (an approved `payment_permission` request, or
+    /// cleanup turning payment off).
+    pub source: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct Pair {
+    pub daily: i64,
+    pub monthly: i64,
+}
+
+#[derive(Serialize)]
+pub struct SpendingOut {
+    pub member: String,
+    pub active: bool,
+    pub currency: &'static str,
+    pub timezone: String,
+    pub limits: LimitsOut,
+    pub used: Pair,
+    pub held: Pair,
+    pub remaining: Remaining,
+    pub periods: PeriodKeys,
+    pub resets_at: Resets,
+}
+
+/// `GET .../members/{id}/spending`: reads only (holds expired but not yet
+/// released by the `limits` job are left out of `held`).
+pub async fn spending(app: &App, org: &Org, member_id: &str) -> Result<SpendingOut, PayError> {
+    let m = members::get(&app.db, &org.id, member_id)
+        .await?
+        .ok_or(PayError::NotFound("member"))?;
+    let now_dt = app.clock.now();
+    let now = now_dt.timestamp_millis();
+    let tz = org_zone(app, org);
+    let p = spending::periods(tz, now_dt);
+    let (day, month) = (p.day_key(), p.month_key());
+    let inputs = st::inputs_db(&app.db, &org.id, m.role.as_deref(), &m.id, &day, &month).await?;
+    let (limits, source) = inputs.limits();
+    let dc = st::counter(&app.db, &m.id, &day).await?;
+    let mc = st::counter(&app.db, &m.id, &month).await?;
+    let (exp_d, exp_m) = st::expired_unreleased(&app.db, &m.id, &day, &month, now).await?;
+    let held = Pair {
+        daily: dc.held - exp_d,
+        monthly: mc.held - exp_m,
+    };
+    let active = m.status == members::ACTIVE;
+    let used = Usage {
+        day: dc.used + held.daily,
+        month: mc.used + held.monthly,
+    };
+    Ok(SpendingOut {
+        member: m.id,
+        active,
+        currency: org_currency(app, org).code(),
+        timezone: tz.name().to_string(),
+        limits: LimitsOut {
+            allowed: limits.allowed,
+            per_tx: limits.per_tx,
+            daily: limits.daily,
+            monthly: limits.monthly,
+            source: source.as_str(),
+        },
+        used: Pair {
+            daily: dc.used,
+            monthly: mc.used,
+        },
+        held,
+        remaining: spending::remaining(active, &limits, used),
+        periods: period_keys(&p),
+        resets_at: resets(&p),
+    })
+}
+
+/// Void every open hold of the member (the `cleanup` job of a disabled
+/// member), in the caller's transaction; holds already past their expiry are
+/// released as `expired`. Returns how many holds were voided.
+pub async fn void_member_holds(
+    tx: &mut Tx,
+    org_id: &str,
+    member_id: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    if st::lock_member(tx, org_id, member_id).await?.is_none() {
+        return Ok(0);
+    }
+    expire_member_holds(tx, member_id, now_ms).await?;
+    let mut n = 0;
+    loop {
+        let settled =
+            st::settle_member_holds(tx, member_id, "voided", Some(reason), false, now_ms).await?;
+        n += settled.len() as u64;
+        release(tx, member_id, &settled, now_ms).await?;
+        if (settled.len() as i64) < BATCH {
+            return Ok(n);
+        }
+    }
+}
+
+/// Turn the member's payment permission off, whatever their role says (the
+/// `cleanup` job of a disabled member; enabling them again does not bring it
+/// back), and revoke their `payment_permission` grant. In the caller's
+/// transaction; true when something changed (false on a second run).
+pub async fn revoke_member_payment(
+    tx: &mut Tx,
+    org_id: &str,
+    member_id: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    if st::lock_member(tx, org_id, member_id).await?.is_none() {
+        return Ok(false);
+    }
+    let grants = st::revoke_payment_grant(tx, org_id, member_id, now_ms).await?;
+    let before = st::get_override(tx, member_id).await?;
+    if before.as_ref().is_some_and(|o| o.active && !o.allowed) {
+        return Ok(grants > 0);
+    }
+    st::put_override(
+        tx,
+        org_id,
+        member_id,
+        &st::Override {
+            active: true,
+            allowed: false,
+            per_tx: None,
+            daily: None,
+            monthly: None,
+            request_id: None,
+            reason: Some(reason.to_string()),
+        },
+        now_ms,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// The member-level limits an approved `payment_permission` request sets
+/// (each `None` takes the role's). Returns the override before and after,
+/// for the audit row.
+pub async fn set_member_limits(
+    tx: &mut Tx,
+    org_id: &str,
+    member_id: &str,
+    request_id: &str,
+    limits: Option<&Limits>,
+    now_ms: i64,
+) -> Result<(Option<st::Override>, st::Override), sqlx::Error> {
+    st::lock_member(tx, org_id, member_id).await?;
+    let before = st::get_override(tx, member_id).await?;
+    let after = st::Override {
+        active: true,
+        allowed: true,
+        per_tx: limits.map(|l| l.per_tx),
+        daily: limits.map(|l| l.daily),
+        monthly: limits.map(|l| l.monthly),
+        request_id: Some(request_id.to_string()),
+        reason: None,
+    };
+    st::put_override(tx, org_id, member_id, &after, now_ms).await?;
+    Ok((before, after))
+}
+
+/// A revoked `payment_permission` grant ends the member-level permission it
+/// set: the role decides again. Returns the override before, if one was
+/// active and allowing.
+pub async fn end_member_permission(
+    tx: &mut Tx,
+    org_id: &str,
+    member_id: &str,
+    now_ms: i64,
+) -> Result<Option<st::Override>, sqlx::Error> {
+    st::lock_member(tx, org_id, member_id).await?;
+    let before = st::get_override(tx, member_id).await?;
+    match &before {
+        Some(o) if o.active && o.allowed => {
+            st::put_override(
+                tx,
+                org_id,
+                member_id,
+                &st::Override {
+                    active: false,
+                    ..o.clone()
+                },
+                now_ms,
+            )
+            .await?;
+            Ok(before)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The kind whose approval sets member-level payment limits.
+pub const PAYMENT_PERMISSION: &str = "payment_permission";
+
+/// After a request is approved (in the deciding transaction): a
+/// `payment_permission` request sets the limits its `params` ask for on the
+/// requester, overriding the role (limits it leaves out stay the role's).
+/// Audited with the override before and after.
+pub async fn on_approved(
+    tx: &mut Tx,
+    org_id: &str,
+    kind: &str,
+    requester_id: Option<&str>,
+    request_id: &str,
+    actor: &str,
+    now_ms: i64,
+) -> anyhow::Result<()> {
+    let Some(member_id) = requester_id.filter(|_| kind == PAYMENT_PERMISSION) else {
+        return Ok(());
+    };
+    let params: Option<String> = on_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT params FROM requests WHERE id = $1"
+    )
+    .bind(request_id)
+    .fetch_optional(c)
+    .await)?;
+    let params: serde_json::Value = params
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_else(|| json!({}));
+    let limits = params
+        .as_object()
+        .map(spending::limits_from_params)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("request {request_id} has unusable params: {e}"))?
+        .flatten();
+    let (before, after) =
+        set_member_limits(tx, org_id, member_id, request_id, limits.as_ref(), now_ms).await?;
+    crate::store::audit::operation(
+        tx,
+        crate::store::audit::Operation {
+            org_id,
+            actor,
+            action: "payment.limits_set",
+            target: Some(member_id),
+            detail: json!({ "request_id": request_id, "before": before, "after": after }),
+            at: now_ms,
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! Payments, period-keyed spend counters, the member-level payment override,
+//! period closes and threshold alerts (DESIGN "Spending limits").
+//!
+//! Lock order, for every writer that touches a member's spending: the
+//! member's row first ([`lock_member`]), then its payments, then its
+//! counters. Authorize, capture, void, hold expiry and cleanup all follow it,
+//! so concurrent writers queue on the member instead of deadlocking.
+use crate::{
+    db::{Db, Tx},
+    domain::spending::Limits,
+    on_db, on_tx,
+};
+
+/// Most rows one statement touches in the batch loops here.
+pub const BATCH: i64 = 1000;
+
+/// The member, locked for the rest of the transaction.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LockedMember {
+    pub id: String,
+    pub status: String,
+    pub role: Option<String>,
+    pub name: String,
+    pub login_id: String,
+    pub email: String,
+    pub locale: String,
+}
+
+/// Lock `member_id` of `org_id` (a no-op update: the row lock on PostgreSQL;
+/// SQLite's `BEGIN IMMEDIATE` already serializes writers). `None`: no such
+/// member in this org.
+pub async fn lock_member(
+    tx: &mut Tx,
+    org_id: &str,
+    member_id: &str,
+) -> Result<Option<LockedMember>, sqlx::Error> {
+    on_tx!(tx, |c| sqlx::query_as::<_, LockedMember>(
+        "UPDATE members SET updated_at = updated_at WHERE id = $1 AND org_id = $2 \
+         RETURNING id, status, role, name, login_id, email, locale"
+    )
+    .bind(member_id)
+    .bind(org_id)
+    .fetch_optional(c)
+    .await)
+}
+
+/// What deciding needs besides the member: the role's spec, the override,
+/// and the day's and month's used + held.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct Inputs {
+    pub role_spec: Option<String>,
+    pub mp_active: Option<bool>,
+    pub mp_allowed: Option<bool>,
+    pub mp_per_tx: Option<i64>,
+    pub mp_daily: Option<i64>,
+    pub mp_monthly: Option<i64>,
+    pub day_used: Option<i64>,
+    pub month_used: Option<i64>,
+}
+
+const INPUTS_SQL: &str = "SELECT \
+       (SELECT spec FROM roles WHERE org_id = $1 AND name = $2) AS role_spec, \
+       mp.active AS mp_active, mp.allowed AS mp_allowed, mp.per_tx AS mp_per_tx, \
+       mp.daily AS mp_daily, mp.monthly AS mp_monthly, \
+       (SELECT used + held FROM spend_counters WHERE member_id = $3 AND period = $4) AS day_used, \
+       (SELECT used + held FROM spend_counters WHERE member_id = $3 AND period = $5) AS month_used \
+     FROM (SELECT 1 AS one) x LEFT JOIN member_payment mp ON mp.member_id = $3";
+
+pub async fn inputs(
+    tx: &mut Tx,
+    org_id: &str,
+    role: Option<&str>,
+    member_id: &str,
+    day: &str,
+    month: &str,
+) -> Result<Inputs, sqlx::Error> {
+    on_tx!(tx, |c| sqlx::query_as::<_, Inputs>(INPUTS_SQL)
+        .bind(org_id)
+        .bind(role)
+        .bind(member_id)
+        .bind(day)
+        .bind(month)
+        .fetch_one(c)
+        .await)
+}
+
+/// [`inputs`] outside a transaction (GET never writes).
+pub async fn inputs_db(
+    db: &Db,
+    org_id: &str,
+    role: Option<&str>,
+    member_id: &str,
+    day: &str,
+    month: &str,
+) -> Result<Inputs, sqlx::Error> {
+    on_db!(db, |c| sqlx::query_as::<_, Inputs>(INPUTS_SQL)
+        .bind(org_id)
+        .bind(role)
+        .bind(member_id)
+        .bind(day)
+        .bind(month)
+        .fetch_one(c)
+        .await)
+}
+
+/// The role's payment settings from its JSON spec (`payment` key); none
+/// (or an unreadable spec) means payment is not allowed.
+pub fn role_limits(spec: Option<&str>) -> Limits {
+    spec.and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .and_then(|v| v.get("payment").cloned())
+        .and_then(|p| {
+            Some(Limits {
+                allowed: p.get("allowed")?.as_bool()?,
+                per_tx: p.get("per_tx")?.as_i64()?,
+                daily: p.get("daily")?.as_i64()?,
+                monthly: p.get("monthly")?.as_i64()?,
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Where the member's effective limits come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Role,
+    Member,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Role => "role",
+            Self::Member => "member",
+        }
+    }
+}
+
+impl Inputs {
+    /// The effective limits: the active member override, each limit it
+    /// leaves open taken from the role; otherwise the role's.
+    pub fn limits(&self) -> (Limits, Source) {
+        let role = role_limits(self.role_spec.as_deref());
+        if self.mp_active == Some(true) {
+            (
+                Limits {
+                    allowed: self.mp_allowed.unwrap_or(false),
+                    per_tx: self.mp_per_tx.unwrap_or(role.per_tx),
+                    daily: self.mp_daily.unwrap_or(role.daily),
+                    monthly: self.mp_monthly.unwrap_or(role.monthly),
+                },
+                Source::Member,
+            )
+        } else {
+            (role, Source::Role)
+        }
+    }
+}
+
+/// A stored payment.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Payment {
+    pub id: String,
+    pub org_id: String,
+    pub member_id: String,
+    pub reference: String,
+    pub body_hash: String,
+    pub amount: i64,
+    pub currency: String,
+    pub capture: bool,
+    pub status: String,
+    pub reason: Option<String>,
+    pub day: String,
+    pub month: String,
+    pub day_used: i64,
+    pub month_used: i64,
+    pub captured_amount: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub settled_at: Option<i64>,
+    pub response: String,
+    pub created_at: i64,
+}
+
+macro_rules! payment_columns {
+    () => {
+        "id, org_id, member_id, reference, body_hash, amount, currency, capture, status, reason, day, month, \
+         day_used, month_used, captured_amount, expires_at, settled_at, response, created_at"
+    };
+}
+
+/// Insert a decision; false when `(org_id, reference)` is taken (a
+/// concurrent or earlier call with the same reference won).
+pub async fn insert_payment(tx: &mut Tx, p: &Payment) -> Result<bool, sqlx::Error> {
+    let n = on_tx!(tx, |c| {
+        sqlx::query(concat!(
+        "INSERT INTO payments (",
+        payment_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+         ON CONFLICT (org_id, reference) DO NOTHING"
+    ))
+    .bind(&p.id)
+    .bind(&p.org_id)
+    .bind(&p.member_id)
+    .bind(&p.reference)
+    .bind(&p.body_hash)
+    .bind(p.amount)
+    .bind(&p.currency)
+    .bind(p.capture)
+    .bind(&p.status)
+    .bind(&p.reason)
+    .bind(&p.day)
+    .bind(&p.month)
+    .bind(p.day_used)
+    .bind(p.month_used)
+    .bind(p.captured_amount)
+    .bind(p.expires_at)
+    .bind(p.settled_at)
+    .bind(&p.response)
+    .bind(p.created_at)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(n == 1)
+}
+
+pub async fn payment_by_reference(
+    db: &Db,
+    org_id: &str,
+    reference: &str,
+) -> Result<Option<Payment>, sqlx::Error> {
+    on_db!(db, |c| sqlx::query_as::<_, Payment>(concat!(
+        "SELECT ",
+        payment_columns!(),
+        " FROM payments WHERE org_id = $1 AND reference = $2"
+    ))
+    .bind(org_id)
+    .bind(reference)
+    .fetch_optional(c)
+    .await)
+}
+
+pub async fn payment(db: &Db, org_id: &str, id: &str) -> Result<Option<Payment>, sqlx::Error> {
+    on_db!(db, |c| sqlx::query_as::<_, Payment>(concat!(
+        "SELECT ",
+        payment_columns!(),
+        " FROM payments WHERE org_id = $1 AND id = $2"
+    ))
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(c)
+    .await)
+}
+
+pub async fn payment_tx(
+    tx: &mut Tx,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<Payment>, sqlx::Error> {
+    on_tx!(tx, |c| sqlx::query_as::<_, Payment>(concat!(
+        "SELECT ",
+        payment_columns!(),
+        " FROM payments WHERE org_id = $1 AND id = $2"
+    ))
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(c)
+    .await)
+}
+
+/// Changes to one member's counters for one decision or settlement; every
+/// field is added (negative to subtract).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub used: i64,
+    pub held: i64,
+    pub approved_count: i64,
+    pub approved_amount: i64,
+    pub captured_count: i64,
+    pub captured_amount: i64,
+    pub voided_count: i64,
+    pub voided_amount: i64,
+    pub declined_count: i64,
+    pub declined_amount: i64,
+}
+
+/// Add `d` to the member's day and month counters (created at zero when
+/// the period has none yet).
+pub async fn bump(
+    tx: &mut Tx,
+    member_id: &str,
+    org_id: &str,
+    zone: &str,
+    periods: [&str; 2],
+    d: Delta,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    on_tx!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO spend_counters (member_id, period, org_id, zone, used, held, approved_count, approved_amount, \
+                                     captured_count, captured_amount, voided_count, voided_amount, \
+                                     declined_count, declined_amount, updated_at) \
+         VALUES ($1, $2, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16), \
+                ($1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT (member_id, period) DO UPDATE SET \
+           used = spend_counters.used + excluded.used, \
+           held = spend_counters.held + excluded.held, \
+           approved_count = spend_counters.approved_count + excluded.approved_count, \
+           approved_amount = spend_counters.approved_amount + excluded.approved_amount, \
+           captured_count = spend_counters.captured_count + excluded.captured_count, \
+           captured_amount = spend_counters.captured_amount + excluded.captured_amount, \
+           voided_count = spend_counters.voided_count + excluded.voided_count, \
+           voided_amount = spend_counters.voided_amount + excluded.voided_amount, \
+           declined_count = spend_counters.declined_count + excluded.declined_count, \
+           declined_amount = spend_counters.declined_amount + excluded.declined_amount, \
+           updated_at = excluded.updated_at"
+    )
+    .bind(member_id)
+    .bind(periods[0])
+    .bind(periods[1])
+    .bind(org_id)
+    .bind(zone)
+    .bind(d.used)
+    .bind(d.held)
+    .bind(d.approved_count)
+    .bind(d.approved_amount)
+    .bind(d.captured_count)
+    .bind(d.captured_amount)
+    .bind(d.voided_count)
+    .bind(d.voided_amount)
+    .bind(d.declined_count)
+    .bind(d.declined_amount)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(())
+}
+
+/// A hold that was settled by a bulk update.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Settled {
+    pub org_id: String,
+    pub amount: i64,
+    pub day: String,
+    pub month: String,
+}
+
+/// Settle up to [`BATCH`] of the member's open holds as `status`: those
+/// expired at `now` (`only_expired`) or all of them.
+pub async fn settle_member_holds(
+    tx: &mut Tx,
+    member_id: &str,
+    status: &str,
+    reason: Option<&str>,
+    only_expired: bool,
+    now: i64,
+) -> Result<Vec<Settled>, sqlx::Error> {
+    on_tx!(tx, |c| sqlx::query_as::<_, Settled>(
+        "UPDATE payments SET status = $2, reason = COALESCE($3, reason), settled_at = $4 \
+         WHERE id IN (SELECT id FROM payments WHERE member_id = $1 AND status = 'held' \
+                        AND ($5 = FALSE OR expires_at <= $4) LIMIT 1000) \
+         RETURNING org_id, amount, day, month"
+    )
+    .bind(member_id)
+    .bind(status)
+    .bind(reason)
+    .bind(now)
+    .bind(only_expired)
+    .fetch_all(c)
+    .await)
+}
+
+/// Settle one hold (`held` -> `status`), if it is still open and, for a
+/// capture, not expired at `now`.
+pub async fn settle_hold(
+    tx: &mut Tx,
+    id: &str,
+    status: &str,
+    captured: Option<i64>,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let n = on_tx!(tx, |c| {
+        sqlx::query(
+        "UPDATE payments SET status = $2, captured_amount = $3, reason = COALESCE($4, reason), settled_at = $5 \
+         WHERE id = $1 AND status = 'held' AND expires_at > $5"
+    )
+    .bind(id)
+    .bind(status)
+    .bind(captured)
+    .bind(reason)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(n == 1)
+}
+
+/// Members with holds expired at `now`, up to `limit`, in id order.
+pub async fn members_with_expired_holds(
+    db: &Db,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    on_db!(db, |c| sqlx::query_as::<_, (String, String)>(
+        "SELECT DISTINCT org_id, member_id FROM \
+           (SELECT org_id, member_id FROM payments WHERE status = 'held' AND expires_at <= $1 \
+            ORDER BY expires_at LIMIT $2) t ORDER BY member_id"
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(c)
+    .await)
+}
+
+/// Open holds (not expired at `now`) of the member in each of two periods:
+/// GET subtracts expired holds the sweep has not released yet.
+pub async fn expired_unreleased(
+    db: &Db,
+    member_id: &str,
+    day: &str,
+    month: &str,
+    now: i64,
+) -> Result<(i64, i64), sqlx::Error> {
+    on_db!(db, |c| sqlx::query_as::<_, (i64, i64)>(
+        "SELECT CAST(COALESCE(SUM(CASE WHEN day = $2 THEN amount ELSE 0 END), 0) AS BIGINT), \
+                CAST(COALESCE(SUM(CASE WHEN month = $3 THEN amount ELSE 0 END), 0) AS BIGINT) \
+         FROM payments WHERE member_id = $1 AND status = 'held' AND expires_at <= $4"
+    )
+    .bind(member_id)
+    .bind(day)
+    .bind(month)
+    .bind(now)
+    .fetch_one(c)
+    .await)
+}
+
+/// A member's counter for one period (zeros when none).
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct Counter {
+    pub used: i64,
+    pub held: i64,
+}
+
+pub async fn counter(db: &Db, member_id: &str, period: &str) -> Result<Counter, sqlx::Error> {
+    Ok(on_db!(db, |c| sqlx::query_as::<_, Counter>(
+        "SELECT used, held FROM spend_counters WHERE member_id = $1 AND period = $2"
+    )
+    .bind(member_id)
+    .bind(period)
+    .fetch_optional(c)
+    .await)?
+    .unwrap_or_default())
+}
+
+/// Record that the member crossed `threshold` % in `period`; false when it
+/// was recorded already (the alert is sent once).
+pub async fn record_alert(
+    tx: &mut Tx,
+    member_id: &str,
+    period: &str,
+    threshold: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let n = on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO spend_alerts (member_id, period, threshold, at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (member_id, period, threshold) DO NOTHING"
+    )
+    .bind(member_id)
+    .bind(period)
+    .bind(threshold)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
+/// The member-level override row, if any.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Override {
+    pub active: bool,
+    pub allowed: bool,
+    pub per_tx: Option<i64>,
+    pub daily: Option<i64>,
+    pub monthly: Option<i64>,
+    pub request_id: Option<String>,
+    pub reason: Option<String>,
+}
+
+pub async fn get_override(tx: &mut Tx, member_id: &str) -> Result<Option<Override>, sqlx::Error> {
+    on_tx!(tx, |c| {
+        sqlx::query_as::<_, Override>(
+        "SELECT active, allowed, per_tx, daily, monthly, request_id, reason FROM member_payment WHERE member_id = $1"
+    )
+    .bind(member_id)
+    .fetch_optional(c)
+    .await
+    })
+}
+
+pub async fn put_override(
+    tx: &mut Tx,
+    org_id: &str,
+    member_id: &str,
+    o: &Override,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    on_tx!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO member_payment (member_id, org_id, active, allowed, per_tx, daily, monthly, request_id, reason, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (member_id) DO UPDATE SET active = excluded.active, allowed = excluded.allowed, \
+           per_tx = excluded.per_tx, daily = excluded.daily, monthly = excluded.monthly, \
+           request_id = excluded.request_id, reason = excluded.reason, updated_at = excluded.updated_at"
+    )
+    .bind(member_id)
+    .bind(org_id)
+    .bind(o.active)
+    .bind(o.allowed)
+    .bind(o.per_tx)
+    .bind(o.daily)
+    .bind(o.monthly)
+    .bind(&o.request_id)
+    .bind(&o.reason)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(())
+}
+
+/// Revoke the member's active `payment_permission` grant; how many were.
+pub async fn revoke_payment_grant(
+    tx: &mut Tx,
+    org_id: &str,
+    member_id: &str,
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    on_tx!(tx, |c| sqlx::query(
+        "UPDATE grants SET status = 'revoked', revoked_at = $3 \
+         WHERE org_id = $1 AND kind = 'payment_permission' AND member_id = $2 AND status = 'active'"
+    )
+    .bind(org_id)
+    .bind(member_id)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+}
