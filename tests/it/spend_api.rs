@@ -215,7 +215,7 @@ async fn a_disabled_member_is_declined_member_disabled() {
     let r = t
         .post(
             &format!("/v1/orgs/{org}/members/{m}/disable"),
-            &key,
+            &t.platform_key,
             json!({}),
         )
         .await;
