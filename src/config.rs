@@ -63,6 +63,10 @@ pub struct Config {
 pub struct OpsConfig {
     /// When set, `GET /metrics` needs `Authorization: Bearer <this>`.
     pub metrics_token: Secret,
+    /// Serve the operator dashboard `/ops` (otherwise it answers 404).
+    pub enabled: bool,
+    /// How long an operator's sign-in lasts, hours.
+    pub session_hours: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,6 +350,8 @@ impl Default for Config {
             },
             ops: OpsConfig {
                 metrics_token: Secret::default(),
+                enabled: true,
+                session_hours: 12,
             },
             payments: PaymentsConfig {
                 currency: "CNY".into(),
@@ -522,6 +528,12 @@ impl Config {
         }
         if !(1..=200).contains(&self.orgs.max_members) {
             return bad("orgs.max_members", "must be between 1 and 200".into());
+        }
+        if self.ops.session_hours == 0 || self.ops.session_hours > 24 * 30 {
+            return bad(
+                "ops.session_hours",
+                "must be between 1 and 720 (30 days)".into(),
+            );
         }
         if self.review.token_ttl_hours == 0 {
             return bad("review.token_ttl_hours", "must be at least 1".into());

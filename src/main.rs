@@ -109,10 +109,16 @@ enum LimitsCmd {
 enum KeysCmd {
     /// Create a key and print it alone on stdout (it is shown once).
     Create {
-        #[arg(long, conflicts_with = "org", required_unless_present = "org")]
+        #[arg(long, conflicts_with_all = ["org", "operator"], required_unless_present_any = ["org", "operator"])]
         platform: bool,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "operator")]
         org: Option<String>,
+        /// An operator key: signs in to the dashboard at /ops/login.
+        #[arg(long)]
+        operator: bool,
+        /// With --operator: the key sees everything and changes nothing.
+        #[arg(long, requires = "operator")]
+        read_only: bool,
     },
 }
 
@@ -174,10 +180,18 @@ async fn dispatch(cmd: Cmd, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Keys {
-            cmd: KeysCmd::Create { platform, org },
+            cmd:
+                KeysCmd::Create {
+                    platform,
+                    org,
+                    operator,
+                    read_only,
+                },
         } => {
             let app = approvald::build_app(config, Arc::new(SystemClock)).await?;
-            let key = if platform {
+            let key = if operator {
+                approvald::store::keys::create_operator(&app.db, read_only, app.now_ms()).await?
+            } else if platform {
                 approvald::store::keys::create(
                     &app.db,
                     approvald::store::keys::KeyScope::Platform,

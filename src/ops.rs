@@ -31,4 +31,5 @@ pub async fn refresh_gauges(app: &App) {
             metrics::gauge!("approvald_outbox_pending").set(n as f64);
         }
     }
+    crate::http::ops::dash::now::refresh_gauges(app).await;
 }

@@ -1,5 +1,5 @@
 //! HTTP: `api/` for upstream apps, `review/` for reviewers' email links,
-//! `ops/` for metrics and health.
+//! `ops/` for metrics, health and the operator dashboard (`ops/dash`).
 use axum::{Router, http::StatusCode, response::IntoResponse};
 use tower_http::limit::RequestBodyLimitLayer;
 
@@ -21,6 +21,7 @@ pub fn router(app: App) -> Router {
         .merge(api::router())
         .merge(review::router())
         .merge(ops::router())
+        .merge(ops::dash::router(&app))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))

@@ -20,6 +20,8 @@ pub enum KeyScope {
     Platform,
     /// Act for one org.
     Org,
+    /// Sign in to the operator dashboard (`/ops`); never accepted by `/v1`.
+    Operator,
 }
 
 impl KeyScope {
@@ -27,6 +29,7 @@ impl KeyScope {
         match self {
             Self::Platform => "platform",
             Self::Org => "org",
+            Self::Operator => "operator",
         }
     }
 }
@@ -99,6 +102,7 @@ pub async fn create(
     now_ms: i64,
 ) -> anyhow::Result<String> {
     match (scope, org_id) {
+        (KeyScope::Operator, _) => anyhow::bail!("use create_operator for an operator key"),
         (KeyScope::Platform, Some(_)) => anyhow::bail!("a platform key belongs to no org"),
         (KeyScope::Org, None) => anyhow::bail!("an org key needs the org's id"),
         _ => {}
@@ -126,6 +130,60 @@ pub async fn create(
     .await?;
     tx.commit().await.context("committing the key")?;
     Ok(key)
+}
+
+/// Make an operator key (the CLI's `keys create --operator [--read-only]`)
+/// and return it. A read-only key sees every dashboard page and changes
+/// nothing. Audited.
+pub async fn create_operator(db: &Db, read_only: bool, now_ms: i64) -> anyhow::Result<String> {
+    let mut tx = db.begin().await.context("opening a transaction")?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let key = generate();
+    let h = hash(&key);
+    on_tx!(&mut tx, |c| sqlx::query(
+        "INSERT INTO api_keys (id, hash, scope, org_id, created_at, read_only) \
+         VALUES ($1, $2, $3, NULL, $4, $5)"
+    )
+    .bind(&id)
+    .bind(&h)
+    .bind(KeyScope::Operator.as_str())
+    .bind(now_ms)
+    .bind(read_only)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .context("storing the key")?;
+    super::audit::operation(
+        &mut tx,
+        super::audit::Operation {
+            org_id: super::audit::PLATFORM,
+            actor: "cli",
+            action: "key.create",
+            target: Some(&id),
+            detail: serde_json::json!({ "scope": "operator", "read_only": read_only }),
+            at: now_ms,
+        },
+    )
+    .await?;
+    tx.commit().await.context("committing the key")?;
+    Ok(key)
+}
+
+/// A live operator key: its id and whether it is read-only.
+pub async fn authenticate_operator(
+    db: &Db,
+    key: &str,
+) -> Result<Option<(String, bool)>, sqlx::Error> {
+    if !well_formed(key) {
+        return Ok(None);
+    }
+    let h = hash(key);
+    on_db!(db, |c| sqlx::query_as::<_, (String, bool)>(
+        "SELECT id, read_only FROM api_keys WHERE hash = $1 AND scope = 'operator' AND revoked_at IS NULL"
+    )
+    .bind(&h)
+    .fetch_optional(c)
+    .await)
 }
 
 /// The live key whose hash matches `key`, if any.

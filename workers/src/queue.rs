@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use crate::{
     clock::{Clock, SystemClock},
     job::Job,
-    store::{DeadJob, NewJob, QueueStats, Store, StoreError},
+    store::{DeadJob, NewJob, QueueStats, Store, StoreError, Throughput, WorkerBeat},
 };
 
 pub use crate::store::Pushed as PushResult;
@@ -230,6 +230,57 @@ impl Queue {
             self.wake.queue(queue);
         }
         Ok(done)
+    }
+
+    /// Delete a dead job for good; false when it is not dead (any more).
+    pub async fn discard_dead(&self, queue: &str, id: &str) -> Result<bool, QueueError> {
+        Ok(self.store.discard_dead(queue, id).await?)
+    }
+
+    /// Pause `queue` in every process on this store: runtimes stop leasing
+    /// its jobs (those running finish); pushes are still accepted. Runtimes
+    /// built from a clone of this handle stop at once, others within their
+    /// `Runtime::pause_poll`.
+    pub async fn pause(&self, queue: &str) -> Result<(), QueueError> {
+        self.store.set_paused(queue, true).await?;
+        self.wake.set_paused(queue, true);
+        Ok(())
+    }
+
+    /// Undo [`Queue::pause`].
+    pub async fn resume(&self, queue: &str) -> Result<(), QueueError> {
+        self.store.set_paused(queue, false).await?;
+        self.wake.set_paused(queue, false);
+        self.wake.queue(queue);
+        Ok(())
+    }
+
+    /// The paused queues, by name.
+    pub async fn paused(&self) -> Result<Vec<String>, QueueError> {
+        Ok(self.store.paused().await?)
+    }
+
+    /// Runtimes that wrote a heartbeat within three heartbeat intervals
+    /// ([`crate::runtime::HEARTBEAT_INTERVAL`]), newest first, at most `limit`.
+    pub async fn workers_alive(&self, limit: usize) -> Result<Vec<WorkerBeat>, QueueError> {
+        let since = self.clock.now().timestamp_millis()
+            - 3 * crate::runtime::HEARTBEAT_INTERVAL.as_millis() as i64;
+        Ok(self.store.workers(since, limit).await?)
+    }
+
+    /// Attempts of `queue` that ended in the last `window` (minute buckets,
+    /// so up to a minute more; counts reach the store every heartbeat).
+    pub async fn throughput(&self, queue: &str, window: Duration) -> Result<Throughput, QueueError> {
+        let now = self.clock.now().timestamp_millis();
+        Ok(self
+            .store
+            .counts(queue, now - window.as_millis() as i64, now + 1)
+            .await?)
+    }
+
+    /// The latest claimed tick (ms) of cron schedule `schedule`.
+    pub async fn last_tick(&self, schedule: &str) -> Result<Option<i64>, QueueError> {
+        Ok(self.store.last_tick(schedule).await?)
     }
 
     /// Earliest `run_at` (ms) among jobs of `queue` scheduled for later, if any.

@@ -23,6 +23,9 @@ use crate::{
 
 /// Largest number of jobs one `purge` call deletes.
 const PURGE_BATCH: usize = 1000;
+/// Default time between two heartbeats of a runtime; a runtime not seen for
+/// three of them counts as gone ([`crate::Queue::workers_alive`]).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Grace after the shutdown timeout for aborted jobs to be released.
 const RELEASE_GRACE: Duration = Duration::from_secs(10);
 
@@ -45,6 +48,8 @@ pub struct Runtime {
     store_outage_limit: Duration,
     retention_interval: Duration,
     metrics_interval: Duration,
+    pause_poll: Duration,
+    heartbeat_interval: Duration,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -78,6 +83,8 @@ impl Runtime {
             store_outage_limit: Duration::from_secs(300),
             retention_interval: Duration::from_secs(60),
             metrics_interval: Duration::from_secs(10),
+            pause_poll: Duration::from_secs(1),
+            heartbeat_interval: HEARTBEAT_INTERVAL,
         }
     }
 
@@ -131,6 +138,21 @@ impl Runtime {
         self
     }
 
+    /// How often the paused queues are re-read from the store, i.e. how soon
+    /// a pause or resume made by another process is honoured (default 1 s;
+    /// one made through a clone of this runtime's queue handle is at once).
+    pub fn pause_poll(mut self, d: Duration) -> Self {
+        self.pause_poll = d;
+        self
+    }
+
+    /// How often this runtime writes its heartbeat and flushes its attempt
+    /// counts to the store (default [`HEARTBEAT_INTERVAL`]).
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat_interval = d;
+        self
+    }
+
     /// This process's identity in leases: `host-pid-random`, unique per
     /// runtime, so a restarted process never collides with its predecessor.
     pub fn worker_id(&self) -> &str {
@@ -170,7 +192,18 @@ impl Runtime {
             drain: CancellationToken::new(),
             hard: CancellationToken::new(),
             health: Arc::new(Health::new(self.store_outage_limit)),
+            counts: Default::default(),
         });
+        let info = serde_json::json!({
+            "jobs": self.workers.iter().map(|w| w.name).collect::<Vec<_>>(),
+            "crons": self.crons.iter().map(|c| serde_json::json!({
+                "name": c.schedule.name,
+                "expr": c.schedule.expr,
+                "tz": c.schedule.tz.name(),
+            })).collect::<Vec<_>>(),
+            "started_at_ms": common.now_ms(),
+        })
+        .to_string();
         let mut queues: Vec<&'static str> = self.workers.iter().map(|w| w.name).collect();
         queues.extend(self.crons.iter().map(|c| c.queue_name));
         queues.sort_unstable();
@@ -182,6 +215,14 @@ impl Runtime {
             "job runtime starting"
         );
 
+        // Honour pauses from the first fetch on.
+        match common.queue.store.paused().await {
+            Ok(names) => common
+                .queue
+                .wake
+                .set_paused_all(names.into_iter().collect()),
+            Err(e) => tracing::warn!(error = %e, "could not read the paused queues at start"),
+        }
         let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
         for w in self.workers {
             let fut = (w.start)(common.clone());
@@ -198,6 +239,13 @@ impl Runtime {
             self.retention_interval,
             self.metrics_interval,
         ));
+        let lifesigns = tokio::spawn(lifesigns(
+            common.clone(),
+            info,
+            self.pause_poll,
+            self.heartbeat_interval,
+        ));
+        let _lifesigns_guard = AbortOnDrop(lifesigns.abort_handle());
         // Ends with this future, also when the caller drops it.
         let _maintenance_guard = AbortOnDrop(maintenance.abort_handle());
 
@@ -215,6 +263,7 @@ impl Runtime {
 
         common.drain.cancel();
         maintenance.abort();
+        lifesigns.abort();
         if let Some(e) = fatal {
             // The caller logs the returned error (one line); here only the detail.
             tracing::debug!(error = %format!("{e:#}"), "job runtime stopping after a fatal error");
@@ -236,6 +285,7 @@ impl Runtime {
                 tasks.abort_all();
             }
         }
+        flush_counts(&common).await;
         tracing::info!("job runtime stopped");
         Ok(())
     }
@@ -370,6 +420,44 @@ async fn maintain(
                         Err(e) => common.health.fail("stats", &e),
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Add the attempt outcomes gathered since the last flush to the store's
+/// per-minute counts (one call per queue that had any).
+async fn flush_counts(common: &Common) {
+    let bucket = common.now_ms().div_euclid(crate::store::COUNT_BUCKET_MS)
+        * crate::store::COUNT_BUCKET_MS;
+    for (q, n) in common.take_counts() {
+        if let Err(e) = common.queue.store.add_counts(q, bucket, n).await {
+            tracing::debug!(queue = q, error = %e, "could not record job counts");
+        }
+    }
+}
+
+/// The pause watcher (re-reads the paused queues every `pause_poll`), the
+/// heartbeat and the count flush (every `heartbeat`).
+async fn lifesigns(common: Arc<Common>, info: String, pause_poll: Duration, heartbeat: Duration) {
+    let mut pause_tick = tokio::time::interval(pause_poll.max(Duration::from_millis(10)));
+    let mut beat_tick = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
+    pause_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let store = &common.queue.store;
+    let forget = heartbeat.as_millis() as i64 * 360;
+    loop {
+        tokio::select! {
+            _ = pause_tick.tick() => match store.paused().await {
+                Ok(names) => common.queue.wake.set_paused_all(names.into_iter().collect()),
+                Err(e) => common.health.fail("paused", &e),
+            },
+            _ = beat_tick.tick() => {
+                let now = common.now_ms();
+                if let Err(e) = store.heartbeat(&common.worker_id, &info, now, now - forget).await {
+                    common.health.fail("heartbeat", &e);
+                }
+                flush_counts(&common).await;
             }
         }
     }

@@ -88,6 +88,31 @@ pub struct DeadJob {
     pub died_at_ms: i64,
 }
 
+/// One runtime's latest heartbeat (see [`Store::heartbeat`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerBeat {
+    pub worker_id: String,
+    /// What the runtime said about itself (JSON: job types, cron schedules).
+    pub info: String,
+    pub seen_at_ms: i64,
+}
+
+/// Attempts that ended in one queue over a time range (see [`Store::add_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Attempts that succeeded.
+    pub ok: u64,
+    /// Attempts that failed (retried or dead-lettered).
+    pub failed: u64,
+}
+
+/// Most paused queues [`Store::paused`] returns.
+pub const MAX_PAUSED: usize = 1000;
+/// Width of one throughput bucket.
+pub const COUNT_BUCKET_MS: i64 = 60_000;
+/// How long throughput buckets are kept.
+pub const COUNT_KEEP_MS: i64 = 2 * 24 * 3600 * 1000;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Create tables / check the server. Idempotent.
@@ -187,4 +212,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap liveness check for /readyz.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Pause (`true`) or resume a queue: every runtime on this store stops
+    /// leasing its jobs (those already leased run to the end) until resumed.
+    async fn set_paused(&self, queue: &str, paused: bool) -> StoreResult<()>;
+    /// The paused queues (at most [`MAX_PAUSED`]).
+    async fn paused(&self) -> StoreResult<Vec<String>>;
+    /// Delete one dead job for good. False when it is not (or no longer) dead.
+    async fn discard_dead(&self, queue: &str, id: &str) -> StoreResult<bool>;
+
+    /// Record that runtime `worker_id` is alive at `now_ms`, and forget
+    /// runtimes last seen before `forget_before_ms`.
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        info: &str,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> StoreResult<()>;
+    /// Runtimes seen at or after `since_ms`, newest first, at most `limit`.
+    async fn workers(&self, since_ms: i64, limit: usize) -> StoreResult<Vec<WorkerBeat>>;
+
+    /// Add attempt outcomes to the bucket of `queue` starting at `bucket_ms`
+    /// (a multiple of [`COUNT_BUCKET_MS`]); buckets older than
+    /// [`COUNT_KEEP_MS`] are dropped.
+    async fn add_counts(
+        &self,
+        queue: &str,
+        bucket_ms: i64,
+        counts: Throughput,
+    ) -> StoreResult<()>;
+    /// Sum of the buckets of `queue` starting in `[from_ms, to_ms)` (at most
+    /// 2 days of buckets are read).
+    async fn counts(&self, queue: &str, from_ms: i64, to_ms: i64) -> StoreResult<Throughput>;
 }

@@ -44,6 +44,9 @@ const ID_CHUNK: usize = 500;
 pub(crate) struct Wakeups {
     all: tokio::sync::watch::Sender<u64>,
     queues: Mutex<std::collections::HashMap<String, tokio::sync::watch::Sender<u64>>>,
+    /// The paused queues as last read from the store (or changed through
+    /// this handle); the fetch loop leases nothing from a queue in it.
+    paused: tokio::sync::watch::Sender<Arc<HashSet<String>>>,
 }
 
 impl Wakeups {
@@ -64,6 +67,39 @@ impl Wakeups {
         if let Some(tx) = self.queues().get(queue) {
             tx.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Replace the paused set (from the store); wakes fetch loops on a change.
+    pub(crate) fn set_paused_all(&self, names: HashSet<String>) {
+        self.paused.send_if_modified(|cur| {
+            if **cur == names {
+                false
+            } else {
+                *cur = Arc::new(names);
+                true
+            }
+        });
+    }
+
+    /// Mark one queue paused or not (a change made through this handle).
+    pub(crate) fn set_paused(&self, queue: &str, paused: bool) {
+        self.paused.send_if_modified(|cur| {
+            if cur.contains(queue) == paused {
+                return false;
+            }
+            let mut next = (**cur).clone();
+            if paused {
+                next.insert(queue.to_string());
+            } else {
+                next.remove(queue);
+            }
+            *cur = Arc::new(next);
+            true
+        });
+    }
+
+    pub(crate) fn subscribe_paused(&self) -> tokio::sync::watch::Receiver<Arc<HashSet<String>>> {
+        self.paused.subscribe()
     }
 
     pub(crate) fn subscribe_all(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -87,11 +123,32 @@ pub(crate) struct Common {
     /// Shutdown timeout passed: abort handlers and release their jobs.
     pub(crate) hard: CancellationToken,
     pub(crate) health: Arc<Health>,
+    /// Attempt outcomes per queue not yet added to the store's counts.
+    pub(crate) counts: Mutex<std::collections::HashMap<&'static str, crate::store::Throughput>>,
 }
 
 impl Common {
     pub(crate) fn now_ms(&self) -> i64 {
         self.queue.clock.now().timestamp_millis()
+    }
+
+    /// Count one finished attempt of `queue` (flushed to the store by the
+    /// runtime's maintenance task).
+    pub(crate) fn count(&self, queue: &'static str, ok: bool) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let e = c.entry(queue).or_default();
+        if ok {
+            e.ok += 1;
+        } else {
+            e.failed += 1;
+        }
+    }
+
+    /// Take the counts gathered since the last call.
+    pub(crate) fn take_counts(
+        &self,
+    ) -> std::collections::HashMap<&'static str, crate::store::Throughput> {
+        std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Run a store operation until it succeeds, with backoff; gives up
@@ -172,11 +229,21 @@ impl Shared {
         let cfg = &c.queue.config;
         let mut wake_all = c.queue.wake.subscribe_all();
         let mut wake_queue = c.queue.wake.subscribe_queue(self.name);
+        let mut paused = c.queue.wake.subscribe_paused();
         let mut backoff = Backoff::new(Duration::from_secs(5));
         let lease_ms = cfg.lease.as_millis() as i64;
         loop {
             if c.drain.is_cancelled() {
                 return Ok(Vec::new());
+            }
+            // A paused queue leases nothing until it is resumed (the set is
+            // refreshed from the store by the runtime's pause watcher).
+            if paused.borrow_and_update().contains(self.name) {
+                tokio::select! {
+                    _ = c.drain.cancelled() => return Ok(Vec::new()),
+                    _ = paused.changed() => {}
+                }
+                continue;
             }
             wake_all.mark_unchanged();
             wake_queue.mark_unchanged();
@@ -378,6 +445,7 @@ impl<J: Job> StoreBackend<J> {
                     let now = c.now_ms();
                     tracing::error!(job = shared.name, job_id = %job.id, error = %error, "job dead-lettered: undecodable payload");
                     m::job_outcome(shared.name, m::Outcome::Dead);
+                    c.count(shared.name, false);
                     c.retry_store("kill", || {
                         c.queue
                             .store
@@ -680,6 +748,7 @@ impl Shared {
         match ended {
             Ended::Ok => {
                 m::job_outcome(self.name, m::Outcome::Ok);
+                c.count(self.name, true);
                 tracing::debug!(elapsed_ms = elapsed.as_millis() as u64, "job done");
                 let now = c.now_ms();
                 c.retry_store("complete", || store.complete(self.name, id, wid, now))
@@ -702,6 +771,7 @@ impl Shared {
                 }
                 let error = truncate(error);
                 let last = meta.attempt >= meta.max_attempts;
+                c.count(self.name, false);
                 if permanent || last {
                     m::job_outcome(self.name, m::Outcome::Dead);
                     let why = if permanent {

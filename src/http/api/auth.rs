@@ -105,6 +105,12 @@ impl FromRequestParts<App> for Caller {
         let scope = match (key.scope.as_str(), key.org_id) {
             ("platform", _) => CallerScope::Platform,
             ("org", Some(org)) => CallerScope::Org(org),
+            ("operator", _) => {
+                return Err(ApiError::forbidden(
+                    "an operator key only signs in to the dashboard at /ops/login",
+                )
+                .into());
+            }
             (other, _) => {
                 return Err(ApiError::internal(anyhow::anyhow!(
                     "api key {} has an unusable scope {other:?}",

@@ -14,6 +14,8 @@ use serde_json::json;
 
 use crate::{app::App, http::ApiError};
 
+pub mod dash;
+
 pub fn router() -> Router<App> {
     Router::new()
         .route("/metrics", get(metrics))

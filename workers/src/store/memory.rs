@@ -11,7 +11,10 @@ use std::{
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{DeadJob, LeasedJob, NewJob, Pushed, QueueStats, Store, StoreError, StoreResult};
+use super::{
+    COUNT_KEEP_MS, DeadJob, LeasedJob, MAX_PAUSED, NewJob, Pushed, QueueStats, Store, StoreError,
+    StoreResult, Throughput, WorkerBeat,
+};
 
 #[derive(Debug, Clone)]
 enum State {
@@ -40,6 +43,11 @@ struct Inner {
     /// (queue, key) -> (job id, expires_ms)
     dedupe: HashMap<(String, String), (String, i64)>,
     ticks: HashMap<String, BTreeSet<i64>>,
+    paused: BTreeSet<String>,
+    /// worker id -> (info, seen_ms)
+    workers: HashMap<String, (String, i64)>,
+    /// (queue, bucket_ms) -> counts
+    counts: std::collections::BTreeMap<(String, i64), Throughput>,
     seq: u64,
     /// When set, every call fails (tests of supervision).
     down: bool,
@@ -447,5 +455,89 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.guard().map(|_| ())
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> StoreResult<()> {
+        let mut g = self.guard()?;
+        if paused {
+            g.paused.insert(queue.to_string());
+        } else {
+            g.paused.remove(queue);
+            drop(g);
+            self.sender(queue).send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+
+    async fn paused(&self) -> StoreResult<Vec<String>> {
+        let g = self.guard()?;
+        Ok(g.paused.iter().take(MAX_PAUSED).cloned().collect())
+    }
+
+    async fn discard_dead(&self, queue: &str, id: &str) -> StoreResult<bool> {
+        let mut g = self.guard()?;
+        let dead = matches!(g.jobs.get(id), Some(j) if j.queue == queue && matches!(j.state, State::Dead { .. }));
+        if dead {
+            g.jobs.remove(id);
+        }
+        Ok(dead)
+    }
+
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        info: &str,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> StoreResult<()> {
+        let mut g = self.guard()?;
+        g.workers
+            .insert(worker_id.to_string(), (info.to_string(), now_ms));
+        g.workers.retain(|_, (_, seen)| *seen >= forget_before_ms);
+        Ok(())
+    }
+
+    async fn workers(&self, since_ms: i64, limit: usize) -> StoreResult<Vec<WorkerBeat>> {
+        let g = self.guard()?;
+        let mut out: Vec<WorkerBeat> = g
+            .workers
+            .iter()
+            .filter(|(_, (_, seen))| *seen >= since_ms)
+            .map(|(id, (info, seen))| WorkerBeat {
+                worker_id: id.clone(),
+                info: info.clone(),
+                seen_at_ms: *seen,
+            })
+            .collect();
+        out.sort_by_key(|w| std::cmp::Reverse(w.seen_at_ms));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn add_counts(
+        &self,
+        queue: &str,
+        bucket_ms: i64,
+        counts: Throughput,
+    ) -> StoreResult<()> {
+        let mut g = self.guard()?;
+        let e = g.counts.entry((queue.to_string(), bucket_ms)).or_default();
+        e.ok += counts.ok;
+        e.failed += counts.failed;
+        g.counts
+            .retain(|(q, b), _| q != queue || *b >= bucket_ms - COUNT_KEEP_MS);
+        Ok(())
+    }
+
+    async fn counts(&self, queue: &str, from_ms: i64, to_ms: i64) -> StoreResult<Throughput> {
+        let g = self.guard()?;
+        let from_ms = from_ms.max(to_ms - COUNT_KEEP_MS);
+        Ok(g
+            .counts
+            .range((queue.to_string(), from_ms)..(queue.to_string(), to_ms))
+            .fold(Throughput::default(), |t, (_, c)| Throughput {
+                ok: t.ok + c.ok,
+                failed: t.failed + c.failed,
+            }))
     }
 }

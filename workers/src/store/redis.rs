@@ -15,7 +15,12 @@
 //!   was purged (the Redis TTL, twice the window, only collects garbage)
 //! - `{p}:cron:{schedule}` latest claimed tick; `{p}:tick:{schedule}:{ms}`
 //!   one claim per tick (`SET NX PX`, kept [`TICK_CLAIM_TTL_MS`])
-//! - channel `{p}:wake:{q}`: published on push, retry, release and redrive.
+//! - channel `{p}:wake:{q}`: published on push, retry, release, redrive and resume.
+//! - `{p}:paused` set of paused queue names
+//! - `{p}:workers` zset of runtime ids, score = last heartbeat (ms);
+//!   `{p}:worker:{id}` string, the runtime's self-description
+//! - `{p}:counts:{q}:{bucket_ms}` hash `ok`, `failed`: attempt outcomes per
+//!   minute, expiring after two days
 //!
 //! Every state change is one Lua script (in `redis/*.lua`) that touches a
 //! bounded number of jobs: push works in chunks of at most [`PUSH_CHUNK`]
@@ -47,7 +52,10 @@ use redis::{
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{DeadJob, LeasedJob, NewJob, Pushed, QueueStats, Store, StoreError, StoreResult};
+use super::{
+    COUNT_BUCKET_MS, COUNT_KEEP_MS, DeadJob, LeasedJob, MAX_PAUSED, NewJob, Pushed, QueueStats,
+    Store, StoreError, StoreResult, Throughput, WorkerBeat,
+};
 
 /// Most jobs stored by one push script call.
 pub const PUSH_CHUNK: usize = 1000;
@@ -96,6 +104,14 @@ impl Scripts {
         ]
     }
 }
+
+/// Remove one dead job and its hash. KEYS: dead; ARGV: prefix, id.
+static DISCARD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('ZREM', KEYS[1], ARGV[2]) == 1 then \
+           redis.call('DEL', ARGV[1] .. ':job:' .. ARGV[2]) return 1 end return 0",
+    )
+});
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     push: Script::new(include_str!("redis/push.lua")),
@@ -783,6 +799,164 @@ impl Store for RedisStore {
     async fn ping(&self) -> StoreResult<()> {
         let _: String = self.command(redis::cmd("PING")).await?;
         Ok(())
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> StoreResult<()> {
+        let p = &self.inner.prefix;
+        let mut pipe = redis::pipe();
+        if paused {
+            pipe.cmd("SADD").arg(format!("{p}:paused")).arg(queue).ignore();
+        } else {
+            pipe.cmd("SREM").arg(format!("{p}:paused")).arg(queue).ignore();
+            pipe.cmd("PUBLISH")
+                .arg(format!("{p}:wake:{queue}"))
+                .arg("resume")
+                .ignore();
+        }
+        let mut conn = self.inner.conn.clone();
+        self.bounded(async move { pipe.query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    async fn paused(&self) -> StoreResult<Vec<String>> {
+        let mut names: Vec<String> = self
+            .command(
+                redis::cmd("SMEMBERS")
+                    .arg(format!("{}:paused", self.inner.prefix))
+                    .clone(),
+            )
+            .await?;
+        names.sort();
+        names.truncate(MAX_PAUSED);
+        Ok(names)
+    }
+
+    async fn discard_dead(&self, queue: &str, id: &str) -> StoreResult<bool> {
+        let mut inv = DISCARD.prepare_invoke();
+        inv.key(self.qkey(queue, "dead"))
+            .arg(&self.inner.prefix)
+            .arg(id);
+        let n: i64 = self.invoke(inv).await?;
+        Ok(n == 1)
+    }
+
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        info: &str,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> StoreResult<()> {
+        let p = &self.inner.prefix;
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(format!("{p}:workers"))
+            .arg(now_ms)
+            .arg(worker_id)
+            .ignore();
+        pipe.cmd("SET")
+            .arg(format!("{p}:worker:{worker_id}"))
+            .arg(info)
+            .arg("PX")
+            .arg((now_ms - forget_before_ms).max(1000))
+            .ignore();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(format!("{p}:workers"))
+            .arg("-inf")
+            .arg(format!("({forget_before_ms}"))
+            .ignore();
+        let mut conn = self.inner.conn.clone();
+        self.bounded(async move { pipe.query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    async fn workers(&self, since_ms: i64, limit: usize) -> StoreResult<Vec<WorkerBeat>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let p = &self.inner.prefix;
+        let rows: Vec<(String, f64)> = self
+            .command(
+                redis::cmd("ZREVRANGEBYSCORE")
+                    .arg(format!("{p}:workers"))
+                    .arg("+inf")
+                    .arg(since_ms)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.min(MAX_LISTED))
+                    .clone(),
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut mget = redis::cmd("MGET");
+        for (id, _) in &rows {
+            mget.arg(format!("{p}:worker:{id}"));
+        }
+        let infos: Vec<Option<String>> = self.command(mget).await?;
+        Ok(rows
+            .into_iter()
+            .zip(infos)
+            .map(|((worker_id, seen), info)| WorkerBeat {
+                worker_id,
+                info: info.unwrap_or_default(),
+                seen_at_ms: seen as i64,
+            })
+            .collect())
+    }
+
+    async fn add_counts(
+        &self,
+        queue: &str,
+        bucket_ms: i64,
+        counts: Throughput,
+    ) -> StoreResult<()> {
+        let key = format!("{}:counts:{queue}:{bucket_ms}", self.inner.prefix);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HINCRBY").arg(&key).arg("ok").arg(counts.ok).ignore();
+        pipe.cmd("HINCRBY")
+            .arg(&key)
+            .arg("failed")
+            .arg(counts.failed)
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(COUNT_KEEP_MS).ignore();
+        let mut conn = self.inner.conn.clone();
+        self.bounded(async move { pipe.query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    async fn counts(&self, queue: &str, from_ms: i64, to_ms: i64) -> StoreResult<Throughput> {
+        let from_ms = from_ms.max(to_ms - COUNT_KEEP_MS);
+        let first = from_ms.div_euclid(COUNT_BUCKET_MS) * COUNT_BUCKET_MS;
+        let first = if first < from_ms {
+            first + COUNT_BUCKET_MS
+        } else {
+            first
+        };
+        if first >= to_ms {
+            return Ok(Throughput::default());
+        }
+        let mut pipe = redis::pipe();
+        let mut b = first;
+        while b < to_ms {
+            pipe.cmd("HMGET")
+                .arg(format!("{}:counts:{queue}:{b}", self.inner.prefix))
+                .arg("ok")
+                .arg("failed");
+            b += COUNT_BUCKET_MS;
+        }
+        let mut conn = self.inner.conn.clone();
+        let rows: Vec<(Option<u64>, Option<u64>)> = self
+            .bounded(async move { pipe.query_async(&mut conn).await })
+            .await?;
+        Ok(rows.into_iter().fold(Throughput::default(), |t, (ok, f)| {
+            Throughput {
+                ok: t.ok + ok.unwrap_or(0),
+                failed: t.failed + f.unwrap_or(0),
+            }
+        }))
     }
 }
 

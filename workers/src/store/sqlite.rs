@@ -85,7 +85,10 @@ pub mod sql;
 
 use sql::*;
 
-use super::{DeadJob, LeasedJob, NewJob, Pushed, QueueStats, Store, StoreError, StoreResult};
+use super::{
+    COUNT_KEEP_MS, DeadJob, LeasedJob, MAX_PAUSED, NewJob, Pushed, QueueStats, Store, StoreError,
+    StoreResult, Throughput, WorkerBeat,
+};
 
 /// Longest wait in [`Store::wait_for_push`] before the caller polls again
 /// (how fast a job pushed by another process is noticed).
@@ -799,5 +802,115 @@ impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> StoreResult<()> {
+        let _gate = self.gate.lock().await;
+        if paused {
+            sqlx::query(PAUSE)
+                .bind(queue)
+                .bind(self.now_estimate())
+                .execute(&self.pool)
+                .await?;
+        } else {
+            sqlx::query(RESUME).bind(queue).execute(&self.pool).await?;
+            wake(&self.db, queue);
+        }
+        Ok(())
+    }
+
+    async fn paused(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(PAUSED)
+            .bind(clamp_limit(MAX_PAUSED))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn discard_dead(&self, queue: &str, id: &str) -> StoreResult<bool> {
+        let _gate = self.gate.lock().await;
+        let n = sqlx::query(DISCARD_DEAD)
+            .bind(id)
+            .bind(queue)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        info: &str,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> StoreResult<()> {
+        let _gate = self.gate.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(HEARTBEAT)
+            .bind(worker_id)
+            .bind(info)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(FORGET_WORKERS)
+            .bind(forget_before_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn workers(&self, since_ms: i64, limit: usize) -> StoreResult<Vec<WorkerBeat>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(WORKERS)
+            .bind(since_ms)
+            .bind(clamp_limit(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(worker_id, info, seen_at_ms)| WorkerBeat {
+                worker_id,
+                info,
+                seen_at_ms,
+            })
+            .collect())
+    }
+
+    async fn add_counts(
+        &self,
+        queue: &str,
+        bucket_ms: i64,
+        counts: Throughput,
+    ) -> StoreResult<()> {
+        let _gate = self.gate.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(ADD_COUNTS)
+            .bind(queue)
+            .bind(bucket_ms)
+            .bind(i64::try_from(counts.ok).unwrap_or(i64::MAX))
+            .bind(i64::try_from(counts.failed).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(PRUNE_COUNTS)
+            .bind(queue)
+            .bind(bucket_ms - COUNT_KEEP_MS)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn counts(&self, queue: &str, from_ms: i64, to_ms: i64) -> StoreResult<Throughput> {
+        let from_ms = from_ms.max(to_ms - COUNT_KEEP_MS);
+        let (ok, failed): (i64, i64) = sqlx::query_as(COUNTS)
+            .bind(queue)
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Throughput {
+            ok: u64::try_from(ok).unwrap_or(0),
+            failed: u64::try_from(failed).unwrap_or(0),
+        })
     }
 }

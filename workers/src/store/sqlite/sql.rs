@@ -50,6 +50,23 @@ CREATE TABLE IF NOT EXISTS wq_cron (
     tick_ms  INTEGER NOT NULL,
     PRIMARY KEY (schedule, tick_ms)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wq_paused (
+    queue    TEXT PRIMARY KEY NOT NULL,
+    since_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wq_workers (
+    worker_id  TEXT PRIMARY KEY NOT NULL,
+    info       TEXT NOT NULL,
+    seen_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS wq_workers_seen ON wq_workers (seen_at_ms);
+CREATE TABLE IF NOT EXISTS wq_counts (
+    queue     TEXT NOT NULL,
+    bucket_ms INTEGER NOT NULL,
+    ok        INTEGER NOT NULL,
+    failed    INTEGER NOT NULL,
+    PRIMARY KEY (queue, bucket_ms)
+) WITHOUT ROWID;
 "#;
 
 pub const INSERT_JOB: &str = "INSERT INTO wq_jobs \
@@ -175,3 +192,30 @@ pub const PRUNE_TICKS: &str = "DELETE FROM wq_cron WHERE schedule = ?1 AND tick_
        ORDER BY tick_ms LIMIT ?3)";
 
 pub const LAST_TICK: &str = "SELECT MAX(tick_ms) FROM wq_cron WHERE schedule = ?1";
+
+pub const PAUSE: &str = "INSERT INTO wq_paused (queue, since_ms) VALUES (?1, ?2) \
+     ON CONFLICT (queue) DO NOTHING";
+
+pub const RESUME: &str = "DELETE FROM wq_paused WHERE queue = ?1";
+
+pub const PAUSED: &str = "SELECT queue FROM wq_paused ORDER BY queue LIMIT ?1";
+
+pub const DISCARD_DEAD: &str = "DELETE FROM wq_jobs WHERE id = ?1 AND queue = ?2 AND state = 'dead'";
+
+pub const HEARTBEAT: &str = "INSERT INTO wq_workers (worker_id, info, seen_at_ms) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (worker_id) DO UPDATE SET info = excluded.info, seen_at_ms = excluded.seen_at_ms";
+
+pub const FORGET_WORKERS: &str = "DELETE FROM wq_workers WHERE worker_id IN ( \
+       SELECT worker_id FROM wq_workers WHERE seen_at_ms < ?1 ORDER BY seen_at_ms LIMIT 100)";
+
+pub const WORKERS: &str = "SELECT worker_id, info, seen_at_ms FROM wq_workers \
+     WHERE seen_at_ms >= ?1 ORDER BY seen_at_ms DESC LIMIT ?2";
+
+pub const ADD_COUNTS: &str = "INSERT INTO wq_counts (queue, bucket_ms, ok, failed) VALUES (?1, ?2, ?3, ?4) \
+     ON CONFLICT (queue, bucket_ms) DO UPDATE SET ok = ok + excluded.ok, failed = failed + excluded.failed";
+
+pub const PRUNE_COUNTS: &str = "DELETE FROM wq_counts WHERE queue = ?1 AND bucket_ms IN ( \
+       SELECT bucket_ms FROM wq_counts WHERE queue = ?1 AND bucket_ms < ?2 ORDER BY bucket_ms LIMIT 1000)";
+
+pub const COUNTS: &str = "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(failed), 0) FROM wq_counts \
+     WHERE queue = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3";
