@@ -16,6 +16,8 @@ mod mail_smtp;
 mod mail_snapshots;
 mod mail_tls;
 mod review_authority;
+mod ops_dashboard;
+mod ops_util;
 mod review_bad_tokens;
 mod review_browser;
 mod review_decide;

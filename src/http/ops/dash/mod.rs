@@ -699,3 +699,30 @@ pub(crate) fn qs(pairs: &[(&str, &str)]) -> String {
     }
     s.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_parse_and_times_read_well() {
+        let env = env();
+        for t in ["layout.html", "now.html", "queues.html", "charts.html"] {
+            assert!(env.get_template(t).is_ok(), "{t}");
+        }
+        assert_eq!(abs_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(rel_time(0, 90_000), "1 min ago");
+        assert_eq!(rel_time(2 * 3600 * 1000 + 60_000, 0), "in 2 h 1 min");
+        assert_eq!(span(3 * 86_400_000 + 3_600_000), "3 d 1 h");
+        assert_eq!(public_origin("https://a.example:8443/x/y"), "https://a.example:8443");
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; approvald_ops=xyz; b=2"));
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
+        assert_eq!(cookie(&h, "nope"), None);
+        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+}

@@ -69,9 +69,23 @@ pub struct Flash {
     q: String,
 }
 
-/// The grouping key of an error: its first line, cut at 160 characters.
+/// The grouping key of an error: its first line with id-like words (8 or
+/// more characters with a digit: ids, UUIDs, timestamps) replaced by `<id>`,
+/// cut at 160 characters.
 fn error_key(e: &str) -> String {
     let line = e.lines().next().unwrap_or("").trim();
+    let line = line
+        .split(' ')
+        .map(|w| {
+            let core = w.trim_matches(|c: char| !c.is_alphanumeric());
+            if core.chars().count() >= 8 && core.chars().any(|c| c.is_ascii_digit()) {
+                w.replace(core, "<id>")
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut s: String = line.chars().take(160).collect();
     if s.is_empty() {
         s = "(no error text)".into();
@@ -387,6 +401,14 @@ mod tests {
     #[test]
     fn errors_group_by_first_line() {
         assert_eq!(error_key("smtp 451\nmore"), "smtp 451");
+        assert_eq!(
+            error_key("email missing-0-d88e5179-db9b does not exist"),
+            "email <id> does not exist"
+        );
+        assert_eq!(
+            error_key("request \"0190a1b2c3\" gone"),
+            "request \"<id>\" gone"
+        );
         assert_eq!(error_key(""), "(no error text)");
         assert_eq!(error_key(&"x".repeat(500)).len(), 160);
         assert_eq!(group_id("a"), group_id("a"));
