@@ -178,12 +178,14 @@ pub async fn authenticate_operator(
         return Ok(None);
     }
     let h = hash(key);
-    on_db!(db, |c| sqlx::query_as::<_, (String, bool)>(
+    on_db!(db, |c| {
+        sqlx::query_as::<_, (String, bool)>(
         "SELECT id, read_only FROM api_keys WHERE hash = $1 AND scope = 'operator' AND revoked_at IS NULL"
     )
     .bind(&h)
     .fetch_optional(c)
-    .await)
+    .await
+    })
 }
 
 /// The live key whose hash matches `key`, if any.

@@ -50,13 +50,7 @@ async fn every_page_needs_sign_in_and_shows_the_state() {
         "/ops/queues",
         "/ops/charts",
     ] {
-        let r = read(
-            anon.get(format!("{}{page}", t.base))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let r = read(anon.get(format!("{}{page}", t.base)).send().await.unwrap()).await;
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{page}");
         assert_eq!(r.headers["location"], "/ops/login", "{page}");
     }
@@ -227,7 +221,10 @@ async fn changes_need_csrf_same_origin_and_a_writable_key() {
     let page = ro.get("/ops/queues").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.text.contains("read-only"));
-    assert!(!page.text.contains("Resume notify"), "no buttons for read-only");
+    assert!(
+        !page.text.contains("Resume notify"),
+        "no buttons for read-only"
+    );
     let r = ro.post("/ops/queues/notify/resume", &[]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(r.text.contains("read-only"), "{}", r.text);
@@ -310,13 +307,19 @@ async fn request_actions_extend_resend_and_cancel_with_audit() {
 
     // Cancel.
     let r = ops
-        .post(&format!("/ops/requests/{id}/cancel"), &[("reason", "duplicate")])
+        .post(
+            &format!("/ops/requests/{id}/cancel"),
+            &[("reason", "duplicate")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     wait_status(&t, &org, &key, &id, "cancelled").await;
     assert_eq!(audit_count(&t, "ops.request.cancel").await, 1);
     let r = ops
-        .post(&format!("/ops/requests/{id}/cancel"), &[("reason", "again")])
+        .post(
+            &format!("/ops/requests/{id}/cancel"),
+            &[("reason", "again")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     let r = ops.post(&path, &[("days", "1"), ("reason", "late")]).await;
@@ -400,10 +403,15 @@ async fn dead_jobs_are_counted_confirmed_then_redriven_or_discarded() {
     ops.post("/ops/queues/notify/resume", &[]).await;
     wait_dead(&t, "notify", 2).await;
     let r = ops
-        .post("/ops/queues/notify/dead", &[("action", "explode"), ("id", "x")])
+        .post(
+            "/ops/queues/notify/dead",
+            &[("action", "explode"), ("id", "x")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = ops.post("/ops/queues/notify/dead", &[("action", "redrive")]).await;
+    let r = ops
+        .post("/ops/queues/notify/dead", &[("action", "redrive")])
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     clear_dead(&t).await;
     t.finish().await;
@@ -459,7 +467,10 @@ async fn a_pause_is_honoured_by_a_worker_in_another_process() {
     // The worker process is up once its heartbeat is in the store.
     let deadline = Instant::now() + Duration::from_secs(30);
     while t.app.queue.workers_alive(10).await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the worker process never came up");
+        assert!(
+            Instant::now() < deadline,
+            "the worker process never came up"
+        );
         assert!(child.try_wait().unwrap().is_none(), "the worker exited");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

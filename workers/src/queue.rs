@@ -270,7 +270,11 @@ impl Queue {
 
     /// Attempts of `queue` that ended in the last `window` (minute buckets,
     /// so up to a minute more; counts reach the store every heartbeat).
-    pub async fn throughput(&self, queue: &str, window: Duration) -> Result<Throughput, QueueError> {
+    pub async fn throughput(
+        &self,
+        queue: &str,
+        window: Duration,
+    ) -> Result<Throughput, QueueError> {
         let now = self.clock.now().timestamp_millis();
         Ok(self
             .store

@@ -428,8 +428,8 @@ async fn maintain(
 /// Add the attempt outcomes gathered since the last flush to the store's
 /// per-minute counts (one call per queue that had any).
 async fn flush_counts(common: &Common) {
-    let bucket = common.now_ms().div_euclid(crate::store::COUNT_BUCKET_MS)
-        * crate::store::COUNT_BUCKET_MS;
+    let bucket =
+        common.now_ms().div_euclid(crate::store::COUNT_BUCKET_MS) * crate::store::COUNT_BUCKET_MS;
     for (q, n) in common.take_counts() {
         if let Err(e) = common.queue.store.add_counts(q, bucket, n).await {
             tracing::debug!(queue = q, error = %e, "could not record job counts");

@@ -236,12 +236,7 @@ pub trait Store: Send + Sync + 'static {
     /// Add attempt outcomes to the bucket of `queue` starting at `bucket_ms`
     /// (a multiple of [`COUNT_BUCKET_MS`]); buckets older than
     /// [`COUNT_KEEP_MS`] are dropped.
-    async fn add_counts(
-        &self,
-        queue: &str,
-        bucket_ms: i64,
-        counts: Throughput,
-    ) -> StoreResult<()>;
+    async fn add_counts(&self, queue: &str, bucket_ms: i64, counts: Throughput) -> StoreResult<()>;
     /// Sum of the buckets of `queue` starting in `[from_ms, to_ms)` (at most
     /// 2 days of buckets are read).
     async fn counts(&self, queue: &str, from_ms: i64, to_ms: i64) -> StoreResult<Throughput>;

@@ -1796,7 +1796,8 @@ mod faulty {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use approvald_workers::store::{
-        DeadJob, LeasedJob, NewJob, Pushed, QueueStats, Store, StoreResult, memory::MemoryStore,
+        DeadJob, LeasedJob, NewJob, Pushed, QueueStats, Store, StoreResult, Throughput, WorkerBeat,
+        memory::MemoryStore,
     };
     use async_trait::async_trait;
 
@@ -1894,6 +1895,33 @@ mod faulty {
         }
         async fn ping(&self) -> StoreResult<()> {
             self.inner.ping().await
+        }
+        async fn set_paused(&self, q: &str, paused: bool) -> StoreResult<()> {
+            self.inner.set_paused(q, paused).await
+        }
+        async fn paused(&self) -> StoreResult<Vec<String>> {
+            self.inner.paused().await
+        }
+        async fn discard_dead(&self, q: &str, id: &str) -> StoreResult<bool> {
+            self.inner.discard_dead(q, id).await
+        }
+        async fn heartbeat(
+            &self,
+            w: &str,
+            info: &str,
+            now_ms: i64,
+            before: i64,
+        ) -> StoreResult<()> {
+            self.inner.heartbeat(w, info, now_ms, before).await
+        }
+        async fn workers(&self, since_ms: i64, limit: usize) -> StoreResult<Vec<WorkerBeat>> {
+            self.inner.workers(since_ms, limit).await
+        }
+        async fn add_counts(&self, q: &str, bucket_ms: i64, c: Throughput) -> StoreResult<()> {
+            self.inner.add_counts(q, bucket_ms, c).await
+        }
+        async fn counts(&self, q: &str, from_ms: i64, to_ms: i64) -> StoreResult<Throughput> {
+            self.inner.counts(q, from_ms, to_ms).await
         }
     }
 }

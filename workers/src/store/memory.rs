@@ -514,12 +514,7 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    async fn add_counts(
-        &self,
-        queue: &str,
-        bucket_ms: i64,
-        counts: Throughput,
-    ) -> StoreResult<()> {
+    async fn add_counts(&self, queue: &str, bucket_ms: i64, counts: Throughput) -> StoreResult<()> {
         let mut g = self.guard()?;
         let e = g.counts.entry((queue.to_string(), bucket_ms)).or_default();
         e.ok += counts.ok;
@@ -532,8 +527,7 @@ impl Store for MemoryStore {
     async fn counts(&self, queue: &str, from_ms: i64, to_ms: i64) -> StoreResult<Throughput> {
         let g = self.guard()?;
         let from_ms = from_ms.max(to_ms - COUNT_KEEP_MS);
-        Ok(g
-            .counts
+        Ok(g.counts
             .range((queue.to_string(), from_ms)..(queue.to_string(), to_ms))
             .fold(Throughput::default(), |t, (_, c)| Throughput {
                 ok: t.ok + c.ok,

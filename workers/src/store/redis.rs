@@ -805,9 +805,15 @@ impl Store for RedisStore {
         let p = &self.inner.prefix;
         let mut pipe = redis::pipe();
         if paused {
-            pipe.cmd("SADD").arg(format!("{p}:paused")).arg(queue).ignore();
+            pipe.cmd("SADD")
+                .arg(format!("{p}:paused"))
+                .arg(queue)
+                .ignore();
         } else {
-            pipe.cmd("SREM").arg(format!("{p}:paused")).arg(queue).ignore();
+            pipe.cmd("SREM")
+                .arg(format!("{p}:paused"))
+                .arg(queue)
+                .ignore();
             pipe.cmd("PUBLISH")
                 .arg(format!("{p}:wake:{queue}"))
                 .arg("resume")
@@ -907,15 +913,14 @@ impl Store for RedisStore {
             .collect())
     }
 
-    async fn add_counts(
-        &self,
-        queue: &str,
-        bucket_ms: i64,
-        counts: Throughput,
-    ) -> StoreResult<()> {
+    async fn add_counts(&self, queue: &str, bucket_ms: i64, counts: Throughput) -> StoreResult<()> {
         let key = format!("{}:counts:{queue}:{bucket_ms}", self.inner.prefix);
         let mut pipe = redis::pipe();
-        pipe.cmd("HINCRBY").arg(&key).arg("ok").arg(counts.ok).ignore();
+        pipe.cmd("HINCRBY")
+            .arg(&key)
+            .arg("ok")
+            .arg(counts.ok)
+            .ignore();
         pipe.cmd("HINCRBY")
             .arg(&key)
             .arg("failed")
@@ -951,12 +956,12 @@ impl Store for RedisStore {
         let rows: Vec<(Option<u64>, Option<u64>)> = self
             .bounded(async move { pipe.query_async(&mut conn).await })
             .await?;
-        Ok(rows.into_iter().fold(Throughput::default(), |t, (ok, f)| {
-            Throughput {
+        Ok(rows
+            .into_iter()
+            .fold(Throughput::default(), |t, (ok, f)| Throughput {
                 ok: t.ok + ok.unwrap_or(0),
                 failed: t.failed + f.unwrap_or(0),
-            }
-        }))
+            }))
     }
 }
 

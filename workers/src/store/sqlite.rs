@@ -876,12 +876,7 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn add_counts(
-        &self,
-        queue: &str,
-        bucket_ms: i64,
-        counts: Throughput,
-    ) -> StoreResult<()> {
+    async fn add_counts(&self, queue: &str, bucket_ms: i64, counts: Throughput) -> StoreResult<()> {
         let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(ADD_COUNTS)

@@ -91,11 +91,7 @@ mod tests {
     use crate::domain::calendar::Calendars;
 
     fn cn() -> Calendar {
-        Calendars::embedded()
-            .unwrap()
-            .lookup("cn")
-            .unwrap()
-            .clone()
+        Calendars::embedded().unwrap().lookup("cn").unwrap().clone()
     }
 
     fn t(s: &str) -> DateTime<Utc> {

@@ -191,7 +191,11 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub async fn page(State(app): State<App>, session: Session, Query(q): Query<ChartQuery>) -> Response {
+pub async fn page(
+    State(app): State<App>,
+    session: Session,
+    Query(q): Query<ChartQuery>,
+) -> Response {
     let now = app.now_ms();
     let (name, n, width) = range(&q.range);
     // Buckets end at the next whole bucket boundary after now.
@@ -265,7 +269,11 @@ pub async fn page(State(app): State<App>, session: Session, Query(q): Query<Char
         .collect();
     let hours = |q: f64| -> Vec<f64> {
         hist.iter()
-            .map(|h| quantile(h, q).map(|ms| ms as f64 / HOUR as f64).unwrap_or(0.0))
+            .map(|h| {
+                quantile(h, q)
+                    .map(|ms| ms as f64 / HOUR as f64)
+                    .unwrap_or(0.0)
+            })
             .collect()
     };
     let (p50, p95) = (hours(0.5), hours(0.95));
@@ -275,8 +283,12 @@ pub async fn page(State(app): State<App>, session: Session, Query(q): Query<Char
             *t += c;
         }
     }
-    let p50_all = quantile(&total, 0.5).map(span).unwrap_or_else(|| "–".into());
-    let p95_all = quantile(&total, 0.95).map(span).unwrap_or_else(|| "–".into());
+    let p50_all = quantile(&total, 0.5)
+        .map(span)
+        .unwrap_or_else(|| "–".into());
+    let p95_all = quantile(&total, 0.95)
+        .map(span)
+        .unwrap_or_else(|| "–".into());
     let fmt = |v: &[f64]| v.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>();
     let charts = vec![
         Chart {
@@ -362,7 +374,12 @@ mod tests {
     #[test]
     fn svg_escapes_and_draws_every_series() {
         let labels = vec!["a<b".to_string(), "c".to_string()];
-        let svg = line_svg("x", "t&t", &labels, &[("s1", "#000", &[1.0, 2.0]), ("s2", "#111", &[0.0, 0.0])]);
+        let svg = line_svg(
+            "x",
+            "t&t",
+            &labels,
+            &[("s1", "#000", &[1.0, 2.0]), ("s2", "#111", &[0.0, 0.0])],
+        );
         assert!(svg.contains("a&lt;b") && svg.contains("t&amp;t"));
         assert_eq!(svg.matches("<polyline").count(), 2);
     }

@@ -74,8 +74,10 @@ pub fn router(app: &App) -> Router<App> {
         .route("/ops/assets/ops.js", get(js))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
-            hv("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
-                connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
+            hv(
+                "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
+                connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+            ),
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
@@ -448,15 +450,15 @@ fn public_origin(url: &str) -> String {
 }
 
 /// The checks every change passes, in order: same origin, CSRF secret,
-/// not read-only.
-pub(crate) fn guard_change(
+/// not read-only. Returns the refusal page when one fails.
+pub(crate) fn refuse_change(
     app: &App,
     session: &Session,
     headers: &HeaderMap,
     csrf: &str,
-) -> Result<(), Response> {
+) -> Option<Response> {
     if !same_origin(app, headers) {
-        return Err(message(
+        return Some(message(
             StatusCode::FORBIDDEN,
             Some(session),
             "Refused: not from this site",
@@ -464,7 +466,7 @@ pub(crate) fn guard_change(
         ));
     }
     if !same(csrf, &session.csrf) {
-        return Err(message(
+        return Some(message(
             StatusCode::FORBIDDEN,
             Some(session),
             "Refused: the form has expired",
@@ -472,14 +474,14 @@ pub(crate) fn guard_change(
         ));
     }
     if session.read_only {
-        return Err(message(
+        return Some(message(
             StatusCode::FORBIDDEN,
             Some(session),
             "Read-only key",
             "You signed in with a read-only operator key: you can see everything and change nothing.",
         ));
     }
-    Ok(())
+    None
 }
 
 /// Write the audit row of an operator change that has no transaction of its
@@ -558,8 +560,7 @@ async fn login(State(app): State<App>, headers: HeaderMap, body: axum::body::Byt
     let pairs = form_pairs(&body);
     let form_token = field(&pairs, "csrf");
     let cookie_token = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
-    if !same_origin(&app, &headers) || cookie_token.is_empty() || !same(form_token, cookie_token)
-    {
+    if !same_origin(&app, &headers) || cookie_token.is_empty() || !same(form_token, cookie_token) {
         return message(
             StatusCode::FORBIDDEN,
             None,
@@ -714,13 +715,19 @@ mod tests {
         assert_eq!(rel_time(0, 90_000), "1 min ago");
         assert_eq!(rel_time(2 * 3600 * 1000 + 60_000, 0), "in 2 h 1 min");
         assert_eq!(span(3 * 86_400_000 + 3_600_000), "3 d 1 h");
-        assert_eq!(public_origin("https://a.example:8443/x/y"), "https://a.example:8443");
+        assert_eq!(
+            public_origin("https://a.example:8443/x/y"),
+            "https://a.example:8443"
+        );
     }
 
     #[test]
     fn cookies_are_found_by_name() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; approvald_ops=xyz; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; approvald_ops=xyz; b=2"),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
         assert_eq!(cookie(&h, "nope"), None);
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));

@@ -287,7 +287,15 @@ async fn oldest(app: &App, now: i64) -> anyhow::Result<Option<Oldest>> {
 
 pub async fn page(State(app): State<App>, session: Session) -> Response {
     match build(&app).await {
-        Ok(data) => render("now.html", Some(&session), "Now", "now", 15, app.now_ms(), data),
+        Ok(data) => render(
+            "now.html",
+            Some(&session),
+            "Now",
+            "now",
+            15,
+            app.now_ms(),
+            data,
+        ),
         Err(e) => failure(Some(&session), format!("{e:#}")),
     }
 }

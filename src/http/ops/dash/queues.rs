@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Session, When, audit_alone, failure, field, form_pairs, guard_change, message, now, qs,
+    Session, When, audit_alone, failure, field, form_pairs, message, now, qs, refuse_change,
     render, when,
 };
 use crate::app::App;
@@ -146,7 +146,7 @@ pub async fn page(State(app): State<App>, session: Session, Query(f): Query<Flas
                     }
                 })
                 .collect();
-            groups.sort_by(|a, b| b.count.cmp(&a.count));
+            groups.sort_by_key(|g| std::cmp::Reverse(g.count));
             out.push(QueueView {
                 name: r.name,
                 ready: r.ready,
@@ -199,7 +199,7 @@ async fn set_paused(
     paused: bool,
 ) -> Response {
     let pairs = form_pairs(&body);
-    if let Err(r) = guard_change(&app, &session, &headers, field(&pairs, "csrf")) {
+    if let Some(r) = refuse_change(&app, &session, &headers, field(&pairs, "csrf")) {
         return r;
     }
     if !known_queue(&queue) {
@@ -236,7 +236,11 @@ async fn set_paused(
     }
     tracing::info!(queue, paused, actor = %session.actor(), "queue pause changed from the dashboard");
     let done = if paused { "pause" } else { "resume" };
-    Redirect::to(&format!("/ops/queues?{}", qs(&[("done", done), ("q", &queue)]))).into_response()
+    Redirect::to(&format!(
+        "/ops/queues?{}",
+        qs(&[("done", done), ("q", &queue)])
+    ))
+    .into_response()
 }
 
 pub async fn pause(
@@ -270,7 +274,7 @@ pub async fn dead(
     body: axum::body::Bytes,
 ) -> Response {
     let pairs = form_pairs(&body);
-    if let Err(r) = guard_change(&app, &session, &headers, field(&pairs, "csrf")) {
+    if let Some(r) = refuse_change(&app, &session, &headers, field(&pairs, "csrf")) {
         return r;
     }
     if !known_queue(&queue) {

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Session, When, business, failure, field, form_pairs, guard_change, local_time, message, now,
-    qs, render, span, when,
+    Session, When, business, failure, field, form_pairs, local_time, message, now, qs,
+    refuse_change, render, span, when,
 };
 use crate::{
     app::App,
@@ -25,7 +25,13 @@ use crate::{
 };
 
 const PAGE: i64 = 50;
-const STATUSES: [&str; 5] = ["submitted", "in_review", "approved", "rejected", "cancelled"];
+const STATUSES: [&str; 5] = [
+    "submitted",
+    "in_review",
+    "approved",
+    "rejected",
+    "cancelled",
+];
 
 #[derive(Deserialize, Default)]
 pub struct ListQuery {
@@ -87,7 +93,11 @@ pub(crate) fn tz_of(app: &App, region: &str) -> chrono_tz::Tz {
     crate::jobs::notify::region_tz(app, region)
 }
 
-pub async fn list(State(app): State<App>, session: Session, Query(q): Query<ListQuery>) -> Response {
+pub async fn list(
+    State(app): State<App>,
+    session: Session,
+    Query(q): Query<ListQuery>,
+) -> Response {
     let now = app.now_ms();
     let statuses: Vec<&str> = match q.status.as_str() {
         "" | "open" => now::OPEN.to_vec(),
@@ -163,11 +173,18 @@ pub async fn list(State(app): State<App>, session: Session, Query(q): Query<List
     let out: Vec<Row> = rows
         .into_iter()
         .map(
-            |((id, number, _org_id, org_name, region, kind, status, due, _created, breached_at), _)| {
+            |(
+                (id, number, _org_id, org_name, region, kind, status, due, _created, breached_at),
+                _,
+            )| {
                 let open = now::OPEN.contains(&status.as_str());
                 let left = left_ms(&app, &region, now, due);
                 let flag = if !open {
-                    if breached_at.is_some() { "breached" } else { "closed" }
+                    if breached_at.is_some() {
+                        "breached"
+                    } else {
+                        "closed"
+                    }
                 } else if due <= now {
                     "breached"
                 } else if left < now::AT_RISK_MS {
@@ -292,14 +309,16 @@ type DetailRow = (
 );
 
 async fn load(app: &App, id: &str) -> Result<Option<DetailRow>, sqlx::Error> {
-    on_db!(&app.db, |p| sqlx::query_as(
+    on_db!(&app.db, |p| {
+        sqlx::query_as(
         "SELECT r.id, r.number, r.org_id, o.name, o.region, r.kind, r.status, r.created_at, r.sla_due_at, \
                 r.reminder_at, r.reminded_at, r.breached_at, r.extended_at, r.extension_reason, r.decided_by, \
                 r.decided_at FROM requests r JOIN orgs o ON o.id = r.org_id WHERE r.id = $1"
     )
     .bind(id)
     .fetch_optional(p)
-    .await)
+    .await
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -475,7 +494,7 @@ pub async fn resend(
     body: axum::body::Bytes,
 ) -> Response {
     let pairs = form_pairs(&body);
-    if let Err(r) = guard_change(&app, &session, &headers, field(&pairs, "csrf")) {
+    if let Some(r) = refuse_change(&app, &session, &headers, field(&pairs, "csrf")) {
         return r;
     }
     let now = app.now_ms();
@@ -575,7 +594,7 @@ pub async fn extend(
     body: axum::body::Bytes,
 ) -> Response {
     let pairs = form_pairs(&body);
-    if let Err(r) = guard_change(&app, &session, &headers, field(&pairs, "csrf")) {
+    if let Some(r) = refuse_change(&app, &session, &headers, field(&pairs, "csrf")) {
         return r;
     }
     let reason = field(&pairs, "reason").trim().to_string();
@@ -681,7 +700,7 @@ pub async fn cancel(
     body: axum::body::Bytes,
 ) -> Response {
     let pairs = form_pairs(&body);
-    if let Err(r) = guard_change(&app, &session, &headers, field(&pairs, "csrf")) {
+    if let Some(r) = refuse_change(&app, &session, &headers, field(&pairs, "csrf")) {
         return r;
     }
     let reason = field(&pairs, "reason").trim().to_string();

@@ -53,7 +53,8 @@ async fn median(app: &App, reviewer: &str, since: i64) -> anyhow::Result<(Option
     if n == 0 {
         return Ok((None, 0));
     }
-    let m: Option<i64> = on_db!(&app.db, |p| sqlx::query_scalar(
+    let m: Option<i64> = on_db!(&app.db, |p| {
+        sqlx::query_scalar(
         "SELECT decided_at - created_at FROM requests WHERE decided_by_id = $1 AND decided_at >= $2 \
          ORDER BY decided_at - created_at LIMIT 1 OFFSET $3"
     )
@@ -61,7 +62,8 @@ async fn median(app: &App, reviewer: &str, since: i64) -> anyhow::Result<(Option
     .bind(since)
     .bind((n - 1) / 2)
     .fetch_optional(p)
-    .await)?;
+    .await
+    })?;
     Ok((m, n))
 }
 

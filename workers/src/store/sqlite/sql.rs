@@ -200,7 +200,8 @@ pub const RESUME: &str = "DELETE FROM wq_paused WHERE queue = ?1";
 
 pub const PAUSED: &str = "SELECT queue FROM wq_paused ORDER BY queue LIMIT ?1";
 
-pub const DISCARD_DEAD: &str = "DELETE FROM wq_jobs WHERE id = ?1 AND queue = ?2 AND state = 'dead'";
+pub const DISCARD_DEAD: &str =
+    "DELETE FROM wq_jobs WHERE id = ?1 AND queue = ?2 AND state = 'dead'";
 
 pub const HEARTBEAT: &str = "INSERT INTO wq_workers (worker_id, info, seen_at_ms) VALUES (?1, ?2, ?3) \
      ON CONFLICT (worker_id) DO UPDATE SET info = excluded.info, seen_at_ms = excluded.seen_at_ms";
