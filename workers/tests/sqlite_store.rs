@@ -153,7 +153,17 @@ async fn setup_is_idempotent_and_creates_the_wq_tables() {
     .await
     .unwrap();
     tables.sort();
-    assert_eq!(tables, ["wq_cron", "wq_dedupe", "wq_jobs"]);
+    assert_eq!(
+        tables,
+        [
+            "wq_counts",
+            "wq_cron",
+            "wq_dedupe",
+            "wq_jobs",
+            "wq_paused",
+            "wq_workers"
+        ]
+    );
     store.ping().await.expect("ping");
 }
 
