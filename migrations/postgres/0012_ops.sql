@@ -21,3 +21,4 @@ CREATE INDEX requests_decided ON requests (decided_at);
 CREATE INDEX requests_breached ON requests (breached_at);
 CREATE INDEX requests_decider ON requests (decided_by_id, decided_at);
 CREATE INDEX emails_status ON emails (status, created_at);
+CREATE INDEX webhook_deliveries_status ON webhook_deliveries (status, updated_at);

@@ -103,6 +103,7 @@ async fn every_page_needs_sign_in_and_shows_the_state() {
         "dead jobs",
         "workers alive",
         "sla-sweep",
+        "webhook deliveries waiting",
         "notify",
         "review",
         &number,

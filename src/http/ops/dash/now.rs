@@ -69,7 +69,6 @@ struct NowData {
     emails_failed_24h: i64,
     outbox_pending: Option<i64>,
     webhooks: Option<WebhookBacklog>,
-    limits_note: Option<String>,
 }
 
 #[derive(Serialize, Default)]
@@ -233,6 +232,26 @@ pub(crate) async fn email_backlog(app: &App, now: i64) -> anyhow::Result<(i64, i
     Ok((pending, failed))
 }
 
+/// Webhook deliveries waiting (indexes `webhook_deliveries_pending`) and
+/// failed for good in the last 24 h (`webhook_deliveries_status`).
+pub(crate) async fn webhook_backlog(app: &App, now: i64) -> anyhow::Result<WebhookBacklog> {
+    let pending: i64 = on_db!(&app.db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'"
+    )
+    .fetch_one(p)
+    .await)?;
+    let failed_24h: i64 = on_db!(&app.db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'failed' AND updated_at >= $1"
+    )
+    .bind(now - 24 * 3600 * 1000)
+    .fetch_one(p)
+    .await)?;
+    Ok(WebhookBacklog {
+        pending,
+        failed_24h,
+    })
+}
+
 pub(crate) async fn outbox_pending(app: &App) -> anyhow::Result<Option<i64>> {
     if app.queue_in_db {
         return Ok(None);
@@ -357,14 +376,14 @@ async fn build(app: &App) -> anyhow::Result<NowData> {
         emails_pending,
         emails_failed_24h,
         outbox_pending: outbox_pending(app).await?,
-        webhooks: None,
-        limits_note: None,
+        webhooks: Some(webhook_backlog(app, now).await?),
     })
 }
 
 /// Gauges for the alert rules (deploy/prometheus/alerts.yml), refreshed on
 /// every `/metrics` scrape: runtimes alive, late cron schedules, paused
-/// queues, open requests past their deadline, readiness.
+/// queues, open requests past their deadline, mail and webhook backlogs,
+/// readiness.
 pub async fn refresh_gauges(app: &App) {
     let now = app.now_ms();
     let beats = app.queue.workers_alive(1000).await;
@@ -395,5 +414,8 @@ pub async fn refresh_gauges(app: &App) {
     }
     if let Ok((pending, _)) = email_backlog(app, now).await {
         metrics::gauge!("approvald_emails_pending").set(pending as f64);
+    }
+    if let Ok(w) = webhook_backlog(app, now).await {
+        metrics::gauge!("approvald_webhook_backlog").set(w.pending as f64);
     }
 }
