@@ -757,6 +757,8 @@ pub async fn cancel(
             )
             .await?;
         }
+        crate::webhooks::emit_request(&app, &mut tx, &org_id, &id, "request.cancelled", now)
+            .await?;
         audit::operation(
             &mut tx,
             audit::Operation {
