@@ -235,8 +235,9 @@ async fn dispatch(cmd: Cmd, config: Config) -> anyhow::Result<()> {
                 }
                 _ => {
                     let s = approvald::jobs::sla::sweep(&app).await?;
+                    let cleanups = approvald::jobs::cleanup::requeue_lost(&app).await?;
                     eprintln!(
-                        "sweep: {} reminded, {} breached, {} review jobs re-pushed",
+                        "sweep: {} reminded, {} breached, {} review jobs re-pushed, {cleanups} member cleanups re-pushed",
                         s.reminded, s.breached, s.requeued
                     );
                 }

@@ -9,6 +9,7 @@ use approvald_workers::{Job, PushOptions};
 
 use crate::{app::App, db::Tx};
 
+pub mod cleanup;
 pub mod decide;
 pub mod limits;
 pub mod notify;
@@ -27,6 +28,7 @@ pub const QUEUES: &[&str] = &[
     sweep::SweepJob::NAME,
     crate::webhooks::deliver::DeliverJob::NAME,
     limits::LimitsJob::NAME,
+    cleanup::CleanupJob::NAME,
 ];
 
 /// Register every job handler (the worker role).
@@ -37,6 +39,7 @@ pub fn register(rt: Runtime, app: &App) -> Runtime {
         .register::<sweep::SweepJob>(app.clone())
         .register::<crate::webhooks::deliver::DeliverJob>(app.clone())
         .register::<limits::LimitsJob>(app.clone())
+        .register::<cleanup::CleanupJob>(app.clone())
 }
 
 /// Cron schedules (the scheduler role): each tick yields exactly one job

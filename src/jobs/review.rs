@@ -234,6 +234,34 @@ pub async fn add_event(
     Ok(())
 }
 
+/// Drop member reviewers disabled since they were read, locking the others
+/// (a no-op conditional update): a disable either committed first (the
+/// member is not assigned) or waits for this transaction, and the cleanup
+/// it queues then hands this review over.
+async fn still_active(
+    tx: &mut Tx,
+    reviewers: Vec<ReviewerRow>,
+) -> anyhow::Result<Vec<ReviewerRow>> {
+    let mut out = Vec::with_capacity(reviewers.len());
+    for r in reviewers {
+        if r.kind == "member" {
+            let live = on_tx!(tx, |c| sqlx::query(
+                "UPDATE members SET updated_at = updated_at WHERE id = $1 AND status = 'active'"
+            )
+            .bind(&r.id)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))
+            .context("locking reviewer")?;
+            if live == 0 {
+                continue;
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
 async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
     let Some(req) = load_request(app, request_id).await? else {
         return Err(JobError::permanent(anyhow::anyhow!(
@@ -285,6 +313,7 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
         tx.rollback().await.ok();
         return Ok(());
     }
+    let reviewers = still_active(&mut tx, reviewers).await?;
     let names: Vec<&str> = reviewers.iter().map(|r| r.name.as_str()).collect();
     crate::store::audit::operation(
         &mut tx,

@@ -1,5 +1,6 @@
 //! The `sweep` cron job: every tick of `sla.sweep_cron` (deduplicated across
 //! scheduler processes by the runtime) runs the SLA sweep and the reconciler
+//! (review jobs, mails, SLA timers and member cleanups lost with the queue)
 //! once, and records the tick in `scheduler_ticks`.
 use approvald_workers::{Job, JobError, JobInfo};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,11 @@ impl Job for SweepJob {
                 timers_rearmed = s.timers_rearmed,
                 "sweep handled overdue work"
             );
+        }
+        // Member cleanups lost with the queue (Redis restarted empty).
+        let cleanups = super::cleanup::requeue_lost(&app).await?;
+        if cleanups > 0 {
+            tracing::info!(cleanups, "sweep pushed unfinished member cleanups again");
         }
         let now = app.now_ms();
         let runs: i64 = on_db!(&app.db, |p| sqlx::query_scalar(

@@ -9,6 +9,7 @@
 mod api_kill;
 mod cluster;
 mod many_processes;
+mod member_cleanup;
 mod redis_down;
 mod redis_empty;
 mod submit;

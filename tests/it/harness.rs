@@ -472,6 +472,13 @@ filter = "warn"
         self.running = Some(running);
     }
 
+    /// [`restart`](Self::restart) with other parts: `Role::Api` keeps jobs
+    /// waiting in the queue (no workers) until a restart with `Role::All`.
+    pub async fn restart_as(&mut self, role: Role) {
+        self.role = role;
+        self.restart().await;
+    }
+
     /// Move the injected clock and wake the workers so due jobs run now.
     pub fn advance(&self, by: chrono::Duration) {
         let c = self

@@ -15,6 +15,7 @@ mod mail_server;
 mod mail_smtp;
 mod mail_snapshots;
 mod mail_tls;
+mod member_cleanup;
 mod ops_browser;
 mod ops_dashboard;
 mod ops_deploy;

@@ -387,6 +387,11 @@ pub async fn update(
     if let Some(Some(r)) = &role
         && m.role.as_deref() != Some(r.as_str())
     {
+        if m.status == store::members::DISABLED {
+            return Err(ApiError::conflict(
+                "role: the member is disabled; enable them before giving them a role",
+            ));
+        }
         check_role_exists(&mut tx, &org.id, r).await?;
     }
     let before = audit_view(&m);
@@ -458,9 +463,10 @@ fn check_may_edit(acting: &Option<ActingMember>, target: MemberKind) -> ApiResul
     }
 }
 
-/// 202: the member is disabled at once and their review links revoked in the
-/// same transaction; every row they own stays. Disabling a disabled member
-/// changes nothing and answers the same.
+/// 202: the member is disabled at once (their review links revoked, the
+/// `cleanup` job queued) in one transaction; every row they own stays (see
+/// [`crate::flows::members`]). Disabling a disabled member changes nothing
+/// and answers the same.
 pub async fn disable(
     State(app): State<App>,
     caller: Caller,
@@ -479,23 +485,9 @@ pub async fn disable(
         &acting,
         MemberKind::parse(&m.kind).unwrap_or(MemberKind::Member),
     )?;
-    if store::members::disable(&mut tx, &org.id, &id, now).await? {
-        let revoked = store::members::revoke_review_tokens(&mut tx, &id, now).await?;
-        let actor = actor::audit_actor(&caller, &acting);
-        audit::operation(
-            &mut tx,
-            audit_op(
-                &org.id,
-                &actor,
-                "member.disable",
-                &id,
-                json!({ "login_id": m.login_id, "review_tokens_revoked": revoked,
-                        "before": { "status": m.status }, "after": { "status": store::members::DISABLED } }),
-                now,
-            ),
-        )
-        .await?;
-        notify_admins_of_disable(&app, &mut tx, &org.id, &m, now).await?;
+    let actor = actor::audit_actor(&caller, &acting);
+    let done = crate::flows::members::disable(&app, &mut tx, &m, &actor, now).await?;
+    if done.cleanup_id.is_some() {
         let disabled = store::members::get_tx(&mut tx, &org.id, &id)
             .await?
             .ok_or_else(|| ApiError::not_found("member"))?;
@@ -511,51 +503,8 @@ pub async fn disable(
     Ok((StatusCode::ACCEPTED, Json(m.into())))
 }
 
-/// Tell the org's other active admins that `m` was disabled, in the
-/// disabling transaction (one mail per admin per disable).
-async fn notify_admins_of_disable(
-    app: &App,
-    tx: &mut crate::db::Tx,
-    org_id: &str,
-    m: &store::members::Member,
-    now: i64,
-) -> ApiResult<()> {
-    let admins: Vec<(String, String, String)> = crate::on_tx!(tx, |c| sqlx::query_as(
-        "SELECT email, name, locale FROM members \
-         WHERE org_id = $1 AND status = 'active' AND kind IN ('super_admin', 'admin') AND id <> $2 \
-         ORDER BY created_at LIMIT 50"
-    )
-    .bind(org_id)
-    .bind(&m.id)
-    .fetch_all(c)
-    .await)?;
-    for (email, name, locale) in admins {
-        crate::mail::queue_email(
-            app,
-            tx,
-            crate::mail::EmailSpec {
-                template: crate::mail::Template::MemberDisabled,
-                request_id: None,
-                to: crate::mail::Recipient {
-                    email,
-                    name,
-                    locale: crate::domain::ids::Locale::or_en(&locale),
-                    reviewer: None,
-                },
-                params: json!({
-                    "dedupe": format!("member-disabled:{}:{now}", m.id),
-                    "org_id": org_id,
-                    "member_name": m.name,
-                    "member_login": m.login_id,
-                }),
-            },
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Enable a disabled member again, within the member limit.
+/// Enable a disabled member again, within the member limit. Access only:
+/// what the cleanup cancelled, handed over or revoked stays so.
 pub async fn enable(
     State(app): State<App>,
     caller: Caller,
@@ -578,21 +527,8 @@ pub async fn enable(
     )?;
     if m.status == store::members::DISABLED {
         check_room(&app, &mut tx, &org.id).await?;
-        store::members::enable(&mut tx, &org.id, &id, now).await?;
         let actor = actor::audit_actor(&caller, &acting);
-        audit::operation(
-            &mut tx,
-            audit_op(
-                &org.id,
-                &actor,
-                "member.enable",
-                &id,
-                json!({ "login_id": m.login_id,
-                        "before": { "status": m.status }, "after": { "status": store::members::ACTIVE } }),
-                now,
-            ),
-        )
-        .await?;
+        crate::flows::members::enable(&mut tx, &m, &actor, now).await?;
     }
     let m = store::members::get_tx(&mut tx, &org.id, &id)
         .await?
