@@ -6,7 +6,9 @@ CREATE TABLE member_cleanups (
     id           TEXT PRIMARY KEY,
     org_id       TEXT NOT NULL REFERENCES orgs (id),
     member_id    TEXT NOT NULL REFERENCES members (id),
-    disabled_at  BIGINT NOT NULL,       -- the disable it follows; every step acts on what existed then
+    disabled_at  BIGINT NOT NULL,       -- the disable it follows
+    enabled_at   BIGINT,                -- set if the member is enabled before it completes:
+                                        -- steps then act only on what existed before that
     actor        TEXT NOT NULL,         -- who disabled the member
     created_at   BIGINT NOT NULL,
     completed_at BIGINT,

@@ -8,9 +8,10 @@
 //!
 //! `enable` gives access back and nothing else: what a cleanup cancelled,
 //! handed over or revoked stays so. A cleanup still running when the member
-//! is enabled carries on to the end, acting only on what existed at the
-//! disable (requests submitted, reviews assigned and grants given before
-//! it), so the outcome is the same whichever of the two finishes first.
+//! is enabled carries on to the end, acting only on what existed before the
+//! enable (requests submitted, reviews assigned, grants given and links
+//! issued): for those the outcome is the same whichever of the two finishes
+//! first, and what the member does after the enable is left alone.
 use anyhow::Context;
 use approvald_workers::PushOptions;
 use serde_json::json;
@@ -157,14 +158,18 @@ pub async fn enable(tx: &mut Tx, m: &Member, actor: &str, now: i64) -> anyhow::R
     {
         return Ok(false);
     }
-    // A cleanup of the last disable may still be running: it carries on
-    // (see the module docs); the audit row says so.
-    let open: i64 = on_tx!(tx, |c| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM member_cleanups WHERE member_id = $1 AND completed_at IS NULL"
+    // A cleanup of the last disable may still be running: it carries on,
+    // bounded by this instant (see the module docs); the audit row says so.
+    let open = on_tx!(tx, |c| sqlx::query(
+        "UPDATE member_cleanups SET enabled_at = $2 \
+         WHERE member_id = $1 AND completed_at IS NULL AND enabled_at IS NULL"
     )
     .bind(&m.id)
-    .fetch_one(c)
-    .await)?;
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .context("bounding the running cleanup")?;
     audit::operation(
         tx,
         audit::Operation {

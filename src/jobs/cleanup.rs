@@ -8,10 +8,13 @@
 //! each step once; every mail is also keyed per (request, recipient,
 //! template), so none goes out twice.
 //!
-//! Every step acts only on what existed at the disable (`disabled_at`): if
-//! the member is enabled again before the job ends, their new requests,
-//! reviews and grants are left alone, and the outcome is the same as if the
-//! enable came after the cleanup.
+//! If the member is enabled again before the job ends, the enable records
+//! `enabled_at` on the cleanup, and every later step acts only on what
+//! existed before it (each step locks the member's row first, so an enable
+//! either committed before the step read `enabled_at` or waits for the
+//! step): the cleanup still finishes, the outcome for everything from before
+//! the enable is the same as if the enable came after the cleanup, and what
+//! the member does after the enable is left alone.
 //!
 //! 1. `cancel_requests`: their open requests are cancelled (reason
 //!    `member_disabled`), the reviewers told with the `cancelled` mail.
@@ -164,6 +167,7 @@ pub async fn run(app: &App, cleanup_id: &str) -> Result<Ran, JobError> {
 pub async fn run_step(app: &App, c: &Cleanup, step: Step) -> anyhow::Result<Option<Value>> {
     let now = app.now_ms();
     let mut tx = app.db.begin().await.context("begin")?;
+    let before = cutoff(&mut tx, c).await?;
     let claimed = on_tx!(&mut tx, |x| sqlx::query(
         "INSERT INTO member_cleanup_steps (cleanup_id, step, done_at, counts) VALUES ($1, $2, $3, '{}') \
          ON CONFLICT (cleanup_id, step) DO NOTHING"
@@ -181,10 +185,10 @@ pub async fn run_step(app: &App, c: &Cleanup, step: Step) -> anyhow::Result<Opti
         return Ok(None);
     }
     let counts = match step {
-        Step::CancelRequests => cancel_requests(app, &mut tx, c, now).await?,
-        Step::HandOverReviews => hand_over_reviews(app, &mut tx, c, now).await?,
-        Step::Payment => payment(&mut tx, c, now).await?,
-        Step::Credentials => credentials(&mut tx, c, now).await?,
+        Step::CancelRequests => cancel_requests(app, &mut tx, c, before, now).await?,
+        Step::HandOverReviews => hand_over_reviews(app, &mut tx, c, before, now).await?,
+        Step::Payment => payment(&mut tx, c, before, now).await?,
+        Step::Credentials => credentials(&mut tx, c, before, now).await?,
     };
     on_tx!(&mut tx, |x| sqlx::query(
         "UPDATE member_cleanup_steps SET counts = $3 WHERE cleanup_id = $1 AND step = $2"
@@ -215,6 +219,29 @@ pub async fn run_step(app: &App, c: &Cleanup, step: Step) -> anyhow::Result<Opti
     Ok(Some(counts))
 }
 
+/// Lock the member's row (a no-op update: an enable waits for this step, or
+/// committed before it), then read what the step may act on: everything
+/// made before the member was enabled again, or everything while they are
+/// still disabled (`i64::MAX`).
+async fn cutoff(tx: &mut Tx, c: &Cleanup) -> anyhow::Result<i64> {
+    on_tx!(tx, |x| sqlx::query(
+        "UPDATE members SET updated_at = updated_at WHERE id = $1"
+    )
+    .bind(&c.member_id)
+    .execute(x)
+    .await
+    .map(|r| r.rows_affected()))
+    .context("locking member")?;
+    let enabled_at: Option<i64> = on_tx!(tx, |x| sqlx::query_scalar(
+        "SELECT enabled_at FROM member_cleanups WHERE id = $1"
+    )
+    .bind(&c.id)
+    .fetch_one(x)
+    .await)
+    .context("reading enabled_at")?;
+    Ok(enabled_at.unwrap_or(i64::MAX))
+}
+
 /// Mark the cleanup completed; returns whether this call did.
 async fn complete(app: &App, c: &Cleanup) -> anyhow::Result<bool> {
     let now = app.now_ms();
@@ -232,15 +259,14 @@ async fn complete(app: &App, c: &Cleanup) -> anyhow::Result<bool> {
         tx.rollback().await.ok();
         return Ok(false);
     }
-    let steps: Vec<(String, String)> =
-        on_tx!(&mut tx, |x| {
-            sqlx::query_as(
+    let steps: Vec<(String, String)> = on_tx!(&mut tx, |x| {
+        sqlx::query_as(
         "SELECT step, counts FROM member_cleanup_steps WHERE cleanup_id = $1 ORDER BY done_at, step"
     )
     .bind(&c.id)
     .fetch_all(x)
     .await
-        })?;
+    })?;
     let steps: serde_json::Map<String, Value> = steps
         .into_iter()
         .map(|(s, counts)| (s, serde_json::from_str(&counts).unwrap_or(Value::Null)))
@@ -267,16 +293,22 @@ async fn complete(app: &App, c: &Cleanup) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Step 1: cancel their requests still `submitted` or `in_review`, made
-/// before the disable; tell the reviewers.
-async fn cancel_requests(app: &App, tx: &mut Tx, c: &Cleanup, now: i64) -> anyhow::Result<Value> {
+/// Step 1: cancel their requests still `submitted` or `in_review` (made
+/// before `before`); tell the reviewers.
+async fn cancel_requests(
+    app: &App,
+    tx: &mut Tx,
+    c: &Cleanup,
+    before: i64,
+    now: i64,
+) -> anyhow::Result<Value> {
     let open: Vec<String> = on_tx!(tx, |x| sqlx::query_scalar(
         "SELECT id FROM requests WHERE org_id = $1 AND requester_id = $2 \
-           AND status IN ('submitted', 'in_review') AND created_at <= $3 ORDER BY created_at, id"
+           AND status IN ('submitted', 'in_review') AND created_at < $3 ORDER BY created_at, id"
     )
     .bind(&c.org_id)
     .bind(&c.member_id)
-    .bind(c.disabled_at)
+    .bind(before)
     .fetch_all(x)
     .await)
     .context("finding open requests")?;
@@ -335,11 +367,11 @@ async fn hand_over_reviews(app: &App, tx: &mut Tx, c: &Cleanup, now: i64) -> any
     let reviews: Vec<(String, Option<String>)> = on_tx!(tx, |x| sqlx::query_as(
         "SELECT r.id, r.requester_id FROM requests r \
          JOIN request_reviewers rr ON rr.request_id = r.id \
-         WHERE rr.reviewer_kind = 'member' AND rr.reviewer_id = $1 AND rr.assigned_at <= $2 \
+         WHERE rr.reviewer_kind = 'member' AND rr.reviewer_id = $1 AND rr.assigned_at < $2 \
            AND r.org_id = $3 AND r.status = 'in_review' ORDER BY r.created_at, r.id"
     )
     .bind(&c.member_id)
-    .bind(c.disabled_at)
+    .bind(before)
     .bind(&c.org_id)
     .fetch_all(x)
     .await)
@@ -449,16 +481,18 @@ async fn candidates(
     Ok(out)
 }
 
-/// Step 3: their payment permission off: `payment_permission` grants given
-/// before the disable are revoked, with the reason on the granting request.
-async fn payment(tx: &mut Tx, c: &Cleanup, now: i64) -> anyhow::Result<Value> {
+/// Step 3: their payment permission off: their `payment_permission` grants
+/// are revoked, with the reason on the granting request. (A grant given
+/// while they were disabled, by an approval racing the disable, is revoked
+/// too: only an enable ends what the cleanup may touch.)
+async fn payment(tx: &mut Tx, c: &Cleanup, before: i64, now: i64) -> anyhow::Result<Value> {
     let grants: Vec<(String, Option<String>)> = on_tx!(tx, |x| sqlx::query_as(
         "SELECT id, request_id FROM grants WHERE org_id = $1 AND member_id = $2 \
-           AND kind = 'payment_permission' AND status = 'active' AND granted_at <= $3 ORDER BY granted_at, id"
+           AND kind = 'payment_permission' AND status = 'active' AND granted_at < $3 ORDER BY granted_at, id"
     )
     .bind(&c.org_id)
     .bind(&c.member_id)
-    .bind(c.disabled_at)
+    .bind(before)
     .fetch_all(x)
     .await)
     .context("finding payment grants")?;
@@ -486,17 +520,16 @@ async fn payment(tx: &mut Tx, c: &Cleanup, now: i64) -> anyhow::Result<Value> {
 /// Step 4: anything that still acts for them. Review links are revoked by
 /// the disable itself, and no new one is issued to an inactive member, so
 /// this normally finds none; it closes any left by a concurrent writer.
-async fn credentials(tx: &mut Tx, c: &Cleanup, now: i64) -> anyhow::Result<Value> {
-    // Only links issued before the disable: after an enable, new links of
-    // theirs are theirs to keep.
+async fn credentials(tx: &mut Tx, c: &Cleanup, before: i64, now: i64) -> anyhow::Result<Value> {
+    // After an enable, new links of theirs are theirs to keep.
     let revoked = on_tx!(tx, |x| sqlx::query(
         "UPDATE review_tokens SET revoked_at = $1 \
          WHERE reviewer_kind = 'member' AND reviewer_id = $2 AND revoked_at IS NULL AND used_at IS NULL \
-           AND created_at <= $3"
+           AND created_at < $3"
     )
     .bind(now)
     .bind(&c.member_id)
-    .bind(c.disabled_at)
+    .bind(before)
     .execute(x)
     .await
     .map(|r| r.rows_affected()))

@@ -137,13 +137,14 @@ async fn wait_completed(c: &Cluster, ids: &[String], limit: Duration) -> Duratio
     }
 }
 
-/// Wait until the worker is inside the cleanups (some steps done, not all
-/// cleanups completed); returns (steps, completed) at that moment.
-async fn wait_in_flight(c: &Cluster, ids: &[String]) -> (i64, i64) {
+/// Wait until the worker is inside the cleanups: `min_steps` of their
+/// steps done (fewer than all of them, so some cleanups are still running);
+/// returns (steps, completed) at that moment.
+async fn wait_in_flight(c: &Cluster, ids: &[String], min_steps: i64) -> (i64, i64) {
     let t0 = Instant::now();
     loop {
         let s = steps(c, ids).await;
-        if s >= 8 {
+        if s >= min_steps {
             return (s, completed(c, ids).await);
         }
         assert!(
@@ -221,7 +222,7 @@ async fn member_cleanups_survive_a_worker_kill_and_an_empty_redis() {
     let w1 = c.spawn("worker").await;
     c.env
         .insert("APPROVALD__DATABASE__MAX_CONNECTIONS".into(), "8".into());
-    let (steps_at_kill, completed_at_kill) = wait_in_flight(&c, &kill_ids).await;
+    let (steps_at_kill, completed_at_kill) = wait_in_flight(&c, &kill_ids, 60).await;
     c.procs[w1].kill9();
     let killed = Instant::now();
     assert!(
@@ -255,7 +256,7 @@ async fn member_cleanups_survive_a_worker_kill_and_an_empty_redis() {
             .insert("APPROVALD__DATABASE__MAX_CONNECTIONS".into(), "8".into());
         w
     };
-    let (steps_at_restart, completed_at_restart) = wait_in_flight(&c, &redis_ids).await;
+    let (steps_at_restart, completed_at_restart) = wait_in_flight(&c, &redis_ids, 40).await;
     c.redis.shutdown_nosave().await;
     c.redis.restart().await;
     let restarted = Instant::now();

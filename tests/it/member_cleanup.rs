@@ -318,6 +318,26 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
             "member.cleanup_completed"
         ]
     );
+    // Counted (the recorder is per process, so only presence is checked).
+    let metrics = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("approvald_member_cleanups_total{outcome=\"completed\"}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("approvald_member_cleanup_seconds_bucket"),
+        "{metrics}"
+    );
     let first: Value = serde_json::from_str(&steps[0].1).unwrap();
     assert_eq!(first["counts"]["cancelled"], 2, "{first}");
     assert_eq!(first["counts"]["reviewers_told"], 2, "{first}");
