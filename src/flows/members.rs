@@ -152,14 +152,9 @@ async fn notify_admins(app: &App, tx: &mut Tx, m: &Member, now: i64) -> anyhow::
 /// commits). Returns whether this call changed it. Access only: nothing the
 /// cleanup cancelled, handed over or revoked comes back.
 pub async fn enable(tx: &mut Tx, m: &Member, actor: &str, now: i64) -> anyhow::Result<bool> {
-    if !store::members::enable(tx, &m.org_id, &m.id, now)
-        .await
-        .context("enabling member")?
-    {
-        return Ok(false);
-    }
     // A cleanup of the last disable may still be running: it carries on,
-    // bounded by this instant (see the module docs); the audit row says so.
+    // bounded by this instant (see the module docs). Its row is locked
+    // before the member's, the order the cleanup's steps take too.
     let open = on_tx!(tx, |c| sqlx::query(
         "UPDATE member_cleanups SET enabled_at = $2 \
          WHERE member_id = $1 AND completed_at IS NULL AND enabled_at IS NULL"
@@ -170,6 +165,14 @@ pub async fn enable(tx: &mut Tx, m: &Member, actor: &str, now: i64) -> anyhow::R
     .await
     .map(|r| r.rows_affected()))
     .context("bounding the running cleanup")?;
+    if !store::members::enable(tx, &m.org_id, &m.id, now)
+        .await
+        .context("enabling member")?
+    {
+        // Enabled meanwhile by a concurrent call, which bounded the
+        // cleanup first (this update then matched nothing).
+        return Ok(false);
+    }
     audit::operation(
         tx,
         audit::Operation {

@@ -10,9 +10,9 @@
 //!
 //! If the member is enabled again before the job ends, the enable records
 //! `enabled_at` on the cleanup, and every later step acts only on what
-//! existed before it (each step locks the member's row first, so an enable
-//! either committed before the step read `enabled_at` or waits for the
-//! step): the cleanup still finishes, the outcome for everything from before
+//! existed before it (each step locks the cleanup's row first, so an
+//! enable either committed before the step read `enabled_at` or waits for
+//! the step): the cleanup still finishes, the outcome for everything from before
 //! the enable is the same as if the enable came after the cleanup, and what
 //! the member does after the enable is left alone.
 //!
@@ -219,26 +219,20 @@ pub async fn run_step(app: &App, c: &Cleanup, step: Step) -> anyhow::Result<Opti
     Ok(Some(counts))
 }
 
-/// Lock the member's row (a no-op update: an enable waits for this step, or
-/// committed before it), then read what the step may act on: everything
-/// made before the member was enabled again, or everything while they are
-/// still disabled (`i64::MAX`).
+/// Lock the cleanup's row (a no-op update; the enable flow locks it before
+/// the member's row, so an enable either committed before this step or
+/// waits for it) and read what the step may act on: everything made before
+/// the member was enabled again, or everything while they are still
+/// disabled (`i64::MAX`). Locking the cleanup row rather than the member's
+/// keeps the writers' order (request, then member rows) intact.
 async fn cutoff(tx: &mut Tx, c: &Cleanup) -> anyhow::Result<i64> {
-    on_tx!(tx, |x| sqlx::query(
-        "UPDATE members SET updated_at = updated_at WHERE id = $1"
-    )
-    .bind(&c.member_id)
-    .execute(x)
-    .await
-    .map(|r| r.rows_affected()))
-    .context("locking member")?;
     let enabled_at: Option<i64> = on_tx!(tx, |x| sqlx::query_scalar(
-        "SELECT enabled_at FROM member_cleanups WHERE id = $1"
+        "UPDATE member_cleanups SET enabled_at = enabled_at WHERE id = $1 RETURNING enabled_at"
     )
     .bind(&c.id)
     .fetch_one(x)
     .await)
-    .context("reading enabled_at")?;
+    .context("locking cleanup")?;
     Ok(enabled_at.unwrap_or(i64::MAX))
 }
 
@@ -363,7 +357,13 @@ struct Admin {
 
 /// Step 2: hand the reviews assigned to them (requests still in review) to
 /// the org's other active admins, or its super admin when there is none.
-async fn hand_over_reviews(app: &App, tx: &mut Tx, c: &Cleanup, now: i64) -> anyhow::Result<Value> {
+async fn hand_over_reviews(
+    app: &App,
+    tx: &mut Tx,
+    c: &Cleanup,
+    before: i64,
+    now: i64,
+) -> anyhow::Result<Value> {
     let reviews: Vec<(String, Option<String>)> = on_tx!(tx, |x| sqlx::query_as(
         "SELECT r.id, r.requester_id FROM requests r \
          JOIN request_reviewers rr ON rr.request_id = r.id \

@@ -364,6 +364,7 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
     assert_eq!(m["status"], "disabled");
 
     // A second run of the job changes nothing and sends nothing.
+    t.drain().await;
     let digest = state_digest(&t).await;
     let audit = t.count("audit_log").await;
     let ran = approvald::jobs::cleanup::run(&t.app, &cid).await.unwrap();
