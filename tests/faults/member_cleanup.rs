@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, serial};
 
@@ -21,6 +21,8 @@ const REDIS_PER_ORG: usize = 6;
 struct Member {
     org: String,
     key: String,
+    /// The org's super admin: the actor of the disable.
+    owner: String,
     id: String,
 }
 
@@ -39,6 +41,7 @@ async fn org(c: &Cluster, base: &str, i: usize, n: usize) -> Vec<Member> {
         .await;
     assert_eq!(s, 201, "create org: {org}");
     let org_id = org["id"].as_str().unwrap().to_string();
+    let owner = org["owner"]["id"].as_str().unwrap().to_string();
     let (s, k) = c
         .post(
             base,
@@ -52,14 +55,14 @@ async fn org(c: &Cluster, base: &str, i: usize, n: usize) -> Vec<Member> {
     let mut out = Vec::new();
     for m in 0..n {
         let login = format!("l{m}_{}", &sfx[..8]);
-        let (s, mem) = c
-            .post(
-                base,
-                &format!("/v1/orgs/{org_id}/members"),
-                &key,
-                json!({"login_id": login, "name": format!("Leaver {m}"), "email": format!("{login}@example.com")}),
-            )
-            .await;
+        let (s, mem) = post_as(
+            c,
+            &format!("{base}/v1/orgs/{org_id}/members"),
+            &key,
+            &owner,
+            json!({"login_id": login, "name": format!("Leaver {m}"), "email": format!("{login}@example.com")}),
+        )
+        .await;
         assert_eq!(s, 201, "create member: {mem}");
         let id = mem["id"].as_str().unwrap().to_string();
         let (s, r) = c
@@ -74,20 +77,41 @@ async fn org(c: &Cluster, base: &str, i: usize, n: usize) -> Vec<Member> {
         out.push(Member {
             org: org_id.clone(),
             key: key.clone(),
+            owner: owner.clone(),
             id,
         });
     }
     out
 }
 
+/// POST acting for `actor` (`Approvald-Actor`), as member management needs.
+async fn post_as(c: &Cluster, url: &str, key: &str, actor: &str, body: Value) -> (u16, Value) {
+    let r = c
+        .client
+        .post(url)
+        .bearer_auth(key)
+        .header("approvald-actor", actor)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 /// Disable all of `members` at once (16 calls in flight).
 async fn disable_all(c: &Cluster, base: &str, members: &[Member]) {
     let answers: Vec<u16> = stream::iter(members)
         .map(|m| async move {
-            c.post(
-                base,
-                &format!("/v1/orgs/{}/members/{}/disable", m.org, m.id),
+            post_as(
+                c,
+                &format!("{base}/v1/orgs/{}/members/{}/disable", m.org, m.id),
                 &m.key,
+                &m.owner,
                 json!({}),
             )
             .await

@@ -73,6 +73,8 @@ async fn kept(t: &TestApp, org: &str, lid: &str) -> [i64; 6] {
 struct Story {
     org: String,
     key: String,
+    /// The super admin: the actor of disables and enables.
+    owner: String,
     a1: Value,
     leaver: Value,
     /// L's two open requests (platform-reviewed).
@@ -86,7 +88,7 @@ struct Story {
 async fn story(t: &TestApp) -> Story {
     t.create_reviewer("plat@example.com", "marketplace", false)
         .await;
-    let (org, key, _owner) = t.create_org("Leaver Co", "cn").await;
+    let (org, key, owner) = t.create_org("Leaver Co", "cn").await;
     let a1 = add_member(t, &org, &key, "admin").await;
     let leaver = add_member(t, &org, &key, "admin").await;
     let lid = s(&leaver, "id");
@@ -145,12 +147,25 @@ async fn story(t: &TestApp) -> Story {
     Story {
         org,
         key,
+        owner,
         a1,
         leaver,
         open: open_ids,
         reviewed,
         paid,
     }
+}
+
+/// `authz/check` of an action every active admin may take.
+async fn authz(t: &TestApp, org: &str, key: &str, member: &str) -> Value {
+    t.post(
+        &format!("/v1/orgs/{org}/authz/check"),
+        key,
+        json!({"member": member, "action": "members:manage"}),
+    )
+    .await
+    .expect(200)
+    .json()
 }
 
 async fn cleanup_id(t: &TestApp, member: &str) -> String {
@@ -189,17 +204,38 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
 
     let before = kept(&t, org, &lid).await;
 
-    let d = t
-        .post(
+    assert_eq!(authz(&t, org, key, &lid).await["allowed"], true);
+    // Only the super admin disables an admin: A1 may not.
+    let r = t
+        .post_as(
             &format!("/v1/orgs/{org}/members/{lid}/disable"),
             key,
+            &s(&st.a1, "id"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 403, "{}", r.text);
+    assert_eq!(
+        kept(&t, org, &lid).await,
+        before,
+        "a refused disable writes nothing"
+    );
+    let d = t
+        .post_as(
+            &format!("/v1/orgs/{org}/members/{lid}/disable"),
+            key,
+            &st.owner,
             json!({}),
         )
         .await
         .expect(202)
         .json();
     assert_eq!(d["status"], "disabled");
-    // Access stops with the disable's commit: the review link is refused.
+    // Access stops with the disable's commit: the next authz check is
+    // denied and the review link is refused.
+    let check = authz(&t, org, key, &lid).await;
+    assert_eq!(check["allowed"], false, "{check}");
+    assert_eq!(check["reason"], "member_disabled", "{check}");
     let gone = open(&t, &leaver_link).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.body);
 
@@ -357,7 +393,7 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
     assert_eq!(after[4], before[4], "the leaver's link rows");
     assert!(after[5] > before[5], "audit rows only added");
     let m = t
-        .get(&format!("/v1/orgs/{org}/members/{lid}"), key)
+        .get_as(&format!("/v1/orgs/{org}/members/{lid}"), key, &st.owner)
         .await
         .expect(200)
         .json();
@@ -388,7 +424,6 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
     t.drain().await;
     assert_eq!(state_digest(&t).await, digest);
 
-    let _ = st.a1;
     t.finish().await;
 }
 
@@ -404,9 +439,10 @@ async fn enabling_while_the_cleanup_runs_leaves_the_defined_state() {
     let lid = s(&st.leaver, "id");
     // No workers from here: the cleanup waits in the queue and runs by hand.
     t.restart_as(Role::Api).await;
-    t.post(
+    t.post_as(
         &format!("/v1/orgs/{org}/members/{lid}/disable"),
         &key,
+        &st.owner,
         json!({}),
     )
     .await
@@ -427,15 +463,17 @@ async fn enabling_while_the_cleanup_runs_leaves_the_defined_state() {
 
     // Enabled in the middle of the cleanup: access is back at once.
     let m = t
-        .post(
+        .post_as(
             &format!("/v1/orgs/{org}/members/{lid}/enable"),
             &key,
+            &st.owner,
             json!({}),
         )
         .await
         .expect(200)
         .json();
     assert_eq!(m["status"], "active");
+    assert_eq!(authz(&t, &org, &key, &lid).await["allowed"], true);
     // A request made after the enable is theirs to keep.
     let fresh = s(
         &submit(
@@ -483,7 +521,7 @@ async fn enabling_while_the_cleanup_runs_leaves_the_defined_state() {
     );
     wait_status(&t, &org, &key, &fresh, "in_review").await;
     let m = t
-        .get(&format!("/v1/orgs/{org}/members/{lid}"), &key)
+        .get_as(&format!("/v1/orgs/{org}/members/{lid}"), &key, &st.owner)
         .await
         .expect(200)
         .json();
@@ -510,22 +548,24 @@ async fn enabling_while_the_cleanup_runs_leaves_the_defined_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_member_gets_no_role_and_no_review() {
     let t = TestApp::spawn().await;
-    let (org, key, _owner) = t.create_org("Quiet Co", "cn").await;
+    let (org, key, owner) = t.create_org("Quiet Co", "cn").await;
     let admin = add_member(&t, &org, &key, "admin").await;
     let member = add_member(&t, &org, &key, "member").await;
     let aid = s(&admin, "id");
-    t.post(
+    t.post_as(
         &format!("/v1/orgs/{org}/members/{aid}/disable"),
         &key,
+        &owner,
         json!({}),
     )
     .await
     .expect(202);
     let r = t
-        .call(
+        .call_as(
             reqwest::Method::PATCH,
             &format!("/v1/orgs/{org}/members/{aid}"),
-            Some(&key),
+            &key,
+            &owner,
             Some(&json!({"role": "purchasing"})),
         )
         .await;

@@ -387,12 +387,12 @@ pub async fn update(
     if let Some(Some(r)) = &role
         && m.role.as_deref() != Some(r.as_str())
     {
+        check_role_exists(&mut tx, &org.id, r).await?;
         if m.status == store::members::DISABLED {
             return Err(ApiError::conflict(
                 "role: the member is disabled; enable them before giving them a role",
             ));
         }
-        check_role_exists(&mut tx, &org.id, r).await?;
     }
     let before = audit_view(&m);
     let mut changed = Vec::new();
