@@ -26,7 +26,9 @@
 //!    `member_disabled`, a `grant_revoked` event on the granting request).
 //! 4. `credentials`: any review link still live for them is revoked.
 //!
-//! Then the cleanup is marked completed (once), with an audit row and the
+//! Cancels and revokes emit `request.cancelled` and `grant.revoked` like
+//! their API counterparts. Then the cleanup is marked completed (once), with
+//! an audit row, the `member.cleanup_completed` webhook event, and the
 //! `approvald_member_cleanups_total{outcome}` counter and
 //! `approvald_member_cleanup_seconds` histogram (disable to completion).
 use std::fmt;
@@ -187,7 +189,7 @@ pub async fn run_step(app: &App, c: &Cleanup, step: Step) -> anyhow::Result<Opti
     let counts = match step {
         Step::CancelRequests => cancel_requests(app, &mut tx, c, before, now).await?,
         Step::HandOverReviews => hand_over_reviews(app, &mut tx, c, before, now).await?,
-        Step::Payment => payment(&mut tx, c, before, now).await?,
+        Step::Payment => payment(app, &mut tx, c, before, now).await?,
         Step::Credentials => credentials(&mut tx, c, before, now).await?,
     };
     on_tx!(&mut tx, |x| sqlx::query(
@@ -266,6 +268,7 @@ async fn complete(app: &App, c: &Cleanup) -> anyhow::Result<bool> {
         .map(|(s, counts)| (s, serde_json::from_str(&counts).unwrap_or(Value::Null)))
         .collect();
     let seconds = (now - c.disabled_at).max(0) as f64 / 1000.0;
+    let steps = Value::Object(steps);
     audit::operation(
         &mut tx,
         audit::Operation {
@@ -279,6 +282,24 @@ async fn complete(app: &App, c: &Cleanup) -> anyhow::Result<bool> {
     )
     .await
     .context("auditing cleanup completion")?;
+    let time = crate::http::api::time;
+    let payload = json!({
+        "id": c.id,
+        "member_id": c.member_id,
+        "login_id": c.member_login,
+        "disabled_at": time(c.disabled_at),
+        "completed_at": time(now),
+        "steps": steps,
+    });
+    crate::webhooks::emit(
+        app,
+        &mut tx,
+        &c.org_id,
+        "member.cleanup_completed",
+        payload,
+        now,
+    )
+    .await?;
     tx.commit().await.context("committing cleanup completion")?;
     app.jobs_committed();
     metrics::counter!("approvald_member_cleanups_total", "outcome" => "completed").increment(1);
@@ -322,6 +343,7 @@ async fn cancel_requests(
             now,
         )
         .await?;
+        crate::webhooks::emit_request(app, tx, &c.org_id, id, "request.cancelled", now).await?;
         for r in store::requests::active_reviewers(tx, id).await? {
             let kind = ReviewerKind::parse(&r.reviewer_kind).unwrap_or(ReviewerKind::Platform);
             let spec = EmailSpec {
@@ -485,7 +507,13 @@ async fn candidates(
 /// are revoked, with the reason on the granting request. (A grant given
 /// while they were disabled, by an approval racing the disable, is revoked
 /// too: only an enable ends what the cleanup may touch.)
-async fn payment(tx: &mut Tx, c: &Cleanup, before: i64, now: i64) -> anyhow::Result<Value> {
+async fn payment(
+    app: &App,
+    tx: &mut Tx,
+    c: &Cleanup,
+    before: i64,
+    now: i64,
+) -> anyhow::Result<Value> {
     let grants: Vec<(String, Option<String>)> = on_tx!(tx, |x| sqlx::query_as(
         "SELECT id, request_id FROM grants WHERE org_id = $1 AND member_id = $2 \
            AND kind = 'payment_permission' AND status = 'active' AND granted_at < $3 ORDER BY granted_at, id"
@@ -502,6 +530,11 @@ async fn payment(tx: &mut Tx, c: &Cleanup, before: i64, now: i64) -> anyhow::Res
             continue;
         }
         revoked += 1;
+        let g = store::grants::get_tx(tx, &c.org_id, "payment_permission", &c.member_id)
+            .await?
+            .context("revoked grant vanished")?;
+        let payload = serde_json::to_value(crate::http::api::GrantOut::from(g))?;
+        crate::webhooks::emit(app, tx, &c.org_id, "grant.revoked", payload, now).await?;
         if let Some(r) = request_id {
             store::requests::add_event(
                 tx,

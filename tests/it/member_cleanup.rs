@@ -354,6 +354,40 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
             "member.cleanup_completed"
         ]
     );
+    // Webhook events, written with each change: the disable, both cancels,
+    // the revoke, and the completion once.
+    let events_of = |ty: &'static str| {
+        let org = org.clone();
+        let t = &t;
+        async move {
+            scalar_i64(
+                t,
+                &format!("SELECT COUNT(*) FROM webhook_events WHERE org_id = $1 AND type = '{ty}'"),
+                &org,
+            )
+            .await
+        }
+    };
+    assert_eq!(events_of("member.disabled").await, 1);
+    assert_eq!(events_of("request.cancelled").await, 2);
+    assert_eq!(events_of("grant.revoked").await, 1);
+    assert_eq!(events_of("member.cleanup_completed").await, 1);
+    let body: String =
+        approvald::on_db!(&t.app.db, |p| {
+            sqlx::query_scalar(
+        "SELECT body FROM webhook_events WHERE type = 'member.cleanup_completed' AND org_id = $1"
+    )
+    .bind(org)
+    .fetch_one(p)
+    .await
+        })
+        .unwrap();
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["data"]["member_id"], lid.as_str(), "{body}");
+    assert_eq!(
+        body["data"]["steps"]["cancel_requests"]["cancelled"], 2,
+        "{body}"
+    );
     // Counted (the recorder is per process, so only presence is checked).
     let metrics = t
         .client

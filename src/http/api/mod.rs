@@ -30,6 +30,8 @@ mod roles;
 mod webhooks;
 
 pub use auth::{Caller, CallerScope};
+/// A grant as the API (and the `grant.revoked` webhook) shows it.
+pub use grants::GrantOut;
 
 pub fn router() -> Router<App> {
     Router::new()
