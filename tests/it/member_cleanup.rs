@@ -372,16 +372,15 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
     assert_eq!(events_of("request.cancelled").await, 2);
     assert_eq!(events_of("grant.revoked").await, 1);
     assert_eq!(events_of("member.cleanup_completed").await, 1);
-    let body: String =
-        approvald::on_db!(&t.app.db, |p| {
-            sqlx::query_scalar(
+    let body: String = approvald::on_db!(&t.app.db, |p| {
+        sqlx::query_scalar(
         "SELECT body FROM webhook_events WHERE type = 'member.cleanup_completed' AND org_id = $1"
     )
     .bind(org)
     .fetch_one(p)
     .await
-        })
-        .unwrap();
+    })
+    .unwrap();
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["data"]["member_id"], lid.as_str(), "{body}");
     assert_eq!(

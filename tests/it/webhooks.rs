@@ -180,8 +180,9 @@ async fn every_lifecycle_event_is_delivered_signed() {
         ("member.disabled", member),
     ];
     // submitted x4, approved, rejected, in_review x2, cancelled, sla_breached,
-    // grant.revoked, member.disabled
-    let n_expected = 12;
+    // grant.revoked, member.disabled, and the disable's cleanup completing
+    // (the member had nothing to cancel or revoke).
+    let n_expected = 13;
     wait_hits(&t, &rx, "all events delivered", |h| h.len() >= n_expected).await;
     t.drain().await;
     let hits = rx.hits();
@@ -221,6 +222,12 @@ async fn every_lifecycle_event_is_delivered_signed() {
             .find(|b| b["type"] == ty && b["data"]["id"] == id)
             .unwrap_or_else(|| panic!("no {ty} for {id}"))
     };
+    assert!(
+        hits.iter()
+            .map(|h| h.json())
+            .any(|b| b["type"] == "member.cleanup_completed" && b["data"]["member_id"] == member),
+        "no member.cleanup_completed for {member}"
+    );
     for (ty, id) in &want {
         let b = find(ty, id);
         if let Some(status) = ty
