@@ -23,7 +23,9 @@
 //!    none): new assignments, new link mails, the SLA due time unchanged, a
 //!    `handed_over` event.
 //! 3. `payment`: their `payment_permission` grants are revoked (reason
-//!    `member_disabled`, a `grant_revoked` event on the granting request).
+//!    `member_disabled`, a `grant_revoked` event on the granting request),
+//!    their open holds voided and their member-level payment permission
+//!    turned off (`flows::payments`), unless they were enabled again first.
 //! 4. `credentials`: any review link still live for them is revoked.
 //!
 //! Cancels and revokes emit `request.cancelled` and `grant.revoked` like
@@ -547,7 +549,23 @@ async fn payment(
             .await?;
         }
     }
-    Ok(json!({"payment_grants_revoked": revoked}))
+    // Their open holds and their member-level payment permission. A member
+    // enabled again before this step keeps both: what they hold now is theirs
+    // as an active member (the enable rule of this module).
+    if before != i64::MAX {
+        return Ok(json!({"payment_grants_revoked": revoked, "holds_voided": 0,
+                         "payment_permission_off": false, "skipped": "member enabled again"}));
+    }
+    let holds = crate::flows::payments::void_member_holds(tx, &c.org_id, &c.member_id, REASON, now)
+        .await
+        .context("voiding holds")?;
+    let off =
+        crate::flows::payments::revoke_member_payment(tx, &c.org_id, &c.member_id, REASON, now)
+            .await
+            .context("turning payment permission off")?;
+    Ok(
+        json!({"payment_grants_revoked": revoked, "holds_voided": holds, "payment_permission_off": off}),
+    )
 }
 
 /// Step 4: anything that still acts for them. Review links are revoked by
