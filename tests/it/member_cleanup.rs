@@ -202,6 +202,15 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
     let a2 = add_member(&t, org, key, "admin").await;
     let a2_email = s(&a2, "email");
 
+    // L may pay from the shared balance and has a hold open.
+    crate::spend_util::set_limits(&t, org, &lid, 10_000, 50_000, 100_000).await;
+    let hold = crate::spend_util::authorize(&t, org, key, &lid, 700, "cleanup-hold-1", false)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(hold["approved"], true, "{hold}");
+    let hold_id = hold["id"].as_str().expect("payment id").to_string();
+
     let before = kept(&t, org, &lid).await;
 
     assert_eq!(authz(&t, org, key, &lid).await["allowed"], true);
@@ -326,6 +335,28 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
         .find(|e| e["type"] == "grant_revoked")
         .expect("grant_revoked event");
     assert_eq!(gr["detail"]["reason"], "member_disabled");
+    //    Their open hold is voided (kept, with the reason) and their
+    //    member-level payment permission is turned off.
+    assert_eq!(
+        scalar_i64(
+            &t,
+            "SELECT COUNT(*) FROM payments WHERE id = $1 AND status = 'voided' AND reason = 'member_disabled'",
+            &hold_id
+        )
+        .await,
+        1,
+        "the hold is voided, not deleted"
+    );
+    assert_eq!(
+        scalar_i64(
+            &t,
+            "SELECT COUNT(*) FROM member_payment WHERE member_id = $1 AND active AND NOT allowed",
+            &lid
+        )
+        .await,
+        1,
+        "their member-level payment permission is off"
+    );
     // 5. One audit row per step with its counts, and one for the end.
     let steps: Vec<(String, String)> = approvald::on_db!(&t.app.db, |p| sqlx::query_as(
         "SELECT action, detail FROM audit_log WHERE target = $1 AND action LIKE 'member.cleanup%' ORDER BY at, id"
