@@ -301,26 +301,31 @@ async fn the_cli_closes_by_hand_idempotently() {
     // APPROVALD_CONFIG must name a file: use an empty one.
     let cfg = t.dir.path().join("empty.toml");
     std::fs::write(&cfg, "").unwrap();
-    let run = || {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_approvald"));
-        c.args([
-            "limits",
-            "close",
-            "--period",
-            "daily",
-            "--zone",
-            "Asia/Shanghai",
-            "--at",
-            "2026-03-11T00:10:00+08:00",
-        ])
-        .env("APPROVALD_CONFIG", &cfg)
-        .env("APPROVALD__DATABASE__URL", &t.config.database.url)
-        .env("APPROVALD__QUEUE__URL", &t.config.queue.url)
-        .env("APPROVALD__QUEUE__PREFIX", &t.config.queue.prefix)
-        .env("APPROVALD__LOG__FILTER", "warn");
-        c.output().unwrap()
+    // tokio's Command, not std's: the daemon under test runs on this test's
+    // runtime, and a blocking wait here would freeze it, possibly inside a
+    // write transaction that the CLI then waits for until its busy timeout.
+    let run = || async {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_approvald"))
+            .args([
+                "limits",
+                "close",
+                "--period",
+                "daily",
+                "--zone",
+                "Asia/Shanghai",
+                "--at",
+                "2026-03-11T00:10:00+08:00",
+            ])
+            .env("APPROVALD_CONFIG", &cfg)
+            .env("APPROVALD__DATABASE__URL", &t.config.database.url)
+            .env("APPROVALD__QUEUE__URL", &t.config.queue.url)
+            .env("APPROVALD__QUEUE__PREFIX", &t.config.queue.prefix)
+            .env("APPROVALD__LOG__FILTER", "warn")
+            .output()
+            .await
+            .unwrap()
     };
-    let out = run();
+    let out = run().await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -331,7 +336,7 @@ async fn the_cli_closes_by_hand_idempotently() {
         stdout.contains("closed daily 2026-03-10 in Asia/Shanghai: 1 member"),
         "{stdout}"
     );
-    let out = run();
+    let out = run().await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
