@@ -252,6 +252,9 @@ async fn decide_in(
             .ok_or(DecideError::NotFound)?;
         return Err(closed(&row).unwrap_or(DecideError::NotInReview));
     }
+    crate::store::requests::close_assignments(tx, request_id, now)
+        .await
+        .context("closing reviewer assignments")?;
     // Lock order, for every writer that touches these rows: the request
     // (the conditional update above), then member and reviewer rows, then
     // link tokens; so concurrent decisions, disables and link issues queue

@@ -280,3 +280,33 @@ pub async fn set_params(tx: &mut Tx, id: &str, params: &str) -> Result<(), sqlx:
     .map(|r| r.rows_affected()))?;
     Ok(())
 }
+
+/// Lock the request's row (a no-op update: the row lock on PostgreSQL;
+/// `BEGIN IMMEDIATE` already serializes SQLite) and read what a change
+/// needs: `(org_id, number, status)`. `None`: no such request.
+pub async fn lock(tx: &mut Tx, id: &str) -> Result<Option<(String, String, String)>, sqlx::Error> {
+    on_tx!(tx, |c| sqlx::query_as(
+        "UPDATE requests SET updated_at = updated_at WHERE id = $1 RETURNING org_id, number, status"
+    )
+    .bind(id)
+    .fetch_optional(c)
+    .await)
+}
+
+/// Mark the request's reviewer assignments closed (the request left
+/// `in_review`), so the open-assignment index (`request_reviewers_open`)
+/// holds only work still to do. Returns how many.
+pub async fn close_assignments(
+    tx: &mut Tx,
+    request_id: &str,
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    on_tx!(tx, |c| sqlx::query(
+        "UPDATE request_reviewers SET closed_at = $2 WHERE request_id = $1 AND closed_at IS NULL"
+    )
+    .bind(request_id)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+}
