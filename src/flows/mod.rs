@@ -3,3 +3,4 @@
 //! they run lives in `store/`.
 pub mod members;
 pub mod payments;
+pub mod requests;

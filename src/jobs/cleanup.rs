@@ -44,7 +44,7 @@ use crate::{
     app::App,
     db::Tx,
     domain::ids::Locale,
-    jobs,
+    flows, jobs,
     mail::{self, EmailSpec, Recipient, ReviewerKind, ReviewerRef, Template},
     on_db, on_tx,
     store::{self, audit},
@@ -330,41 +330,17 @@ async fn cancel_requests(
     .await)
     .context("finding open requests")?;
     let (mut cancelled, mut told) = (0u64, 0u64);
+    let by = flows::requests::CancelBy {
+        actor: ACTOR,
+        via: "cleanup",
+        reason: REASON,
+        cleanup_id: Some(&c.id),
+    };
     for id in &open {
-        if !store::requests::cancel(tx, &c.org_id, id, now).await? {
-            continue; // decided meanwhile
-        }
-        cancelled += 1;
-        let revoked = store::requests::revoke_review_tokens(tx, id, now).await?;
-        store::requests::add_event(
-            tx,
-            id,
-            "cancelled",
-            Some(ACTOR),
-            &json!({"reason": REASON, "cleanup_id": c.id, "review_tokens_revoked": revoked}),
-            now,
-        )
-        .await?;
-        crate::webhooks::emit_request(app, tx, &c.org_id, id, "request.cancelled", now).await?;
-        for r in store::requests::active_reviewers(tx, id).await? {
-            let kind = ReviewerKind::parse(&r.reviewer_kind).unwrap_or(ReviewerKind::Platform);
-            let spec = EmailSpec {
-                template: Template::Cancelled,
-                request_id: Some(id.clone()),
-                to: Recipient {
-                    email: r.email,
-                    name: r.name,
-                    locale: Locale::or_en(&r.locale),
-                    reviewer: Some(ReviewerRef {
-                        kind,
-                        id: r.reviewer_id,
-                    }),
-                },
-                params: json!({}),
-            };
-            if mail::queue_email(app, tx, spec).await? {
-                told += 1;
-            }
+        // Decided meanwhile: nothing to cancel.
+        if let Ok(done) = flows::requests::cancel(app, tx, Some(&c.org_id), id, &by, now).await? {
+            cancelled += 1;
+            told += done.reviewers_told;
         }
     }
     Ok(json!({"open": open.len(), "cancelled": cancelled, "reviewers_told": told}))

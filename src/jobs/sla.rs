@@ -6,7 +6,6 @@
 //! The database is the truth: every transition is a conditional update, so a
 //! timer that fires twice, a sweep racing a timer, or two schedulers at once
 //! still remind once and escalate once.
-use anyhow::Context;
 use approvald_workers::{Job, JobError, JobInfo, PushOptions};
 use serde::{Deserialize, Serialize};
 
@@ -326,99 +325,6 @@ pub async fn breach(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     Ok(true)
-}
-
-/// Why an extension was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ExtendError {
-    #[error("the deadline can be extended to 2 or 3 business days only")]
-    BadDays,
-    #[error("a reason is required to extend the deadline")]
-    NoReason,
-    #[error("the request is not in review")]
-    NotInReview,
-    #[error("the deadline has already been extended once")]
-    AlreadyExtended,
-}
-
-/// Extend the review window, once, to `days` (2 or 3) business days from
-/// submission; both timers move with it.
-pub async fn extend(
-    app: &App,
-    request_id: &str,
-    days: u32,
-    reason: &str,
-    by: &str,
-) -> anyhow::Result<Result<i64, ExtendError>> {
-    if !(2..=3).contains(&days) {
-        return Ok(Err(ExtendError::BadDays));
-    }
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Ok(Err(ExtendError::NoReason));
-    }
-    let Some(req) = load_request(app, request_id).await? else {
-        return Ok(Err(ExtendError::NotInReview));
-    };
-    if req.status != "in_review" {
-        return Ok(Err(ExtendError::NotInReview));
-    }
-    let start = chrono::DateTime::from_timestamp_millis(req.created_at).context("created_at")?;
-    let due = crate::domain::calendar::due_for_region(&app.calendars, &req.region, start, days)
-        .context("computing extended deadline")?
-        .timestamp_millis();
-    let reminder = reminder_at(app, req.created_at, due);
-    let now = app.now_ms();
-    let mut tx = app.db.begin().await?;
-    let n = on_tx!(&mut tx, |c| {
-        sqlx::query(
-        "UPDATE requests SET sla_days = $2, sla_due_at = $3, reminder_at = $4, extended_at = $5, \
-                extension_reason = $6, updated_at = $5 \
-         WHERE id = $1 AND status = 'in_review' AND extended_at IS NULL"
-    )
-    .bind(request_id)
-    .bind(days as i64)
-    .bind(due)
-    .bind(reminder)
-    .bind(now)
-    .bind(reason)
-    .execute(c)
-    .await
-        .map(|r| r.rows_affected())
-    })?;
-    if n == 0 {
-        tx.rollback().await.ok();
-        return Ok(Err(ExtendError::AlreadyExtended));
-    }
-    crate::store::audit::operation(
-        &mut tx,
-        crate::store::audit::Operation {
-            org_id: &req.org_id,
-            actor: &crate::audit::current_actor(),
-            action: "request.extend",
-            target: Some(request_id),
-            detail: serde_json::json!({
-                "before": {"sla_due_at": req.sla_due_at},
-                "after": {"sla_due_at": due, "sla_days": days},
-                "reason": reason,
-            }),
-            at: now,
-        },
-    )
-    .await?;
-    add_event(
-        app,
-        &mut tx,
-        request_id,
-        "extended",
-        Some(by),
-        serde_json::json!({"days": days, "reason": reason, "due_at_ms": due}),
-    )
-    .await?;
-    arm_timers(app, &mut tx, request_id, reminder, due).await?;
-    tx.commit().await?;
-    app.jobs_committed();
-    Ok(Ok(due))
 }
 
 /// What one sweep did.

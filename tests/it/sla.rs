@@ -175,26 +175,33 @@ async fn decided_before_due_does_nothing() {
     t.finish().await;
 }
 
-#[tokio::test]
-async fn extension_moves_both_timers() {
-    let (t, id) = setup().await;
-    // Extend to 3 business days: Monday 09:00 + 3 = Thursday 09:00.
-    let due = approvald::jobs::sla::extend(
+use approvald::flows::requests::{ExtendError, Extended, Extension};
+
+async fn extend(t: &TestApp, id: &str, ext: Extension) -> Result<Extended, ExtendError> {
+    approvald::flows::requests::extend(
         &t.app,
-        &id,
-        3,
+        id,
+        ext,
         "licence check with the regulator",
+        "reviewer:r1",
         "reviewer",
     )
     .await
     .unwrap()
-    .unwrap();
+}
+
+#[tokio::test]
+async fn extension_moves_both_timers() {
+    let (t, id) = setup().await;
+    // Extend to 3 business days: Monday 09:00 + 3 = Thursday 09:00.
+    let due = extend(&t, &id, Extension::Reviewer { days: 3 })
+        .await
+        .unwrap()
+        .due_ms;
     assert_eq!(due, utc("2026-03-05T01:00:00Z").timestamp_millis());
     assert_eq!(
-        approvald::jobs::sla::extend(&t.app, &id, 2, "again", "reviewer")
-            .await
-            .unwrap(),
-        Err(approvald::jobs::sla::ExtendError::AlreadyExtended)
+        extend(&t, &id, Extension::Reviewer { days: 2 }).await,
+        Err(ExtendError::AlreadyExtended)
     );
     t.drain().await;
 
@@ -481,4 +488,42 @@ async fn lose_sla_timers(t: &TestApp) {
             }
         }
     }
+}
+
+/// The operator's extension goes through the same flow: N business days
+/// past the current deadline, both timers moved (the old ones do nothing),
+/// `extended_at` recorded, so the reviewer's own extension is used up.
+#[tokio::test]
+async fn operator_extension_moves_both_timers() {
+    let (t, id) = setup().await;
+    // Tuesday 09:00 + 2 business days = Thursday 09:00.
+    let ext = extend(&t, &id, Extension::Operator { days: 2 })
+        .await
+        .unwrap();
+    assert_eq!(ext.before_ms, utc(DUE).timestamp_millis());
+    assert_eq!(ext.due_ms, utc("2026-03-05T01:00:00Z").timestamp_millis());
+    assert_eq!(ext.sla_days, 3);
+    assert_eq!(
+        extend(&t, &id, Extension::Reviewer { days: 3 }).await,
+        Err(ExtendError::AlreadyExtended)
+    );
+    assert_eq!(
+        extend(&t, &id, Extension::Operator { days: 11 }).await,
+        Err(ExtendError::BadDays)
+    );
+    t.drain().await;
+    t.set_time(utc(DUE) + Duration::hours(1));
+    t.drain().await;
+    let st = row(&t, &id).await;
+    assert!(st.breached_at.is_none(), "old deadline: nothing: {st:?}");
+    assert_eq!(st.sla_due_at, ext.due_ms);
+    t.set_time(utc("2026-03-05T01:00:01Z"));
+    t.eventually("moved breach", || async {
+        row(&t, &id).await.breached_at.is_some()
+    })
+    .await;
+    t.drain().await;
+    assert_eq!(events(&t, &id, "sla_breached").await, 1);
+    assert_eq!(events(&t, &id, "extended").await, 1);
+    t.finish().await;
 }

@@ -18,15 +18,18 @@ use crate::{
     domain::{
         calendar::Region,
         catalog::{PermissionKind, Scope},
-        ids::{Invalid, Locale, parse_text},
+        ids::{Invalid, parse_text},
         request::{RequestStatus, request_number},
+    },
+    flows::{
+        self,
+        requests::{CancelBy, CancelError},
     },
     http::{
         ApiError, ApiResult,
         extract::{ApiPath, ApiQuery},
     },
     jobs::{self, review::ReviewJob},
-    mail::{self, EmailSpec, Recipient, ReviewerKind, ReviewerRef, Template},
     store::{self, audit, idempotency, orgs::Org, requests::Request},
 };
 
@@ -629,60 +632,19 @@ pub async fn cancel(
 ) -> ApiResult<Json<Detail>> {
     let org = caller.org(&app, &org_id).await?;
     let now = app.now_ms();
-    let mut tx = app.db.begin().await?;
-    if !store::requests::cancel(&mut tx, &org.id, &id, now).await? {
-        let r = store::requests::get_tx(&mut tx, &org.id, &id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("request"))?;
-        return Err(ApiError::conflict(format!(
-            "request {} is already {}; only submitted or in_review requests can be cancelled",
-            r.number, r.status
-        )));
-    }
     let actor = caller.actor();
-    let revoked = store::requests::revoke_review_tokens(&mut tx, &id, now).await?;
-    store::requests::add_event(
-        &mut tx,
-        &id,
-        "cancelled",
-        Some(&actor),
-        &json!({ "review_tokens_revoked": revoked }),
-        now,
-    )
-    .await?;
-    // Tell whoever was asked to review that nothing is needed any more.
-    for r in store::requests::active_reviewers(&mut tx, &id).await? {
-        let kind = ReviewerKind::parse(&r.reviewer_kind).unwrap_or(ReviewerKind::Platform);
-        let to = Recipient {
-            email: r.email,
-            name: r.name,
-            locale: Locale::or_en(&r.locale),
-            reviewer: Some(ReviewerRef {
-                kind,
-                id: r.reviewer_id,
-            }),
-        };
-        let spec = EmailSpec {
-            template: Template::Cancelled,
-            request_id: Some(id.clone()),
-            to,
-            params: json!({}),
-        };
-        mail::queue_email(&app, &mut tx, spec).await?;
+    let by = CancelBy {
+        actor: &actor,
+        via: "api",
+        reason: "",
+        cleanup_id: None,
+    };
+    let mut tx = app.db.begin().await?;
+    match flows::requests::cancel(&app, &mut tx, Some(&org.id), &id, &by, now).await? {
+        Ok(_) => {}
+        Err(CancelError::NotFound) => return Err(ApiError::not_found("request")),
+        Err(e @ CancelError::NotOpen { .. }) => return Err(ApiError::conflict(e.to_string())),
     }
-    audit::operation(
-        &mut tx,
-        audit::Operation {
-            org_id: &org.id,
-            actor: &actor,
-            action: "request.cancel",
-            target: Some(&id),
-            detail: json!({}),
-            at: now,
-        },
-    )
-    .await?;
-    crate::webhooks::emit_request(&app, &mut tx, &org.id, &id, "request.cancelled", now).await?;
     tx.commit().await?;
     app.jobs_committed();
     let r = store::requests::get(&app.db, &org.id, &id)

@@ -480,7 +480,7 @@ pub struct DecisionForm {
 /// POST with `decision=extend`: move the deadline once (issue 6). The link
 /// stays live: the reviewer still has to decide.
 async fn extend(app: &App, token: &str, ctx: &Ctx, days: Option<&str>, reason: &str) -> Response {
-    use crate::jobs::sla::ExtendError;
+    use crate::flows::requests::{ExtendError, Extension};
     let t = texts(ctx.locale);
     let notice = |kind: &'static str, text: String| Some(Notice { kind, text });
     let days = match days.and_then(|d| d.parse::<u32>().ok()) {
@@ -499,10 +499,18 @@ async fn extend(app: &App, token: &str, ctx: &Ctx, days: Option<&str>, reason: &
     };
     let by = ctx.reviewer_name.clone();
     let actor = decisions::reviewer_actor(ctx.reviewer_kind, &ctx.row.reviewer_id);
-    let extended = crate::jobs::sla::extend(app, &ctx.view.id, days, &reason, &by);
-    match crate::audit::acting(actor, extended).await {
+    let extended = crate::flows::requests::extend(
+        app,
+        &ctx.view.id,
+        Extension::Reviewer { days },
+        &reason,
+        &actor,
+        &by,
+    );
+    match crate::audit::acting(actor.clone(), extended).await {
         Err(e) => server_error(e),
-        Ok(Ok(due)) => {
+        Ok(Ok(ext)) => {
+            let due = ext.due_ms;
             let view = match decisions::view(&app.db, &ctx.view.id).await {
                 Ok(Some(v)) => v,
                 Ok(None) => return invalid(),
@@ -520,7 +528,7 @@ async fn extend(app: &App, token: &str, ctx: &Ctx, days: Option<&str>, reason: &
             let n = notice("error", t.err_extend_once.to_string());
             form_page(app, token, ctx, StatusCode::CONFLICT, n, "").await
         }
-        Ok(Err(ExtendError::NotInReview)) => {
+        Ok(Err(ExtendError::NotInReview | ExtendError::NotOpen | ExtendError::NotFound)) => {
             let n = notice("error", t.err_not_in_review.to_string());
             form_page(app, token, ctx, StatusCode::CONFLICT, n, "").await
         }

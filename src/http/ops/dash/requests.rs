@@ -17,9 +17,12 @@ use super::{
 };
 use crate::{
     app::App,
-    domain::ids::Locale,
+    flows::{
+        self,
+        requests::{CancelBy, CancelError, ExtendError, Extension},
+    },
     jobs::{self, notify::NotifyJob},
-    mail::{self, EmailSpec, Recipient, ReviewerKind, ReviewerRef, Template},
+    mail::Template,
     on_db, on_tx,
     store::{self, audit},
 };
@@ -487,7 +490,7 @@ pub async fn detail(
         ("Reminder sent", reminded_at),
         ("SLA due", Some(due)),
         ("Breached", breached_at),
-        ("Extended by the reviewer", extended_at),
+        ("Extended", extended_at),
         ("Decided", decided_at),
     ]
     .into_iter()
@@ -679,75 +682,22 @@ pub async fn extend(
             );
         }
     };
-    let now = app.now_ms();
     let actor = session.actor();
-    let result: anyhow::Result<Result<(), &'static str>> = async {
-        let Some(row) = load(&app, &id).await? else {
-            return Ok(Err("no such request"));
-        };
-        let (org_id, region, status, created, old_due) = (row.2, row.4, row.6, row.7, row.8);
-        if !now::OPEN.contains(&status.as_str()) {
-            return Ok(Err("only an open (submitted or in review) request can be extended"));
-        }
-        let from = DateTime::<Utc>::from_timestamp_millis(old_due).unwrap_or_default();
-        let due = crate::domain::calendar::due_for_region(&app.calendars, &region, from, days)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .timestamp_millis();
-        let reminder = jobs::sla::reminder_at(&app, created, due);
-        let mut tx = app.db.begin().await?;
-        let n = on_tx!(&mut tx, |c| sqlx::query(
-            "UPDATE requests SET sla_due_at = $2, reminder_at = $3, updated_at = $4 \
-             WHERE id = $1 AND status IN ('submitted', 'in_review') AND sla_due_at = $5"
-        )
-        .bind(&id)
-        .bind(due)
-        .bind(reminder)
-        .bind(now)
-        .bind(old_due)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
-        if n == 0 {
-            tx.rollback().await.ok();
-            return Ok(Err("the request changed meanwhile; reload and try again"));
-        }
-        store::requests::add_event(
-            &mut tx,
-            &id,
-            "extended",
-            Some(&actor),
-            &serde_json::json!({"days": days, "reason": reason, "due_at_ms": due, "by": "operator"}),
-            now,
-        )
-        .await?;
-        jobs::sla::arm_timers(&app, &mut tx, &id, reminder, due).await?;
-        audit::operation(
-            &mut tx,
-            audit::Operation {
-                org_id: &org_id,
-                actor: &actor,
-                action: "ops.request.extend",
-                target: Some(&id),
-                detail: serde_json::json!({
-                    "before": {"sla_due_at": old_due},
-                    "after": {"sla_due_at": due},
-                    "days": days,
-                    "reason": reason,
-                }),
-                at: now,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(()))
-    }
-    .await;
-    match result {
-        Ok(Ok(())) => {
-            app.jobs_committed();
-            back(&id, "extend")
-        }
-        Ok(Err(why)) => refused(&session, StatusCode::CONFLICT, "Not extended", why),
+    let ext = Extension::Operator { days };
+    match flows::requests::extend(&app, &id, ext, &reason, &actor, &actor).await {
+        Ok(Ok(_)) => back(&id, "extend"),
+        Ok(Err(ExtendError::NotFound)) => refused(
+            &session,
+            StatusCode::NOT_FOUND,
+            "Not extended",
+            "There is no request with that id.",
+        ),
+        Ok(Err(e)) => refused(
+            &session,
+            StatusCode::CONFLICT,
+            "Not extended",
+            &e.to_string(),
+        ),
         Err(e) => failure(Some(&session), format!("{e:#}")),
     }
 }
@@ -776,69 +726,21 @@ pub async fn cancel(
     }
     let now = app.now_ms();
     let actor = session.actor();
-    let result: anyhow::Result<Result<(), &'static str>> = async {
-        let Some(row) = load(&app, &id).await? else {
-            return Ok(Err("no such request"));
-        };
-        let (org_id, status) = (row.2, row.6);
+    let by = CancelBy {
+        actor: &actor,
+        via: "operator",
+        reason: &reason,
+        cleanup_id: None,
+    };
+    let result: anyhow::Result<Result<(), CancelError>> = async {
         let mut tx = app.db.begin().await?;
-        if !store::requests::cancel(&mut tx, &org_id, &id, now).await? {
+        let done = flows::requests::cancel(&app, &mut tx, None, &id, &by, now).await?;
+        if done.is_ok() {
+            tx.commit().await?;
+        } else {
             tx.rollback().await.ok();
-            return Ok(Err("only a submitted or in-review request can be cancelled"));
         }
-        let revoked = store::requests::revoke_review_tokens(&mut tx, &id, now).await?;
-        store::requests::add_event(
-            &mut tx,
-            &id,
-            "cancelled",
-            Some(&actor),
-            &serde_json::json!({ "review_tokens_revoked": revoked, "reason": reason, "by": "operator" }),
-            now,
-        )
-        .await?;
-        for r in store::requests::active_reviewers(&mut tx, &id).await? {
-            let kind = ReviewerKind::parse(&r.reviewer_kind).unwrap_or(ReviewerKind::Platform);
-            let to = Recipient {
-                email: r.email,
-                name: r.name,
-                locale: Locale::or_en(&r.locale),
-                reviewer: Some(ReviewerRef {
-                    kind,
-                    id: r.reviewer_id,
-                }),
-            };
-            mail::queue_email(
-                &app,
-                &mut tx,
-                EmailSpec {
-                    template: Template::Cancelled,
-                    request_id: Some(id.clone()),
-                    to,
-                    params: serde_json::json!({}),
-                },
-            )
-            .await?;
-        }
-        crate::webhooks::emit_request(&app, &mut tx, &org_id, &id, "request.cancelled", now)
-            .await?;
-        audit::operation(
-            &mut tx,
-            audit::Operation {
-                org_id: &org_id,
-                actor: &actor,
-                action: "ops.request.cancel",
-                target: Some(&id),
-                detail: serde_json::json!({
-                    "before": {"status": status},
-                    "after": {"status": "cancelled"},
-                    "reason": reason,
-                }),
-                at: now,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+        Ok(done.map(|_| ()))
     }
     .await;
     match result {
@@ -846,7 +748,18 @@ pub async fn cancel(
             app.jobs_committed();
             back(&id, "cancel")
         }
-        Ok(Err(why)) => refused(&session, StatusCode::CONFLICT, "Not cancelled", why),
+        Ok(Err(CancelError::NotFound)) => refused(
+            &session,
+            StatusCode::NOT_FOUND,
+            "Not cancelled",
+            "There is no request with that id.",
+        ),
+        Ok(Err(e)) => refused(
+            &session,
+            StatusCode::CONFLICT,
+            "Not cancelled",
+            &e.to_string(),
+        ),
         Err(e) => failure(Some(&session), format!("{e:#}")),
     }
 }
