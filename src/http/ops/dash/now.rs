@@ -158,8 +158,9 @@ pub(crate) async fn queue_rows(app: &App) -> anyhow::Result<Vec<QueueRow>> {
     Ok(out)
 }
 
-/// Cron schedules: those live schedulers report, plus the SLA sweep from
-/// the config (so a schedule whose every scheduler died still shows, late).
+/// Cron schedules: the daemon's own from the config (the SLA sweep and the
+/// spending-limits close, so a schedule whose every scheduler died still
+/// shows, late), plus any other that live schedulers report.
 pub(crate) async fn cron_rows(
     app: &App,
     beats: &[approvald_workers::store::WorkerBeat],
@@ -169,6 +170,10 @@ pub(crate) async fn cron_rows(
     specs.insert(
         crate::jobs::sweep::SCHEDULE.to_string(),
         (app.config.sla.sweep_cron.clone(), "UTC".to_string()),
+    );
+    specs.insert(
+        crate::jobs::limits::SCHEDULE.to_string(),
+        (app.config.payments.limits_cron.clone(), "UTC".to_string()),
     );
     for b in beats {
         let Ok(info) = serde_json::from_str::<serde_json::Value>(&b.info) else {
