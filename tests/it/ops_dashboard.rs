@@ -8,6 +8,7 @@ use std::{
 };
 
 use reqwest::StatusCode;
+use serde_json::{Value, json};
 
 use crate::{
     api_util::scalar_i64,
@@ -23,6 +24,21 @@ async fn audit_count(t: &TestApp, action: &str) -> i64 {
         action,
     )
     .await
+}
+
+/// `(actor, detail)` of the audit rows with `action` on `target`, oldest first.
+async fn audit_details(t: &TestApp, action: &str, target: &str) -> Vec<(String, Value)> {
+    let rows: Vec<(String, String)> = approvald::on_db!(&t.app.db, |p| sqlx::query_as(
+        "SELECT actor, detail FROM audit_log WHERE action = $1 AND target = $2 ORDER BY at, id"
+    )
+    .bind(action)
+    .bind(target)
+    .fetch_all(p)
+    .await)
+    .unwrap();
+    rows.into_iter()
+        .map(|(a, d)| (a, serde_json::from_str(&d).unwrap()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,6 +287,7 @@ async fn request_actions_extend_resend_and_cancel_with_audit() {
         }
     };
     let before = due(&t).await;
+    let sla_scheduled = t.app.queue.stats("sla").await.unwrap().scheduled;
 
     // Extend: a reason is required, days are 1..=10.
     let path = format!("/ops/requests/{id}/extend");
@@ -288,10 +305,56 @@ async fn request_actions_extend_resend_and_cancel_with_audit() {
         after >= before + 2 * 24 * 3600 * 1000,
         "due moved by two business days: {before} -> {after}"
     );
-    assert_eq!(audit_count(&t, "ops.request.extend").await, 1);
     let page = ops.get(r.headers["location"].to_str().unwrap()).await;
     assert!(page.text.contains("reviewer on leave"));
     assert!(page.text.contains("The SLA was extended."));
+    // The same path as the reviewer's extension: the request records it
+    // (extended_at, reason), the event and the audit row name the new
+    // deadline, both SLA timers are armed for it...
+    let req = crate::review_util::request(&t, &org, &key, &id).await;
+    assert!(req["extended_at"].is_string(), "{req}");
+    assert_eq!(req["extension_reason"], "reviewer on leave");
+    let ev = req["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|e| e["type"] == "extended")
+        .expect("extended event")
+        .clone();
+    assert!(
+        ev["actor"].as_str().unwrap().starts_with("operator:"),
+        "{ev}"
+    );
+    assert_eq!(ev["detail"]["via"], "operator", "{ev}");
+    assert_eq!(ev["detail"]["due_at_ms"], after, "{ev}");
+    assert_eq!(ev["detail"]["before_due_at_ms"], before, "{ev}");
+    let audit = audit_details(&t, "request.extend", &id).await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let (actor, detail) = &audit[0];
+    assert_eq!(actor, ev["actor"].as_str().unwrap());
+    assert_eq!(detail["before"]["sla_due_at"], before, "{detail}");
+    assert_eq!(detail["after"]["sla_due_at"], after, "{detail}");
+    assert_eq!(detail["reason"], "reviewer on leave");
+    t.eventually("two SLA timers armed for the new deadline", || async {
+        t.app.queue.stats("sla").await.unwrap().scheduled >= sla_scheduled + 2
+    })
+    .await;
+    // ... and the reviewer's one extension is used up.
+    let again = approvald::flows::requests::extend(
+        &t.app,
+        &id,
+        approvald::flows::requests::Extension::Reviewer { days: 3 },
+        "more time",
+        "reviewer:x",
+        "x",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again,
+        Err(approvald::flows::requests::ExtendError::AlreadyExtended)
+    );
+    assert_eq!(due(&t).await, after);
 
     // Resend: the review mail goes out again, with a fresh link.
     let tokens = "SELECT COUNT(*) FROM review_tokens WHERE request_id = $1";
@@ -315,7 +378,7 @@ async fn request_actions_extend_resend_and_cancel_with_audit() {
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     wait_status(&t, &org, &key, &id, "cancelled").await;
-    assert_eq!(audit_count(&t, "ops.request.cancel").await, 1);
+    assert_eq!(audit_details(&t, "request.cancel", &id).await.len(), 1);
     let r = ops
         .post(
             &format!("/ops/requests/{id}/cancel"),
@@ -497,5 +560,266 @@ async fn a_pause_is_honoured_by_a_worker_in_another_process() {
     let _ = child.start_kill();
     let _ = child.wait().await;
     clear_dead(&t).await;
+    t.finish().await;
+}
+
+/// The reviewer rows of a reviewers page (its table only: the flagged list
+/// above it names reviewers too), as `pNN@example.com` addresses.
+fn table_reviewers(html: &str) -> Vec<String> {
+    let table = html.split("<table").nth(1).expect("a table");
+    table
+        .split("<th scope=\"row\">")
+        .skip(1)
+        .filter_map(|row| {
+            let at = row.find("@example.com")?;
+            let start = row[..at].rfind(|c: char| c == '>' || c.is_whitespace())? + 1;
+            Some(row[start..at + "@example.com".len()].to_string())
+        })
+        .collect()
+}
+
+/// The href of a page's "Next page" link, HTML entities decoded.
+fn next_link(html: &str) -> Option<String> {
+    let end = html.find("\">Next page</a>")?;
+    let start = html[..end].rfind("href=\"")? + "href=\"".len();
+    Some(
+        html[start..end]
+            .replace("&#x2f;", "/")
+            .replace("&#x3d;", "=")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// Reviewers come in keyset pages of 50 from the open-assignment index:
+/// with 51 reviewers holding open work there is a page 2; a removed
+/// reviewer who still holds an assignment is flagged; a cancel closes the
+/// request's assignments, so the page counts only work still to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviewers_page_is_paginated_and_counts_only_open_work() {
+    let t = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(reviewer(&t, &format!("p{i:02}@example.com"), "en").await);
+    }
+    let (org1, key1, _) = t.create_org("Page One", "cn").await;
+    let first = submit_ftp(&t, &org1, &key1, "first").await;
+    wait_status(&t, &org1, &key1, &first, "in_review").await;
+    // p00 leaves, still holding `first`; p50 joins; the next request goes
+    // to the group's first 50 active reviewers: p01..p50.
+    t.post(
+        &format!("/v1/reviewers/{}/remove", ids[0]),
+        &t.platform_key,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    reviewer(&t, "p50@example.com", "en").await;
+    let (org2, key2, _) = t.create_org("Page Two", "jp").await;
+    let second = submit_ftp(&t, &org2, &key2, "second").await;
+    wait_status(&t, &org2, &key2, &second, "in_review").await;
+    wait_emails_final(&t, Duration::from_secs(60)).await;
+
+    let ops = Ops::sign_in(&t, &operator_key(&t, true).await).await;
+    let p1 = ops.get("/ops/reviewers").await;
+    assert_eq!(p1.status, StatusCode::OK);
+    let mut seen = table_reviewers(&p1.text);
+    assert_eq!(seen.len(), 50, "a full first page: {seen:?}");
+    assert!(!p1.text.contains("First page"));
+    let flagged = p1.text.split("<table").next().unwrap();
+    assert!(
+        flagged.contains("p00@example.com") && flagged.contains("removed"),
+        "the removed reviewer holding `first` is flagged: {flagged}"
+    );
+    let next = next_link(&p1.text).expect("a next-page link");
+    assert!(next.starts_with("/ops/reviewers?after="), "{next}");
+    let p2 = ops.get(&next).await;
+    assert_eq!(p2.status, StatusCode::OK);
+    let rest = table_reviewers(&p2.text);
+    assert_eq!(rest.len(), 1, "page 2 holds the 51st reviewer: {rest:?}");
+    assert!(p2.text.contains("First page"));
+    assert_eq!(next_link(&p2.text), None, "no page 3");
+    seen.extend(rest);
+    seen.sort();
+    let want: Vec<String> = (0..=50).map(|i| format!("p{i:02}@example.com")).collect();
+    assert_eq!(seen, want, "every reviewer with open work, once");
+
+    // Cancelled: `first`'s assignments close; p00 holds nothing any more.
+    t.post(
+        &format!("/v1/orgs/{org1}/requests/{first}/cancel"),
+        &key1,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    let open = "SELECT COUNT(*) FROM request_reviewers WHERE request_id = $1 AND closed_at IS NULL";
+    assert_eq!(scalar_i64(&t, open, &first).await, 0);
+    assert_eq!(scalar_i64(&t, open, &second).await, 50);
+    let p1 = ops.get("/ops/reviewers").await;
+    let now_listed = table_reviewers(&p1.text);
+    assert_eq!(now_listed.len(), 50, "{now_listed:?}");
+    assert!(!now_listed.contains(&"p00@example.com".to_string()));
+    assert_eq!(next_link(&p1.text), None, "one page now");
+    assert!(!p1.text.contains("id=\"h-flagged\""), "nobody flagged now");
+
+    let bad = ops.get("/ops/reviewers?after=nonsense").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    wait_emails_final(&t, Duration::from_secs(60)).await;
+    t.drain().await;
+    t.finish().await;
+}
+
+/// The `<tr>` of cron schedule `name` on the Now page.
+fn cron_row<'a>(html: &'a str, name: &str) -> &'a str {
+    let start = html
+        .find(&format!("<th scope=\"row\">{name} "))
+        .unwrap_or_else(|| panic!("no cron row {name}: {html}"));
+    let end = html[start..].find("</tr>").unwrap() + start;
+    &html[start..end]
+}
+
+/// The Now page lists the spending-limits schedule with its last and next
+/// run, on time while a scheduler claims its ticks, and late (the warning)
+/// once nobody has claimed a due tick for longer than the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn now_page_shows_the_limits_schedule_and_warns_when_late() {
+    use approvald_workers::ManualClock;
+    let start = chrono::DateTime::parse_from_rfc3339("2026-03-02T10:00:30Z")
+        .unwrap()
+        .to_utc();
+    let mut t = TestApp::spawn_with(Opts {
+        toml: "[payments]\nlimits_cron = \"0 * * * * *\"\n".into(),
+        clock: Some(ManualClock::new(start)),
+        ..Opts::default()
+    })
+    .await;
+    // The scheduler claims the 10:01:00 tick once the clock reaches it.
+    t.advance(chrono::Duration::seconds(61));
+    let tick = start + chrono::Duration::seconds(30);
+    t.eventually("the limits tick claimed", || async {
+        t.app.queue.last_tick("limits").await.unwrap() == Some(tick.timestamp_millis())
+    })
+    .await;
+    t.drain().await;
+
+    let ops = Ops::sign_in(&t, &operator_key(&t, true).await).await;
+    let page = ops.get("/ops").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let row = cron_row(&page.text, "limits");
+    assert!(row.contains("0 * * * * *"), "{row}");
+    assert!(row.contains("2026-03-02 10:01:00 UTC"), "last run: {row}");
+    assert!(row.contains("2026-03-02 10:02:00 UTC"), "next run: {row}");
+    assert!(row.contains("on time") && !row.contains("late"), "{row}");
+
+    // No scheduler any more: the 10:02 tick and later go unclaimed.
+    t.restart_as(approvald::Role::Api).await;
+    t.advance(chrono::Duration::minutes(5));
+    let page = ops.get("/ops").await;
+    let row = cron_row(&page.text, "limits");
+    assert!(row.contains("2026-03-02 10:01:00 UTC"), "last run: {row}");
+    assert!(row.contains("2026-03-02 10:07:00 UTC"), "next run: {row}");
+    assert!(row.contains("pill bad\">late"), "the late warning: {row}");
+    // The alert rule's gauge agrees.
+    let metrics = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("approvald_cron_late{schedule=\"limits\"} 1")),
+        "{metrics}"
+    );
+    t.finish().await;
+}
+
+/// Cancelled through the API or the dashboard: the same flow, so the same
+/// event, audit row, `request.cancelled` webhook event, `cancelled` mail and
+/// closed assignments; only the actor (and `via`) differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_ops_cancel_have_the_same_effects() {
+    let t = TestApp::spawn().await;
+    reviewer(&t, "told@example.com", "en").await;
+    let ops = Ops::sign_in(&t, &operator_key(&t, false).await).await;
+    let mut effects = Vec::new();
+    for via in ["api", "operator"] {
+        let (org, key, _) = t.create_org(&format!("Cancel {via}"), "cn").await;
+        let id = submit_ftp(&t, &org, &key, via).await;
+        wait_status(&t, &org, &key, &id, "in_review").await;
+        wait_emails_final(&t, Duration::from_secs(30)).await;
+        if via == "api" {
+            t.post(
+                &format!("/v1/orgs/{org}/requests/{id}/cancel"),
+                &key,
+                json!({}),
+            )
+            .await
+            .expect(200);
+        } else {
+            let r = ops
+                .post(&format!("/ops/requests/{id}/cancel"), &[("reason", "")])
+                .await;
+            assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+        }
+        let req = wait_status(&t, &org, &key, &id, "cancelled").await;
+        let ev = req["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "cancelled")
+            .expect("cancelled event")
+            .clone();
+        let audit = audit_details(&t, "request.cancel", &id).await;
+        assert_eq!(audit.len(), 1, "{via}: {audit:?}");
+        let (actor, detail) = audit[0].clone();
+        assert_eq!(ev["actor"], actor.as_str(), "{via}");
+        assert!(
+            actor.starts_with(if via == "api" { "key:" } else { "operator:" }),
+            "{actor}"
+        );
+        assert_eq!(ev["detail"]["via"], via);
+        assert_eq!(detail["via"], via);
+        assert_eq!(detail["before"]["status"], "in_review", "{detail}");
+        assert_eq!(detail["after"]["status"], "cancelled", "{detail}");
+        assert_eq!(detail["reviewers_told"], 1, "{detail}");
+        let hooks = scalar_i64(
+            &t,
+            "SELECT COUNT(*) FROM webhook_events WHERE type = 'request.cancelled' AND org_id = $1",
+            &org,
+        )
+        .await;
+        let mails = scalar_i64(
+            &t,
+            "SELECT COUNT(*) FROM emails WHERE request_id = $1 AND template = 'cancelled' AND recipient = 'told@example.com'",
+            &id,
+        )
+        .await;
+        let open = scalar_i64(
+            &t,
+            "SELECT COUNT(*) FROM request_reviewers WHERE request_id = $1 AND closed_at IS NULL",
+            &id,
+        )
+        .await;
+        let live_links = scalar_i64(
+            &t,
+            "SELECT COUNT(*) FROM review_tokens WHERE request_id = $1 AND revoked_at IS NULL AND used_at IS NULL",
+            &id,
+        )
+        .await;
+        assert_eq!((hooks, mails, open, live_links), (1, 1, 0, 0), "{via}");
+        let keys = |v: &Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        effects.push((keys(&ev["detail"]), keys(&detail)));
+    }
+    assert_eq!(effects[0], effects[1], "the same event and audit shape");
+    wait_emails_final(&t, Duration::from_secs(30)).await;
+    t.drain().await;
     t.finish().await;
 }
