@@ -270,6 +270,27 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
             .find(|e| e["type"] == "cancelled")
             .expect("cancelled event");
         assert_eq!(c["detail"]["reason"], "member_disabled", "{c}");
+        // The API's cancel flow: one request.cancel audit row by the system,
+        // from the cleanup, and the request.cancelled webhook event.
+        assert_eq!(c["detail"]["via"], "cleanup", "{c}");
+        assert_eq!(
+            scalar_i64(
+                &t,
+                "SELECT COUNT(*) FROM audit_log WHERE action = 'request.cancel' AND actor = 'system' AND target = $1",
+                id
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            scalar_i64(
+                &t,
+                "SELECT COUNT(*) FROM webhook_events WHERE type = 'request.cancelled' AND body LIKE '%' || $1 || '%'",
+                id
+            )
+            .await,
+            1
+        );
         assert_eq!(
             scalar_i64(
                 &t,
