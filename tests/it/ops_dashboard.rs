@@ -682,23 +682,36 @@ fn cron_row<'a>(html: &'a str, name: &str) -> &'a str {
 /// once nobody has claimed a due tick for longer than the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn now_page_shows_the_limits_schedule_and_warns_when_late() {
-    use approvald_workers::ManualClock;
+    use approvald_workers::{Clock, ManualClock};
     let start = chrono::DateTime::parse_from_rfc3339("2026-03-02T10:00:30Z")
         .unwrap()
         .to_utc();
+    let clock = ManualClock::new(start);
     let mut t = TestApp::spawn_with(Opts {
         toml: "[payments]\nlimits_cron = \"0 * * * * *\"\n".into(),
-        clock: Some(ManualClock::new(start)),
+        clock: Some(clock.clone()),
         ..Opts::default()
     })
     .await;
-    // The scheduler claims the 10:01:00 tick once the clock reaches it.
-    t.advance(chrono::Duration::seconds(61));
-    let tick = start + chrono::Duration::seconds(30);
-    t.eventually("the limits tick claimed", || async {
-        t.app.queue.last_tick("limits").await.unwrap() == Some(tick.timestamp_millis())
-    })
-    .await;
+    // A minute at a time until the scheduler (which starts counting from
+    // the clock it first reads, whenever its task gets to run) claims a tick.
+    let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let tick = loop {
+        t.advance(chrono::Duration::seconds(60));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut claimed = None;
+        while claimed.is_none() && Instant::now() < deadline {
+            claimed = t.app.queue.last_tick("limits").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(ms) = claimed {
+            break chrono::DateTime::from_timestamp_millis(ms).unwrap();
+        }
+        assert!(
+            clock.now() < start + chrono::Duration::minutes(10),
+            "the limits schedule never fired"
+        );
+    };
     t.drain().await;
 
     let ops = Ops::sign_in(&t, &operator_key(&t, true).await).await;
@@ -706,17 +719,20 @@ async fn now_page_shows_the_limits_schedule_and_warns_when_late() {
     assert_eq!(page.status, StatusCode::OK);
     let row = cron_row(&page.text, "limits");
     assert!(row.contains("0 * * * * *"), "{row}");
-    assert!(row.contains("2026-03-02 10:01:00 UTC"), "last run: {row}");
-    assert!(row.contains("2026-03-02 10:02:00 UTC"), "next run: {row}");
+    assert!(row.contains(&fmt(tick)), "last run {tick}: {row}");
+    let next = tick + chrono::Duration::minutes(1);
+    assert!(row.contains(&fmt(next)), "next run {next}: {row}");
     assert!(row.contains("on time") && !row.contains("late"), "{row}");
 
-    // No scheduler any more: the 10:02 tick and later go unclaimed.
+    // No scheduler any more: later ticks go unclaimed.
     t.restart_as(approvald::Role::Api).await;
     t.advance(chrono::Duration::minutes(5));
+    let now = clock.now();
+    let next = now - chrono::Duration::seconds(now.timestamp() % 60) + chrono::Duration::minutes(1);
     let page = ops.get("/ops").await;
     let row = cron_row(&page.text, "limits");
-    assert!(row.contains("2026-03-02 10:01:00 UTC"), "last run: {row}");
-    assert!(row.contains("2026-03-02 10:07:00 UTC"), "next run: {row}");
+    assert!(row.contains(&fmt(tick)), "last run {tick}: {row}");
+    assert!(row.contains(&fmt(next)), "next run {next}: {row}");
     assert!(row.contains("pill bad\">late"), "the late warning: {row}");
     // The alert rule's gauge agrees.
     let metrics = t
