@@ -10,13 +10,7 @@
 //! must have the same type on both engines: map `execute` results with
 //! `.map(|r| r.rows_affected())`; `fetch_*` into `FromRow` types, tuples or
 //! scalars works as is.
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    str::FromStr,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::str::FromStr;
 
 use anyhow::Context;
 use sqlx::{
@@ -24,8 +18,6 @@ use sqlx::{
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
-
-use tokio::sync::OwnedMutexGuard;
 
 use crate::config::{Config, DbKind};
 
@@ -35,17 +27,11 @@ pub enum Db {
     Postgres(PgPool),
 }
 
-/// An open transaction on either engine. A SQLite transaction also holds this
-/// process's write gate for the file (see [`Db::begin`]); fields drop in
-/// order, so the transaction ends before the gate opens.
+/// An open transaction on either engine.
 pub enum Tx {
-    Sqlite(Transaction<'static, Sqlite>, WriteGate),
+    Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
 }
-
-/// This process's turn at SQLite's single writer, held for the life of a
-/// [`Tx`] (`None` when it could not be had within the busy timeout).
-pub struct WriteGate(#[allow(dead_code)] Option<OwnedMutexGuard<()>>);
 
 /// Run `$body` with `$c` bound to the pool of whichever engine `$db` is.
 #[macro_export]
@@ -63,7 +49,7 @@ macro_rules! on_db {
 macro_rules! on_tx {
     ($tx:expr, |$c:ident| $body:expr) => {
         match $tx {
-            $crate::db::Tx::Sqlite(t, _) => {
+            $crate::db::Tx::Sqlite(t) => {
                 let $c = &mut **t;
                 $body
             }
@@ -121,21 +107,9 @@ impl Db {
 
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            // The write gate first: writers of this process (the API, the
-            // jobs and the queue's own writes) queue for SQLite's single
-            // writer in memory, in order, instead of polling the file lock
-            // in SQLite's busy handler, whose sleeps (1, 2, 5, 10 ... 100
-            // ms) dominated latency under load. Then IMMEDIATE: take the
-            // write lock at once, so two writers never deadlock upgrading a
-            // read lock (SQLITE_BUSY mid-transaction); writers of other
-            // processes still meet the busy timeout.
-            Db::Sqlite(p) => {
-                let gate = sqlite_write_gate(p);
-                let guard = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, gate.lock_owned())
-                    .await
-                    .ok();
-                Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?, WriteGate(guard))
-            }
+            // IMMEDIATE: take the write lock at once, so two writers never
+            // deadlock upgrading a read lock (SQLITE_BUSY mid-transaction).
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Db::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -165,37 +139,17 @@ impl Db {
 impl Tx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(t, _gate) => t.commit().await,
+            Tx::Sqlite(t) => t.commit().await,
             Tx::Postgres(t) => t.commit().await,
         }
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(t, _gate) => t.rollback().await,
+            Tx::Sqlite(t) => t.rollback().await,
             Tx::Postgres(t) => t.rollback().await,
         }
     }
-}
-
-/// How long a SQLite writer waits for the write lock (and for this process's
-/// write gate) before giving up.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The write gate of `pool`'s file: the one the job queue's SQLite store
-/// takes too (`approvald_workers::store::sqlite::write_gate_for`), looked up
-/// once per file.
-fn sqlite_write_gate(pool: &SqlitePool) -> Arc<tokio::sync::Mutex<()>> {
-    type Gates = Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>;
-    static GATES: OnceLock<Gates> = OnceLock::new();
-    let file = pool.connect_options().get_filename().to_path_buf();
-    let mut map = GATES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    map.entry(file)
-        .or_insert_with(|| approvald_workers::store::sqlite::write_gate_for(pool))
-        .clone()
 }
 
 /// WAL, synchronous=NORMAL (durable across process crashes; never OFF), a
@@ -206,7 +160,7 @@ pub fn sqlite_options(url: &str) -> anyhow::Result<SqliteConnectOptions> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .busy_timeout(std::time::Duration::from_secs(10))
         .foreign_keys(true))
 }
 

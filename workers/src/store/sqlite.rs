@@ -351,27 +351,6 @@ fn write_gate(db: &str) -> Arc<tokio::sync::Mutex<()>> {
     map.entry(db.to_owned()).or_default().clone()
 }
 
-/// Wait for the write gate, at most [`BUSY_TIMEOUT`]: a writer that holds it
-/// and waits for something that needs it (a second transaction on the same
-/// task) must end in SQLite's busy timeout and an error, as it would without
-/// the gate, not in a hang. `None`: go ahead ungated.
-pub(crate) async fn take_gate(
-    gate: &tokio::sync::Mutex<()>,
-) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-    tokio::time::timeout(BUSY_TIMEOUT, gate.lock()).await.ok()
-}
-
-/// This process's write gate for `pool`'s database file: the same mutex the
-/// store's own writers take. An application that writes to the same file in
-/// its own `BEGIN IMMEDIATE` transactions should hold it for the life of each
-/// transaction, so that its writers and the queue's queue up in memory
-/// instead of meeting SQLite's busy-handler sleeps. Never take it while a
-/// store call of the same process is pending on the same task (it is not
-/// reentrant).
-pub fn write_gate_for(pool: &SqlitePool) -> Arc<tokio::sync::Mutex<()>> {
-    write_gate(&db_key(pool))
-}
-
 /// Identity of the database file behind `pool`, shared by every pool of
 /// this process on that file.
 fn db_key(pool: &SqlitePool) -> String {
@@ -498,7 +477,7 @@ fn leased_from_row(row: &SqliteRow) -> StoreResult<LeasedJob> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn setup(&self) -> StoreResult<()> {
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let mut conn = self.pool.acquire().await?;
         self.check_pragmas(&mut conn).await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -517,7 +496,7 @@ impl Store for SqliteStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let out = push_many_in_tx(&mut tx, jobs, now_ms, dedupe_window_ms).await?;
         tx.commit().await?;
@@ -551,7 +530,7 @@ impl Store for SqliteStore {
         if !work {
             return Ok(Vec::new());
         }
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let reclaimed = sqlx::query(RECLAIM)
             .bind(queue)
@@ -592,7 +571,7 @@ impl Store for SqliteStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let held: Vec<String> = sqlx::query_scalar(RENEW)
             .bind(until_ms)
             .bind(queue)
@@ -661,7 +640,7 @@ impl Store for SqliteStore {
         if ids.is_empty() {
             return Ok(());
         }
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let n = sqlx::query(RELEASE)
             .bind(queue)
             .bind(worker_id)
@@ -729,7 +708,7 @@ impl Store for SqliteStore {
 
     async fn redrive(&self, queue: &str, id: &str, now_ms: i64) -> StoreResult<bool> {
         self.observe(now_ms);
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let n = sqlx::query(REDRIVE)
             .bind(now_ms)
             .bind(id)
@@ -751,7 +730,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreResult<u64> {
         let limit = clamp_limit(limit);
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(PURGE_DONE)
             .bind(queue)
@@ -784,7 +763,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim_tick(&self, schedule: &str, tick_ms: i64) -> StoreResult<bool> {
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let oldest_kept: Option<i64> = sqlx::query_scalar(CRON_OLDEST_KEPT)
             .bind(schedule)
@@ -826,7 +805,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> StoreResult<()> {
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         if paused {
             sqlx::query(PAUSE)
                 .bind(queue)
@@ -848,7 +827,7 @@ impl Store for SqliteStore {
     }
 
     async fn discard_dead(&self, queue: &str, id: &str) -> StoreResult<bool> {
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let n = sqlx::query(DISCARD_DEAD)
             .bind(id)
             .bind(queue)
@@ -865,7 +844,7 @@ impl Store for SqliteStore {
         now_ms: i64,
         forget_before_ms: i64,
     ) -> StoreResult<()> {
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(HEARTBEAT)
             .bind(worker_id)
@@ -898,7 +877,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_counts(&self, queue: &str, bucket_ms: i64, counts: Throughput) -> StoreResult<()> {
-        let _gate = take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(ADD_COUNTS)
             .bind(queue)

@@ -161,7 +161,7 @@ impl AckWriter {
                 }
             }
         }
-        let _gate = super::take_gate(&self.gate).await;
+        let _gate = self.gate.lock().await;
         req.write_alone(pool).await
     }
 
@@ -187,7 +187,7 @@ impl AckWriter {
 async fn run_writer(pool: SqlitePool, gate: Gate, mut rx: mpsc::Receiver<Req>) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
     while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
-        let _gate = super::take_gate(&gate).await;
+        let _gate = gate.lock().await;
         // Take what arrived while waiting for the gate, too.
         if batch.len() < ACK_BATCH {
             while let Ok(req) = rx.try_recv() {
