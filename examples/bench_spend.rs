@@ -156,23 +156,37 @@ impl Bench {
         Ok((org, key, members))
     }
 
-    /// Authorizations per second for `secs` at [`CONCURRENCY`], each call
-    /// against a member `pick` chooses.
+    /// Decisions per second for `secs` at [`CONCURRENCY`], each call against
+    /// the hot member (`targets[0]`) or a random one.
+    ///
+    /// A decision is a 200 answer, approved or declined: a decline is as
+    /// much a decision as an approval (the limits are set far above what a
+    /// run spends, so none is expected, and the count of each is printed).
+    /// Anything else (a transport error, any non-200 status) is an error
+    /// and fails the run, with the first few answers shown.
     async fn load(
         &self,
         label: &str,
         secs: u64,
         targets: Arc<Vec<(String, String, String)>>,
         hot: bool,
-    ) -> anyhow::Result<f64> {
-        let done = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
+    ) -> anyhow::Result<Load> {
+        let approved = Arc::new(AtomicU64::new(0));
+        let declined = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let samples = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         let start = Instant::now();
         for w in 0..CONCURRENCY {
-            let (done, failed, stop, targets) =
-                (done.clone(), failed.clone(), stop.clone(), targets.clone());
+            let (approved, declined, errors, samples, stop, targets) = (
+                approved.clone(),
+                declined.clone(),
+                errors.clone(),
+                samples.clone(),
+                stop.clone(),
+                targets.clone(),
+            );
             let (http, base) = (self.http.clone(), self.base.clone());
             let label = label.to_string();
             tasks.push(tokio::spawn(async move {
@@ -191,18 +205,26 @@ impl Bench {
                                       "reference": format!("{label}-{w}-{n}")}))
                         .send()
                         .await;
-                    match r {
-                        Ok(r) if r.status().is_success() => {
+                    let error = match r {
+                        Ok(r) => {
+                            let status = r.status();
                             let body = r.text().await.unwrap_or_default();
-                            if body.contains("\"approved\":true") {
-                                done.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                failed.fetch_add(1, Ordering::Relaxed);
+                            if status == reqwest::StatusCode::OK && body.contains("\"approved\":true") {
+                                approved.fetch_add(1, Ordering::Relaxed);
+                                continue;
                             }
+                            if status == reqwest::StatusCode::OK && body.contains("\"approved\":false") {
+                                declined.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            format!("{status} {body}")
                         }
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Err(e) => format!("transport: {e}"),
+                    };
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    let mut s = samples.lock().unwrap();
+                    if s.len() < 5 {
+                        s.push(error);
                     }
                 }
             }));
@@ -213,13 +235,66 @@ impl Bench {
             t.await?;
         }
         let elapsed = start.elapsed().as_secs_f64();
-        let ok = done.load(Ordering::Relaxed);
-        let bad = failed.load(Ordering::Relaxed);
-        anyhow::ensure!(
-            bad == 0,
-            "{label}: {bad} authorizations failed or were declined"
+        let l = Load {
+            approved: approved.load(Ordering::Relaxed),
+            declined: declined.load(Ordering::Relaxed),
+            errors: errors.load(Ordering::Relaxed),
+            elapsed,
+        };
+        eprintln!(
+            "{label}: {} approved, {} declined, {} errors in {elapsed:.1} s",
+            l.approved, l.declined, l.errors
         );
-        Ok(ok as f64 / elapsed)
+        let samples = samples.lock().unwrap().clone();
+        anyhow::ensure!(
+            l.errors == 0,
+            "{label}: {} of {} calls were errors (not a decision); first ones:\n  {}",
+            l.errors,
+            l.approved + l.declined + l.errors,
+            samples.join("\n  ")
+        );
+        Ok(l)
+    }
+
+    /// Sequential authorizations over HTTP on the spread members, counting
+    /// the SQL statements (round trips) the server runs meanwhile.
+    async fn profile(
+        &self,
+        label: &str,
+        n: usize,
+        targets: &[(String, String, String)],
+    ) -> anyhow::Result<()> {
+        profile::reset();
+        profile::on(true);
+        let t0 = Instant::now();
+        for i in 0..n {
+            let (org, key, member) = &targets[i * 7 % targets.len()];
+            let r = self
+                .post(
+                    &format!("/v1/orgs/{org}/payments/authorize"),
+                    key,
+                    json!({"member": member, "amount": 100, "currency": "CNY",
+                           "reference": format!("{label}-profile-{i}")}),
+                )
+                .await?;
+            anyhow::ensure!(r["approved"] == true, "profile: {r}");
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        profile::on(false);
+        let counts = profile::take();
+        let total: u64 = counts.iter().map(|(_, c)| c).sum();
+        println!(
+            "{label}_statements_per_authorization={:.2}",
+            total as f64 / n as f64
+        );
+        println!(
+            "{label}_sequential_authorization_ms={:.3}",
+            secs * 1000.0 / n as f64
+        );
+        for (sql, c) in counts {
+            eprintln!("  {:6.2} x  {sql}", c as f64 / n as f64);
+        }
+        Ok(())
     }
 
     async fn stop(self) -> anyhow::Result<()> {
@@ -249,15 +324,113 @@ async fn load(db: &str, queue: &str, secs: u64, prefix: &str) -> anyhow::Result<
     // Warm up the pools.
     b.load(&format!("{prefix}-warm"), 2, targets.clone(), false)
         .await?;
+    b.profile(prefix, 500, &targets).await?;
     let hot = b
         .load(&format!("{prefix}-hot"), secs, targets.clone(), true)
         .await?;
-    println!("{prefix}_hot_member_auth_per_s={hot:.1}");
+    println!("{prefix}_hot_member_auth_per_s={:.1}", hot.per_s());
+    println!("{prefix}_hot_member_declined={}", hot.declined);
     let spread = b
         .load(&format!("{prefix}-spread"), secs, targets.clone(), false)
         .await?;
-    println!("{prefix}_spread_1000_members_auth_per_s={spread:.1}");
+    println!(
+        "{prefix}_spread_1000_members_auth_per_s={:.1}",
+        spread.per_s()
+    );
+    println!("{prefix}_spread_1000_members_declined={}", spread.declined);
     b.stop().await
+}
+
+/// What one load phase saw.
+struct Load {
+    approved: u64,
+    declined: u64,
+    errors: u64,
+    elapsed: f64,
+}
+
+impl Load {
+    /// Decisions (approved or declined) per second.
+    fn per_s(&self) -> f64 {
+        (self.approved + self.declined) as f64 / self.elapsed
+    }
+}
+
+/// Counts the statements sqlx runs (its `sqlx::query` events, one per
+/// statement sent, BEGIN and COMMIT included) while switched on, by
+/// statement text.
+mod profile {
+    use std::{
+        collections::BTreeMap,
+        sync::{
+            Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+
+    use tracing::{Event, Subscriber, field::Visit};
+    use tracing_subscriber::{Layer, layer::Context, prelude::*};
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static COUNTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+    pub fn on(on: bool) {
+        ON.store(on, Ordering::SeqCst);
+    }
+
+    pub fn reset() {
+        COUNTS.lock().unwrap().clear();
+    }
+
+    pub fn take() -> Vec<(String, u64)> {
+        let mut v: Vec<_> = std::mem::take(&mut *COUNTS.lock().unwrap())
+            .into_iter()
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v
+    }
+
+    #[derive(Default)]
+    struct Sql(String, String);
+
+    impl Visit for Sql {
+        fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+            match f.name() {
+                "summary" => self.0 = v.to_string(),
+                "db.statement" => self.1 = v.to_string(),
+                _ => {}
+            }
+        }
+        fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+            if f.name() == "summary" {
+                self.0 = format!("{v:?}");
+            }
+        }
+    }
+
+    struct Count;
+
+    impl<S: Subscriber> Layer<S> for Count {
+        fn on_event(&self, e: &Event<'_>, _: Context<'_, S>) {
+            let mut sql = Sql::default();
+            e.record(&mut sql);
+            let text = if sql.1.trim().is_empty() { sql.0 } else { sql.1 };
+            let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let text: String = text.chars().take(110).collect();
+            *COUNTS.lock().unwrap().entry(text).or_default() += 1;
+        }
+    }
+
+    /// Install the counting layer (sqlx statement events only, and only
+    /// while switched on).
+    pub fn install() {
+        let filter = tracing_subscriber::filter::dynamic_filter_fn(|m, _| {
+            m.target() == "sqlx::query" && ON.load(Ordering::Relaxed)
+        });
+        tracing_subscriber::registry()
+            .with(Count.with_filter(filter))
+            .init();
+    }
 }
 
 async fn million(db: &str, queue: &str) -> anyhow::Result<()> {
@@ -323,6 +496,7 @@ async fn million(db: &str, queue: &str) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    profile::install();
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("load") => {
