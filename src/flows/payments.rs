@@ -214,31 +214,112 @@ async fn adjust(
     Ok(())
 }
 
+/// What deciding for the locked `member` needs, once its holds expired at
+/// `now` are released. PostgreSQL does both in one statement
+/// ([`st::inputs_releasing`]); SQLite (and PostgreSQL when a member has more
+/// than a batch of expired holds) releases them batch by batch, then reads.
+async fn decision_inputs(
+    tx: &mut Tx,
+    org_id: &str,
+    member: &LockedMember,
+    [day, month]: [&str; 2],
+    now: i64,
+) -> Result<st::Inputs, sqlx::Error> {
+    if let Tx::Postgres(t) = tx {
+        let r = st::inputs_releasing(
+            t,
+            org_id,
+            member.role.as_deref(),
+            &member.id,
+            [day, month],
+            now,
+        )
+        .await?;
+        if r.expired < BATCH {
+            return Ok(r.inputs);
+        }
+    }
+    expire_member_holds(tx, &member.id, now).await?;
+    st::inputs(tx, org_id, member.role.as_deref(), &member.id, day, month).await
+}
+
+/// A member id the API could ever have made (anything else is a 404
+/// without a query).
+fn plausible_member(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64
+}
+
+/// `currency` must be the org's (422 naming `currency` otherwise).
+fn check_currency(app: &App, org: &Org, currency: Currency) -> Result<(), PayError> {
+    let own = org_currency(app, org);
+    if currency != own {
+        return Err(PayError::Invalid(format!(
+            "currency: this org pays in {}, not {}",
+            own.code(),
+            currency.code()
+        )));
+    }
+    Ok(())
+}
+
+/// `POST .../payments/authorize`: [`authorize`] for the org `org_id` (that
+/// the caller may act on) paying in `currency`. The org is read in the same
+/// statement that locks the member, so the call costs no separate org
+/// lookup; what it answers is what checking the org first would: 404 `org`,
+/// then 422 `currency`, then 404 `member`, and nothing written.
+pub async fn authorize_in(
+    app: &App,
+    org_id: &str,
+    currency: Currency,
+    req: &Authorize,
+) -> Result<Answer, PayError> {
+    let mut tx = app.db.begin().await?;
+    let locked = if plausible_member(&req.member) {
+        st::lock_member_with_org(&mut tx, org_id, &req.member).await?
+    } else {
+        None
+    };
+    let Some((member, org)) = locked else {
+        tx.rollback().await?;
+        let org = crate::store::orgs::get(&app.db, org_id)
+            .await?
+            .ok_or(PayError::NotFound("org"))?;
+        check_currency(app, &org, currency)?;
+        return Err(PayError::NotFound("member"));
+    };
+    if let Err(e) = check_currency(app, &org, currency) {
+        tx.rollback().await?;
+        return Err(e);
+    }
+    decide(app, tx, &org, member, req).await
+}
+
 /// Decide one authorization (one transaction). A reference seen before
 /// replays its first answer; with another body it is refused.
 pub async fn authorize(app: &App, org: &Org, req: &Authorize) -> Result<Answer, PayError> {
+    let mut tx = app.db.begin().await?;
+    let Some(member) = st::lock_member(&mut tx, &org.id, &req.member).await? else {
+        tx.rollback().await?;
+        return Err(PayError::NotFound("member"));
+    };
+    decide(app, tx, org, member, req).await
+}
+
+/// The rest of [`authorize`], in `tx` with `member` locked.
+async fn decide(
+    app: &App,
+    mut tx: Tx,
+    org: &Org,
+    member: LockedMember,
+    req: &Authorize,
+) -> Result<Answer, PayError> {
     let now_dt = app.clock.now();
     let now = now_dt.timestamp_millis();
     let tz = org_zone(app, org);
     let currency = org_currency(app, org);
     let p = spending::periods(tz, now_dt);
     let (day, month) = (p.day_key(), p.month_key());
-
-    let mut tx = app.db.begin().await?;
-    let Some(member) = st::lock_member(&mut tx, &org.id, &req.member).await? else {
-        tx.rollback().await?;
-        return Err(PayError::NotFound("member"));
-    };
-    expire_member_holds(&mut tx, &member.id, now).await?;
-    let inputs = st::inputs(
-        &mut tx,
-        &org.id,
-        member.role.as_deref(),
-        &member.id,
-        &day,
-        &month,
-    )
-    .await?;
+    let inputs = decision_inputs(&mut tx, &org.id, &member, [&day, &month], now).await?;
     let (limits, _) = inputs.limits();
     let used = Usage {
         day: inputs.day_used.unwrap_or(0),
@@ -300,16 +381,6 @@ pub async fn authorize(app: &App, org: &Org, req: &Authorize) -> Result<Answer, 
         response: body.clone(),
         created_at: now,
     };
-    if !st::insert_payment(&mut tx, &row).await? {
-        // This reference was decided already (maybe a moment ago).
-        tx.rollback().await?;
-        return match replay(app, org, req).await? {
-            Some(a) => Ok(a),
-            None => Err(PayError::Conflict(
-                "a payment with this reference is being decided; retry".into(),
-            )),
-        };
-    }
     let delta = match status {
         "approved" => Delta {
             used: req.amount,
@@ -329,16 +400,33 @@ pub async fn authorize(app: &App, org: &Org, req: &Authorize) -> Result<Answer, 
             ..Delta::default()
         },
     };
-    st::bump(
-        &mut tx,
-        &member.id,
-        &org.id,
-        tz.name(),
-        [&day, &month],
-        delta,
-        now,
-    )
-    .await?;
+    let inserted = if let Tx::Postgres(t) = &mut tx {
+        st::insert_payment_bumping(t, &row, tz.name(), delta).await?
+    } else if st::insert_payment(&mut tx, &row).await? {
+        st::bump(
+            &mut tx,
+            &member.id,
+            &org.id,
+            tz.name(),
+            [&day, &month],
+            delta,
+            now,
+        )
+        .await?;
+        true
+    } else {
+        false
+    };
+    if !inserted {
+        // This reference was decided already (maybe a moment ago).
+        tx.rollback().await?;
+        return match replay(app, org, req).await? {
+            Some(a) => Ok(a),
+            None => Err(PayError::Conflict(
+                "a payment with this reference is being decided; retry".into(),
+            )),
+        };
+    }
     let mut crossed = Vec::new();
     if active && limits.allowed {
         for (kind, key, limit, before, after, hit) in [

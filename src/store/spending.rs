@@ -9,6 +9,7 @@ use crate::{
     db::{Db, Tx},
     domain::spending::Limits,
     on_db, on_tx,
+    store::orgs::Org,
 };
 
 /// Most rows one statement touches in the batch loops here.
@@ -26,22 +27,107 @@ pub struct LockedMember {
     pub locale: String,
 }
 
-/// Lock `member_id` of `org_id` (a no-op update: the row lock on PostgreSQL;
-/// SQLite's `BEGIN IMMEDIATE` already serializes writers). `None`: no such
-/// member in this org.
+/// Lock `member_id` of `org_id` for the rest of the transaction. `None`: no
+/// such member in this org.
+///
+/// PostgreSQL: `SELECT ... FOR NO KEY UPDATE`, the lock a plain `UPDATE` of
+/// the row takes (so it queues behind and blocks every other writer of the
+/// member, a disable included), without writing a new row version; under
+/// READ COMMITTED the row returned is the latest committed one. SQLite:
+/// `BEGIN IMMEDIATE` already serializes writers; a no-op `UPDATE` reads the
+/// row.
 pub async fn lock_member(
     tx: &mut Tx,
     org_id: &str,
     member_id: &str,
 ) -> Result<Option<LockedMember>, sqlx::Error> {
-    on_tx!(tx, |c| sqlx::query_as::<_, LockedMember>(
-        "UPDATE members SET updated_at = updated_at WHERE id = $1 AND org_id = $2 \
-         RETURNING id, status, role, name, login_id, email, locale"
-    )
-    .bind(member_id)
-    .bind(org_id)
-    .fetch_optional(c)
-    .await)
+    match tx {
+        Tx::Postgres(t) => {
+            sqlx::query_as::<_, LockedMember>(
+                "SELECT id, status, role, name, login_id, email, locale FROM members \
+                 WHERE id = $1 AND org_id = $2 FOR NO KEY UPDATE",
+            )
+            .bind(member_id)
+            .bind(org_id)
+            .fetch_optional(&mut **t)
+            .await
+        }
+        Tx::Sqlite(t, ..) => {
+            sqlx::query_as::<_, LockedMember>(
+                "UPDATE members SET updated_at = updated_at WHERE id = $1 AND org_id = $2 \
+                 RETURNING id, status, role, name, login_id, email, locale",
+            )
+            .bind(member_id)
+            .bind(org_id)
+            .fetch_optional(&mut **t)
+            .await
+        }
+    }
+}
+
+/// [`lock_member`] and, in the same statement on PostgreSQL, the member's
+/// org (the authorize path reads both: one round trip instead of two).
+/// `None`: no such member in this org (the org may not exist either).
+pub async fn lock_member_with_org(
+    tx: &mut Tx,
+    org_id: &str,
+    member_id: &str,
+) -> Result<Option<(LockedMember, Org)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        member: LockedMember,
+        org_name: String,
+        org_region: String,
+        org_locale: String,
+        org_created_at: i64,
+        org_currency: Option<String>,
+        org_timezone: Option<String>,
+    }
+    let row = match tx {
+        Tx::Postgres(t) => {
+            sqlx::query_as::<_, Row>(
+                "SELECT m.id, m.status, m.role, m.name, m.login_id, m.email, m.locale, \
+                        o.name AS org_name, o.region AS org_region, o.locale AS org_locale, \
+                        o.created_at AS org_created_at, o.currency AS org_currency, \
+                        o.timezone AS org_timezone \
+                 FROM members m JOIN orgs o ON o.id = m.org_id \
+                 WHERE m.id = $1 AND m.org_id = $2 FOR NO KEY UPDATE OF m",
+            )
+            .bind(member_id)
+            .bind(org_id)
+            .fetch_optional(&mut **t)
+            .await?
+        }
+        Tx::Sqlite(..) => {
+            let Some(member) = lock_member(tx, org_id, member_id).await? else {
+                return Ok(None);
+            };
+            let org = on_tx!(tx, |c| {
+                sqlx::query_as::<_, Org>(
+                "SELECT id, name, region, locale, created_at, currency, timezone FROM orgs WHERE id = $1"
+            )
+            .bind(org_id)
+            .fetch_optional(c)
+            .await
+            })?;
+            return Ok(org.map(|o| (member, o)));
+        }
+    };
+    Ok(row.map(|r| {
+        (
+            r.member,
+            Org {
+                id: org_id.to_string(),
+                name: r.org_name,
+                region: r.org_region,
+                locale: r.org_locale,
+                created_at: r.org_created_at,
+                currency: r.org_currency,
+                timezone: r.org_timezone,
+            },
+        )
+    }))
 }
 
 /// What deciding needs besides the member: the role's spec, the override,
@@ -82,6 +168,70 @@ pub async fn inputs(
         .bind(month)
         .fetch_one(c)
         .await)
+}
+
+/// What [`inputs_releasing`] found: the inputs as they are once the
+/// member's expired holds are released, and how many it released.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct Released {
+    #[sqlx(flatten)]
+    pub inputs: Inputs,
+    pub expired: i64,
+}
+
+/// PostgreSQL only, for the authorize path: release up to [`BATCH`] of the
+/// member's holds expired at `now` (status `expired`, their amounts off the
+/// periods' `held`, counted as voided) and read [`inputs`], in one
+/// statement (one round trip instead of three). The member is locked by the
+/// caller, in an earlier statement, so this statement's snapshot already
+/// holds every earlier decision for the member. Its sub-statements share
+/// that snapshot and do not see each other's writes, so the counters read
+/// here are the ones before the release, and the released amounts are taken
+/// off in the select. When `expired` is [`BATCH`] there may be more: the
+/// caller releases the rest with [`settle_member_holds`] and reads again.
+pub async fn inputs_releasing(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    org_id: &str,
+    role: Option<&str>,
+    member_id: &str,
+    [day, month]: [&str; 2],
+    now: i64,
+) -> Result<Released, sqlx::Error> {
+    sqlx::query_as::<_, Released>(
+        "WITH exp AS ( \
+           UPDATE payments SET status = 'expired', settled_at = $6 \
+           WHERE id IN (SELECT id FROM payments WHERE member_id = $3 AND status = 'held' \
+                          AND expires_at <= $6 LIMIT 1000) \
+           RETURNING amount, day, month), \
+         rel AS ( \
+           SELECT period, CAST(SUM(amount) AS BIGINT) AS amount, COUNT(*) AS n \
+           FROM (SELECT day AS period, amount FROM exp UNION ALL SELECT month, amount FROM exp) e \
+           GROUP BY period), \
+         upd AS ( \
+           UPDATE spend_counters c SET held = c.held - rel.amount, \
+             voided_count = c.voided_count + rel.n, voided_amount = c.voided_amount + rel.amount, \
+             updated_at = $6 \
+           FROM rel WHERE c.member_id = $3 AND c.period = rel.period \
+           RETURNING 1) \
+         SELECT \
+           (SELECT spec FROM roles WHERE org_id = $1 AND name = $2) AS role_spec, \
+           mp.active AS mp_active, mp.allowed AS mp_allowed, mp.per_tx AS mp_per_tx, \
+           mp.daily AS mp_daily, mp.monthly AS mp_monthly, \
+           (SELECT c.used + c.held - COALESCE((SELECT amount FROM rel WHERE period = $4), 0) \
+              FROM spend_counters c WHERE c.member_id = $3 AND c.period = $4) AS day_used, \
+           (SELECT c.used + c.held - COALESCE((SELECT amount FROM rel WHERE period = $5), 0) \
+              FROM spend_counters c WHERE c.member_id = $3 AND c.period = $5) AS month_used, \
+           (SELECT COUNT(*) FROM exp) AS expired \
+         FROM (SELECT 1 AS one) x LEFT JOIN member_payment mp ON mp.member_id = $3",
+    )
+    .bind(org_id)
+    .bind(role)
+    .bind(member_id)
+    .bind(day)
+    .bind(month)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await
 }
 
 /// [`inputs`] outside a transaction (GET never writes).
@@ -221,6 +371,75 @@ pub async fn insert_payment(tx: &mut Tx, p: &Payment) -> Result<bool, sqlx::Erro
     .map(|r| r.rows_affected())
     })?;
     Ok(n == 1)
+}
+
+/// PostgreSQL only, for the authorize path: [`insert_payment`] and, when the
+/// reference was new, [`bump`] of the payment's day and month counters by
+/// `d`, in one statement. False when `(org_id, reference)` is taken (nothing
+/// written).
+pub async fn insert_payment_bumping(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    p: &Payment,
+    zone: &str,
+    d: Delta,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(concat!(
+        "WITH ins AS (INSERT INTO payments (",
+        payment_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+         ON CONFLICT (org_id, reference) DO NOTHING RETURNING member_id, org_id, day, month, created_at) \
+         INSERT INTO spend_counters (member_id, period, org_id, zone, used, held, approved_count, approved_amount, \
+                                     captured_count, captured_amount, voided_count, voided_amount, \
+                                     declined_count, declined_amount, updated_at) \
+         SELECT ins.member_id, p.period, ins.org_id, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, ins.created_at \
+         FROM ins CROSS JOIN LATERAL (VALUES (ins.day), (ins.month)) p (period) \
+         ON CONFLICT (member_id, period) DO UPDATE SET \
+           used = spend_counters.used + excluded.used, \
+           held = spend_counters.held + excluded.held, \
+           approved_count = spend_counters.approved_count + excluded.approved_count, \
+           approved_amount = spend_counters.approved_amount + excluded.approved_amount, \
+           captured_count = spend_counters.captured_count + excluded.captured_count, \
+           captured_amount = spend_counters.captured_amount + excluded.captured_amount, \
+           voided_count = spend_counters.voided_count + excluded.voided_count, \
+           voided_amount = spend_counters.voided_amount + excluded.voided_amount, \
+           declined_count = spend_counters.declined_count + excluded.declined_count, \
+           declined_amount = spend_counters.declined_amount + excluded.declined_amount, \
+           updated_at = excluded.updated_at"
+    ))
+    .bind(&p.id)
+    .bind(&p.org_id)
+    .bind(&p.member_id)
+    .bind(&p.reference)
+    .bind(&p.body_hash)
+    .bind(p.amount)
+    .bind(&p.currency)
+    .bind(p.capture)
+    .bind(&p.status)
+    .bind(&p.reason)
+    .bind(&p.day)
+    .bind(&p.month)
+    .bind(p.day_used)
+    .bind(p.month_used)
+    .bind(p.captured_amount)
+    .bind(p.expires_at)
+    .bind(p.settled_at)
+    .bind(&p.response)
+    .bind(p.created_at)
+    .bind(zone)
+    .bind(d.used)
+    .bind(d.held)
+    .bind(d.approved_count)
+    .bind(d.approved_amount)
+    .bind(d.captured_count)
+    .bind(d.captured_amount)
+    .bind(d.voided_count)
+    .bind(d.voided_amount)
+    .bind(d.declined_count)
+    .bind(d.declined_amount)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(n == 2)
 }
 
 pub async fn payment_by_reference(
