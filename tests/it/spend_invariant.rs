@@ -5,7 +5,10 @@
 //! Each seed fires 1,000 authorizations at once. Seed 0 goes over HTTP; the
 //! other seeds call `flows::payments::authorize`, the function the HTTP
 //! handler calls (the transaction under test), so 20 seeds stay within
-//! seconds. Every payment row stores the usage it was decided against
+//! seconds. Seeds have members of their own (one member per seed, or an org
+//! per seed), so [`PARALLEL`] of them run at once, each with its own 1,000
+//! concurrent calls: every member still sees 1,000 racing decisions, and
+//! the machine's cores are busy while one member's calls queue on its row. Every payment row stores the usage it was decided against
 //! (`day_used`, `month_used`), which lets the test prove the decisions
 //! form one serial order: sorted by that usage, each approval's usage is the
 //! sum of the approvals before it, and every decline saw one of those sums.
@@ -23,6 +26,9 @@ use crate::{
 };
 
 const CALLS: usize = 1000;
+const SEEDS: u64 = 20;
+/// Seeds run at once.
+const PARALLEL: usize = 4;
 
 #[derive(Debug, sqlx::FromRow)]
 struct Row {
@@ -35,14 +41,55 @@ struct Row {
     month_used: i64,
 }
 
+/// Run `f` again while the pool times out: other seeds' 1,000 calls may be
+/// queued for every connection (their own calls retry the same way).
+async fn patiently<T, F, Fut>(f: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    loop {
+        match f().await {
+            Err(sqlx::Error::PoolTimedOut) => continue,
+            other => return other.unwrap(),
+        }
+    }
+}
+
 async fn rows(t: &TestApp, org: &str) -> Vec<Row> {
-    approvald::on_db!(&t.app.db, |p| sqlx::query_as::<_, Row>(
-        "SELECT member_id, reference, amount, status, reason, day_used, month_used FROM payments WHERE org_id = $1"
-    )
-    .bind(org)
-    .fetch_all(p)
-    .await)
-    .unwrap()
+    patiently(|| async {
+        approvald::on_db!(&t.app.db, |p| sqlx::query_as::<_, Row>(
+            "SELECT member_id, reference, amount, status, reason, day_used, month_used FROM payments WHERE org_id = $1"
+        )
+        .bind(org)
+        .fetch_all(p)
+        .await)
+    })
+    .await
+}
+
+async fn member_rows(t: &TestApp, member: &str) -> Vec<Row> {
+    patiently(|| async {
+        approvald::on_db!(&t.app.db, |p| sqlx::query_as::<_, Row>(
+            "SELECT member_id, reference, amount, status, reason, day_used, month_used FROM payments WHERE member_id = $1"
+        )
+        .bind(member)
+        .fetch_all(p)
+        .await)
+    })
+    .await
+}
+
+/// `GET .../spending`, again while the pool is busy (a 503).
+async fn spending_patiently(t: &TestApp, org: &str, key: &str, member: &str) -> serde_json::Value {
+    loop {
+        let r = t
+            .get(&format!("/v1/orgs/{org}/members/{member}/spending"), key)
+            .await;
+        if r.status.as_u16() != 503 {
+            return r.expect(200).json();
+        }
+    }
 }
 
 /// Check one member's decisions against `limit` on the day (`monthly` =
@@ -129,9 +176,8 @@ async fn fire(t: &TestApp, org_id: &str, key: &str, seed: u64, calls: Vec<(Strin
         assert_eq!(n, CALLS);
         return;
     }
-    let org = approvald::store::orgs::get(&t.app.db, org_id)
+    let org = patiently(|| approvald::store::orgs::get(&t.app.db, org_id))
         .await
-        .unwrap()
         .unwrap();
     let mut handles = Vec::new();
     for (i, (m, amount, capture)) in calls.into_iter().enumerate() {
@@ -164,39 +210,52 @@ async fn one_member_at_a_daily_limit_20_seeds() {
     let t = spawn().await;
     let (org, key, _) = org_in(&t, "Asia/Shanghai", None).await;
     const LIMIT: i64 = 50_000;
-    let (mut approved, mut declined) = (0, 0);
-    for seed in 0..20u64 {
+    let mut members = Vec::new();
+    for _ in 0..SEEDS {
         let m = member(&t, &org, &key).await;
         set_limits(&t, &org, &m, LIMIT, LIMIT, 10 * LIMIT).await;
-        let mut rng = StdRng::seed_from_u64(seed);
-        let calls = (0..CALLS)
-            .map(|_| (m.clone(), rng.random_range(1..=250), rng.random_bool(0.7)))
-            .collect();
-        fire(&t, &org, &key, seed, calls).await;
-        let all = rows(&t, &org).await;
-        let mine: Vec<&Row> = all.iter().filter(|r| r.member_id == m).collect();
-        assert_eq!(mine.len(), CALLS);
-        let (a, d) = check(&mine, LIMIT, false, 0, &format!("seed {seed}"));
-        assert!(
-            d > 0,
-            "seed {seed}: the limit was never reached, the test proves nothing"
-        );
-        approved += a;
-        declined += d;
-        let s = spending(&t, &org, &key, &m).await;
-        let total = s["used"]["daily"].as_i64().unwrap() + s["held"]["daily"].as_i64().unwrap();
-        assert!(total <= LIMIT, "seed {seed}: counters say {total}");
-        assert_eq!(
-            total,
-            mine.iter()
-                .filter(|r| r.status != "declined")
-                .map(|r| r.amount)
-                .sum::<i64>(),
-            "seed {seed}: counters agree with the decisions"
-        );
+        members.push(m);
     }
+    let one_seed = |seed: u64| {
+        let (t, org, key, m) = (&t, &org, &key, members[seed as usize].clone());
+        async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let calls = (0..CALLS)
+                .map(|_| (m.clone(), rng.random_range(1..=250), rng.random_bool(0.7)))
+                .collect();
+            fire(t, org, key, seed, calls).await;
+            let all = member_rows(t, &m).await;
+            let mine: Vec<&Row> = all.iter().collect();
+            assert_eq!(mine.len(), CALLS);
+            let (a, d) = check(&mine, LIMIT, false, 0, &format!("seed {seed}"));
+            assert!(
+                d > 0,
+                "seed {seed}: the limit was never reached, the test proves nothing"
+            );
+            let s = spending_patiently(t, org, key, &m).await;
+            let total = s["used"]["daily"].as_i64().unwrap() + s["held"]["daily"].as_i64().unwrap();
+            assert!(total <= LIMIT, "seed {seed}: counters say {total}");
+            assert_eq!(
+                total,
+                mine.iter()
+                    .filter(|r| r.status != "declined")
+                    .map(|r| r.amount)
+                    .sum::<i64>(),
+                "seed {seed}: counters agree with the decisions"
+            );
+            (a, d)
+        }
+    };
+    let results: Vec<(usize, usize)> = futures::stream::iter(0..SEEDS)
+        .map(one_seed)
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    assert_eq!(results.len(), SEEDS as usize);
+    let approved: usize = results.iter().map(|r| r.0).sum();
+    let declined: usize = results.iter().map(|r| r.1).sum();
     eprintln!(
-        "invariant 4, one member: 20 seeds x {CALLS} calls: {approved} approved, {declined} declined"
+        "invariant 4, one member: {SEEDS} seeds x {CALLS} calls: {approved} approved, {declined} declined"
     );
     t.finish().await;
 }
@@ -206,63 +265,88 @@ async fn members_of_an_org_at_their_monthly_limits_20_seeds() {
     let t = spawn().await;
     const LIMIT: i64 = 10_000;
     const MEMBERS: usize = 20;
-    let (mut approved, mut declined) = (0, 0);
-    for seed in 0..20u64 {
-        // A fresh org per seed (its members' month starts at zero), each
-        // member having spent part of the month on an earlier day.
-        t.set_time(utc("2026-03-10T02:00:00Z"));
-        let (org, key, _) = org_in(&t, "Asia/Shanghai", None).await;
-        let mut rng = StdRng::seed_from_u64(1000 + seed);
-        let mut base = BTreeMap::new();
-        for i in 0..MEMBERS {
-            let m = member(&t, &org, &key).await;
-            set_limits(&t, &org, &m, LIMIT, LIMIT, LIMIT).await;
-            let spent = rng.random_range(5_000..=8_000);
+    // A fresh org per seed (its members' month starts at zero), each member
+    // having spent part of the month on an earlier day (the 10th); the
+    // seeds' calls then race on the 11th.
+    t.set_time(utc("2026-03-10T02:00:00Z"));
+    let setup = |seed: u64| {
+        let t = &t;
+        async move {
+            let (org, key, _) = org_in(t, "Asia/Shanghai", None).await;
             let o = approvald::store::orgs::get(&t.app.db, &org)
                 .await
                 .unwrap()
                 .unwrap();
-            let a = Authorize {
-                member: m.clone(),
-                amount: spent,
-                reference: format!("base-{i}"),
-                capture: true,
-                body_hash: String::new(),
-            };
-            authorize(&t.app, &o, &a).await.unwrap();
-            base.insert(m, spent);
+            let mut rng = StdRng::seed_from_u64(1000 + seed);
+            let mut base = BTreeMap::new();
+            for i in 0..MEMBERS {
+                let m = member(t, &org, &key).await;
+                set_limits(t, &org, &m, LIMIT, LIMIT, LIMIT).await;
+                let spent = rng.random_range(5_000..=8_000);
+                let a = Authorize {
+                    member: m.clone(),
+                    amount: spent,
+                    reference: format!("base-{i}"),
+                    capture: true,
+                    body_hash: String::new(),
+                };
+                authorize(&t.app, &o, &a).await.unwrap();
+                base.insert(m, spent);
+            }
+            (seed, org, key, base, rng)
         }
-        t.set_time(utc("2026-03-11T02:00:00Z"));
-        let members: Vec<&String> = base.keys().collect();
-        let calls = (0..CALLS)
-            .map(|_| {
-                let m = members[rng.random_range(0..MEMBERS)].clone();
-                (m, rng.random_range(1..=250), rng.random_bool(0.7))
-            })
-            .collect();
-        fire(&t, &org, &key, seed + 1, calls).await;
-        let all = rows(&t, &org).await;
-        let mut any_decline = false;
-        for (m, spent) in &base {
-            let mine: Vec<&Row> = all
-                .iter()
-                .filter(|r| &r.member_id == m && r.reference.starts_with('s'))
-                .collect();
-            let (a, d) = check(
-                &mine,
-                LIMIT,
-                true,
-                *spent,
-                &format!("seed {seed} member {m}"),
-            );
-            any_decline |= d > 0;
-            approved += a;
-            declined += d;
-        }
-        assert!(any_decline, "seed {seed}: no monthly limit was reached");
-    }
+    };
+    let mut seeds: Vec<_> = futures::stream::iter(0..SEEDS)
+        .map(setup)
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    seeds.sort_by_key(|s| s.0);
+    t.set_time(utc("2026-03-11T02:00:00Z"));
+    let one_seed =
+        |(seed, org, key, base, mut rng): (u64, String, String, BTreeMap<String, i64>, StdRng)| {
+            let t = &t;
+            async move {
+                let members: Vec<&String> = base.keys().collect();
+                let calls = (0..CALLS)
+                    .map(|_| {
+                        let m = members[rng.random_range(0..MEMBERS)].clone();
+                        (m, rng.random_range(1..=250), rng.random_bool(0.7))
+                    })
+                    .collect();
+                fire(t, &org, &key, seed + 1, calls).await;
+                let all = rows(t, &org).await;
+                let (mut approved, mut declined, mut any_decline) = (0, 0, false);
+                for (m, spent) in &base {
+                    let mine: Vec<&Row> = all
+                        .iter()
+                        .filter(|r| &r.member_id == m && r.reference.starts_with('s'))
+                        .collect();
+                    let (a, d) = check(
+                        &mine,
+                        LIMIT,
+                        true,
+                        *spent,
+                        &format!("seed {seed} member {m}"),
+                    );
+                    any_decline |= d > 0;
+                    approved += a;
+                    declined += d;
+                }
+                assert!(any_decline, "seed {seed}: no monthly limit was reached");
+                (approved, declined)
+            }
+        };
+    let results: Vec<(usize, usize)> = futures::stream::iter(seeds)
+        .map(one_seed)
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    assert_eq!(results.len(), SEEDS as usize);
+    let approved: usize = results.iter().map(|r| r.0).sum();
+    let declined: usize = results.iter().map(|r| r.1).sum();
     eprintln!(
-        "invariant 4, {MEMBERS} members at monthly limits: 20 seeds x {CALLS} calls: {approved} approved, {declined} declined"
+        "invariant 4, {MEMBERS} members at monthly limits: {SEEDS} seeds x {CALLS} calls: {approved} approved, {declined} declined"
     );
     t.finish().await;
 }
