@@ -209,11 +209,15 @@ impl Bench {
                         Ok(r) => {
                             let status = r.status();
                             let body = r.text().await.unwrap_or_default();
-                            if status == reqwest::StatusCode::OK && body.contains("\"approved\":true") {
+                            if status == reqwest::StatusCode::OK
+                                && body.contains("\"approved\":true")
+                            {
                                 approved.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
-                            if status == reqwest::StatusCode::OK && body.contains("\"approved\":false") {
+                            if status == reqwest::StatusCode::OK
+                                && body.contains("\"approved\":false")
+                            {
                                 declined.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
@@ -282,7 +286,9 @@ impl Bench {
         let secs = t0.elapsed().as_secs_f64();
         profile::on(false);
         let counts = profile::take();
-        let total: u64 = counts.iter().map(|(_, c)| c).sum();
+        let total: u64 = counts.iter().map(|(_, c)| c.0).sum();
+        let db_secs: f64 = counts.iter().map(|(_, c)| c.1).sum();
+        // sqlx does not log BEGIN; it is one more round trip per transaction.
         println!(
             "{label}_statements_per_authorization={:.2}",
             total as f64 / n as f64
@@ -291,8 +297,17 @@ impl Bench {
             "{label}_sequential_authorization_ms={:.3}",
             secs * 1000.0 / n as f64
         );
-        for (sql, c) in counts {
-            eprintln!("  {:6.2} x  {sql}", c as f64 / n as f64);
+        println!(
+            "{label}_sequential_sql_ms={:.3}",
+            db_secs * 1000.0 / n as f64
+        );
+        eprintln!("  per authorization: count, ms (as sqlx times it), statement");
+        for (sql, (c, t)) in counts {
+            eprintln!(
+                "  {:5.2} x {:7.3} ms  {sql}",
+                c as f64 / n as f64,
+                t * 1000.0 / n as f64
+            );
         }
         Ok(())
     }
@@ -372,7 +387,8 @@ mod profile {
     use tracing_subscriber::{Layer, layer::Context, prelude::*};
 
     static ON: AtomicBool = AtomicBool::new(false);
-    static COUNTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+    /// Statement text -> (count, total seconds sqlx measured for it).
+    static COUNTS: Mutex<BTreeMap<String, (u64, f64)>> = Mutex::new(BTreeMap::new());
 
     pub fn on(on: bool) {
         ON.store(on, Ordering::SeqCst);
@@ -382,16 +398,16 @@ mod profile {
         COUNTS.lock().unwrap().clear();
     }
 
-    pub fn take() -> Vec<(String, u64)> {
+    pub fn take() -> Vec<(String, (u64, f64))> {
         let mut v: Vec<_> = std::mem::take(&mut *COUNTS.lock().unwrap())
             .into_iter()
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|b| std::cmp::Reverse(b.1.0));
         v
     }
 
     #[derive(Default)]
-    struct Sql(String, String);
+    struct Sql(String, String, f64);
 
     impl Visit for Sql {
         fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
@@ -399,6 +415,11 @@ mod profile {
                 "summary" => self.0 = v.to_string(),
                 "db.statement" => self.1 = v.to_string(),
                 _ => {}
+            }
+        }
+        fn record_f64(&mut self, f: &tracing::field::Field, v: f64) {
+            if f.name() == "elapsed_secs" {
+                self.2 = v;
             }
         }
         fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
@@ -414,10 +435,17 @@ mod profile {
         fn on_event(&self, e: &Event<'_>, _: Context<'_, S>) {
             let mut sql = Sql::default();
             e.record(&mut sql);
-            let text = if sql.1.trim().is_empty() { sql.0 } else { sql.1 };
+            let text = if sql.1.trim().is_empty() {
+                sql.0
+            } else {
+                sql.1
+            };
             let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
             let text: String = text.chars().take(110).collect();
-            *COUNTS.lock().unwrap().entry(text).or_default() += 1;
+            let mut counts = COUNTS.lock().unwrap();
+            let e = counts.entry(text).or_default();
+            e.0 += 1;
+            e.1 += sql.2;
         }
     }
 
