@@ -200,6 +200,11 @@ pub struct Subject<'a> {
     pub active: bool,
     /// The spec of the member's role; `None` without a role.
     pub role: Option<&'a RoleSpec>,
+    /// The member-level payment permission, when one is in force: set by an
+    /// approved `payment_permission` request (`Some(true)`) or turned off by
+    /// the cleanup of a disable (`Some(false)`). It overrides the role's
+    /// `payment.allowed` for `payment:use_balance`; `None`: the role decides.
+    pub member_payment: Option<bool>,
 }
 
 impl Subject<'_> {
@@ -214,7 +219,9 @@ impl Subject<'_> {
 /// everyone, the super admin too); super admin; admin (not the three
 /// account actions of the super admin); a member never does account
 /// actions, `members:manage` or `logs:view`; otherwise the role decides,
-/// and `data_scope = own` denies another member's data.
+/// and `data_scope = own` denies another member's data. For
+/// `payment:use_balance` the member-level payment permission, when one is in
+/// force, decides instead of the role (DESIGN "Spending limits").
 ///
 /// `org_holds(kind)` says whether the org holds an active grant of `kind`;
 /// it is asked only for a menu that `requires` one. `owner` is only read
@@ -269,6 +276,16 @@ pub fn decide(
         | Action::LogsView => return deny(Reason::AdminOnly),
         _ => {}
     }
+    if action == Action::PaymentUseBalance {
+        let allowed = s
+            .member_payment
+            .unwrap_or_else(|| s.role.is_some_and(|r| r.payment.allowed));
+        return if allowed {
+            allow(Reason::FunctionGrant)
+        } else {
+            deny(Reason::NoGrant)
+        };
+    }
     let Some(role) = s.role else {
         return deny(Reason::NoGrant);
     };
@@ -291,7 +308,6 @@ pub fn decide(
             }
         }
         Action::Menu(m) if role.menus.iter().any(|x| x == m) => allow(Reason::Menu),
-        Action::PaymentUseBalance if role.payment.allowed => allow(Reason::FunctionGrant),
         Action::AdvancedSignIn if role.advanced => allow(Reason::FunctionGrant),
         _ => deny(Reason::NoGrant),
     }
@@ -392,6 +408,7 @@ mod tests {
             kind,
             active: true,
             role,
+            member_payment: None,
         };
         let owner = sub(MemberKind::SuperAdmin, None);
         assert_eq!(
@@ -547,6 +564,51 @@ mod tests {
             kind: MemberKind::Member,
             active: true,
             role: Some(r),
+            member_payment: None,
         }
+    }
+
+    /// The member-level payment permission decides `payment:use_balance`
+    /// over the role, both ways, with or without a role; nothing else.
+    #[test]
+    fn member_payment_overrides_the_role() {
+        let c = Catalog::shipped();
+        let paying = RoleSpec::builtin("purchasing").unwrap();
+        let not_paying = RoleSpec::builtin("engineer").unwrap();
+        assert!(paying.payment.allowed && !not_paying.payment.allowed);
+        let with = |role: Option<&RoleSpec>, member_payment: Option<bool>| {
+            let s = Subject {
+                id: "m",
+                login_id: "m_login",
+                kind: MemberKind::Member,
+                active: true,
+                role,
+                member_payment,
+            };
+            check(&c, &s, "payment:use_balance", None, false)
+        };
+        let yes = (true, "function_grant");
+        let no = (false, "no_grant");
+        assert_eq!(with(Some(&paying), None), yes);
+        assert_eq!(with(Some(&not_paying), None), no);
+        assert_eq!(with(None, None), no);
+        assert_eq!(with(Some(&not_paying), Some(true)), yes);
+        assert_eq!(with(None, Some(true)), yes);
+        assert_eq!(with(Some(&paying), Some(false)), no);
+        // Nothing else follows it.
+        let s = Subject {
+            member_payment: Some(true),
+            ..sub_member(&not_paying)
+        };
+        assert_eq!(
+            check(&c, &s, "prepaid.transfer_out", None, false),
+            (false, "no_grant")
+        );
+        let mut off = s;
+        off.active = false;
+        assert_eq!(
+            check(&c, &off, "payment:use_balance", None, false),
+            (false, "member_disabled")
+        );
     }
 }

@@ -156,24 +156,39 @@ pub struct MemberFacts {
     pub role: Option<String>,
     /// The role's spec (JSON); `None` without a role.
     pub spec: Option<String>,
+    /// The member-level payment override (`member_payment`), if any.
+    pub mp_active: Option<bool>,
+    pub mp_allowed: Option<bool>,
 }
 
 impl MemberFacts {
     pub fn role_spec(&self) -> Result<Option<RoleSpec>, sqlx::Error> {
         self.spec.as_deref().map(decode).transpose()
     }
+
+    /// The member-level payment permission in force, if any: allowed by an
+    /// approved `payment_permission` request, or turned off by the cleanup
+    /// of a disable. `None`: the role decides (no row, or an ended one).
+    pub fn member_payment(&self) -> Option<bool> {
+        match self.mp_active {
+            Some(true) => Some(self.mp_allowed.unwrap_or(false)),
+            _ => None,
+        }
+    }
 }
 
 /// The org's member whose id or login id is `reference`, with its role's
-/// spec, in one query.
+/// spec and its member-level payment override, in one query.
 pub async fn member_facts(
     db: &Db,
     org_id: &str,
     reference: &str,
 ) -> Result<Option<MemberFacts>, sqlx::Error> {
     on_db!(db, |c| sqlx::query_as::<_, MemberFacts>(
-        "SELECT m.id, m.login_id, m.kind, m.status, m.role, r.spec FROM members m \
+        "SELECT m.id, m.login_id, m.kind, m.status, m.role, r.spec, \
+         mp.active AS mp_active, mp.allowed AS mp_allowed FROM members m \
          LEFT JOIN roles r ON r.org_id = m.org_id AND r.name = m.role \
+         LEFT JOIN member_payment mp ON mp.member_id = m.id \
          WHERE m.org_id = $1 AND (m.id = $2 OR m.login_id = $2) \
          ORDER BY m.created_at LIMIT 1"
     )

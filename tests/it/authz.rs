@@ -1174,3 +1174,113 @@ async fn catalog_lists_modules_and_menus() {
     assert_eq!(alcohol["requires"], "alcohol_sales");
     t.finish().await;
 }
+
+/// `payment:use_balance` (and the listing) follows the member-level payment
+/// permission over HTTP: an approved `payment_permission` request allows a
+/// member whose role does not pay, until its grant is revoked; the cleanup
+/// of a disable turns it off for a member whose role pays, and it stays off
+/// after the member is enabled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_permission_decides_use_balance() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Pay Co", "cn").await;
+    let admin = add_member(&t, &org, &key, "admin").await;
+    let eng = id(&add_member_with(&t, &org, &key, json!({"role": "engineer"})).await);
+    let buyer = id(&add_member_with(&t, &org, &key, json!({"role": "purchasing"})).await);
+    let pay = |m: String| {
+        let (t, org, key) = (&t, &org, &key);
+        async move { check(t, org, key, &m, "payment:use_balance", None).await }
+    };
+    let yes = (true, "function_grant".to_string());
+    let no = (false, "no_grant".to_string());
+    assert_eq!(pay(eng.clone()).await, no);
+    assert_eq!(pay(buyer.clone()).await, yes);
+
+    let rid = t
+        .post(
+            &format!("/v1/orgs/{org}/requests"),
+            &key,
+            json!({"kind": "payment_permission", "requester": eng, "remark": "pay suppliers",
+                   "params": {"per_tx": 200, "daily": 500, "monthly": 3000}}),
+        )
+        .await
+        .expect(202)
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_status(&t, &org, &key, &rid, "in_review").await;
+    let rows = wait_emails_final(&t, Duration::from_secs(30)).await;
+    let row = rows
+        .iter()
+        .find(|r| r.recipient == admin["email"].as_str().unwrap())
+        .expect("the admin reviews it");
+    let token = outbox(&t)[&row.id].review_token(&t.base).expect("link");
+    let r = decide(&t, &token, "approve", "").await;
+    assert!(
+        r.status.is_success() || r.status.is_redirection(),
+        "{}",
+        r.text
+    );
+    wait_status(&t, &org, &key, &rid, "approved").await;
+    assert_eq!(pay(eng.clone()).await, yes);
+    assert_listing_matches_checks(&t, &org, &key, &owner, &eng).await;
+    // Nothing else changed for them.
+    assert_eq!(
+        check(&t, &org, &key, &eng, "prepaid.transfer_out", None).await,
+        no
+    );
+    // Revoking the grant ends the member-level permission: the role decides.
+    t.post(
+        &format!("/v1/orgs/{org}/grants/payment_permission/revoke?member={eng}"),
+        &key,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(pay(eng.clone()).await, no);
+    assert_listing_matches_checks(&t, &org, &key, &owner, &eng).await;
+
+    // Disable, cleanup, enable: the role pays, the member does not.
+    t.post_as(
+        &format!("/v1/orgs/{org}/members/{buyer}/disable"),
+        &key,
+        &owner,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    t.drain().await;
+    t.post_as(
+        &format!("/v1/orgs/{org}/members/{buyer}/enable"),
+        &key,
+        &owner,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(pay(buyer.clone()).await, no);
+    assert_eq!(
+        check(&t, &org, &key, &buyer, "orders.delete", None).await,
+        (true, "module_grant".into())
+    );
+    assert_listing_matches_checks(&t, &org, &key, &owner, &buyer).await;
+    let listing = t
+        .get_as(
+            &format!("/v1/orgs/{org}/members/{buyer}/permissions"),
+            &key,
+            &owner,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert!(
+        !listing["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["action"] == "payment:use_balance"),
+        "{listing}"
+    );
+    t.finish().await;
+}

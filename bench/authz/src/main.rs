@@ -329,6 +329,7 @@ fn in_process() -> anyhow::Result<(f64, f64)> {
             kind: m.kind,
             active: m.active,
             role: m.role.map(|r| specs[r]),
+            member_payment: None,
         })
         .collect();
     let ours = |c: &Check| -> bool {

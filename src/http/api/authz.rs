@@ -100,6 +100,7 @@ impl Loaded {
             kind: self.kind,
             active: self.facts.status == store::members::ACTIVE,
             role: self.spec.as_ref(),
+            member_payment: self.facts.member_payment(),
         }
     }
 }
