@@ -17,6 +17,9 @@ pub struct AppInner {
     pub catalog: Catalog,
     pub calendars: crate::domain::calendar::Calendars,
     pub clock: Arc<dyn Clock>,
+    /// What authz checks loaded, by org and authorization revision
+    /// (`flows::authz`).
+    pub authz: crate::flows::authz::AuthzCache,
 }
 
 /// Cheap to clone.

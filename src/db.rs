@@ -27,8 +27,16 @@ pub enum Db {
     Postgres(PgPool),
 }
 
-/// An open transaction on either engine.
-pub enum Tx {
+/// An open transaction on either engine, and the orgs whose authorization
+/// inputs it changed (see [`Tx::authz_changed`]).
+pub struct Tx {
+    /// The engine's transaction (public for [`on_tx!`]).
+    pub conn: TxConn,
+    authz_changed: Vec<String>,
+}
+
+/// The engine's half of a [`Tx`].
+pub enum TxConn {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
 }
@@ -48,12 +56,12 @@ macro_rules! on_db {
 #[macro_export]
 macro_rules! on_tx {
     ($tx:expr, |$c:ident| $body:expr) => {
-        match $tx {
-            $crate::db::Tx::Sqlite(t) => {
+        match &mut ($tx).conn {
+            $crate::db::TxConn::Sqlite(t) => {
                 let $c = &mut **t;
                 $body
             }
-            $crate::db::Tx::Postgres(t) => {
+            $crate::db::TxConn::Postgres(t) => {
                 let $c = &mut **t;
                 $body
             }
@@ -106,11 +114,15 @@ impl Db {
     }
 
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        Ok(match self {
+        let conn = match self {
             // IMMEDIATE: take the write lock at once, so two writers never
             // deadlock upgrading a read lock (SQLITE_BUSY mid-transaction).
-            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+            Db::Sqlite(p) => TxConn::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(p) => TxConn::Postgres(p.begin().await?),
+        };
+        Ok(Tx {
+            conn,
+            authz_changed: Vec::new(),
         })
     }
 
@@ -137,17 +149,53 @@ impl Db {
 }
 
 impl Tx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Sqlite(t) => t.commit().await,
-            Tx::Postgres(t) => t.commit().await,
+    /// Record that this transaction changes an input of the org's
+    /// authorization decisions (a role; a member's kind, role or status; a
+    /// grant; the member-level payment permission). [`commit`](Self::commit)
+    /// bumps the org's row in `authz_revisions`, so every process's next
+    /// authz check reloads what it cached for the org. The bump is deferred
+    /// to the commit so that the row lock it takes on PostgreSQL is the last
+    /// lock the transaction takes: it cannot be part of a lock cycle with
+    /// the member, request or grant rows other writers lock.
+    pub fn authz_changed(&mut self, org_id: &str) {
+        if !self.authz_changed.iter().any(|o| o == org_id) {
+            self.authz_changed.push(org_id.to_string());
+        }
+    }
+
+    /// Bump the revisions recorded by [`authz_changed`](Self::authz_changed)
+    /// (in org order, so two transactions that touch the same orgs lock
+    /// them in the same order), then commit.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let mut orgs = std::mem::take(&mut self.authz_changed);
+        orgs.sort_unstable();
+        for org in &orgs {
+            on_tx!(&mut self, |c| sqlx::query(
+                "UPDATE authz_revisions SET revision = revision + 1 WHERE org_id = $1"
+            )
+            .bind(org)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
+        }
+        match self.conn {
+            TxConn::Sqlite(t) => t.commit().await,
+            TxConn::Postgres(t) => t.commit().await,
         }
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Sqlite(t) => t.rollback().await,
-            Tx::Postgres(t) => t.rollback().await,
+        match self.conn {
+            TxConn::Sqlite(t) => t.rollback().await,
+            TxConn::Postgres(t) => t.rollback().await,
+        }
+    }
+
+    /// The SQLite transaction, if this is one.
+    pub fn sqlite(&mut self) -> Option<&mut Transaction<'static, Sqlite>> {
+        match &mut self.conn {
+            TxConn::Sqlite(t) => Some(t),
+            TxConn::Postgres(_) => None,
         }
     }
 }

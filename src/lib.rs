@@ -121,6 +121,7 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         catalog,
         calendars,
         clock,
+        authz: Default::default(),
     })))
 }
 

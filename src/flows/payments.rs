@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::{
     app::App,
-    db::Tx,
+    db::{Tx, TxConn},
     domain::{
         ids::Locale,
         spending::{self, Currency, Decline, Limits, Periods, Remaining, Usage},
@@ -225,7 +225,7 @@ async fn decision_inputs(
     [day, month]: [&str; 2],
     now: i64,
 ) -> Result<st::Inputs, sqlx::Error> {
-    if let Tx::Postgres(t) = tx {
+    if let TxConn::Postgres(t) = &mut tx.conn {
         let r = st::inputs_releasing(
             t,
             org_id,
@@ -400,7 +400,7 @@ async fn decide(
             ..Delta::default()
         },
     };
-    let inserted = if let Tx::Postgres(t) = &mut tx {
+    let inserted = if let TxConn::Postgres(t) = &mut tx.conn {
         st::insert_payment_bumping(t, &row, tz.name(), delta).await?
     } else if st::insert_payment(&mut tx, &row).await? {
         st::bump(

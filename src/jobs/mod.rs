@@ -84,7 +84,7 @@ pub async fn enqueue<J: Job>(
     let new = app.queue.new_job(job, &opts).context("encoding job")?;
     let now = app.now_ms();
     if app.queue_in_db {
-        let Tx::Sqlite(t) = tx else {
+        let Some(t) = tx.sqlite() else {
             anyhow::bail!(
                 "queue.url = sqlite needs a SQLite database (config validation prevents this)"
             );

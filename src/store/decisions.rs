@@ -492,6 +492,7 @@ async fn apply_grant(
     .await
     .map(|r| r.rows_affected()))
     .context("applying grant")?;
+    tx.authz_changed(&row.org_id);
     let grant_id: String = on_tx!(tx, |c| sqlx::query_scalar(
         "SELECT id FROM grants WHERE org_id = $1 AND kind = $2 AND member_id = $3"
     )

@@ -53,15 +53,18 @@ pub async fn get_tx(
 
 /// Revoke an active grant. Returns whether this call revoked it.
 pub async fn revoke(tx: &mut Tx, id: &str, now: i64) -> Result<bool, sqlx::Error> {
-    let n = on_tx!(tx, |c| {
-        sqlx::query(
-        "UPDATE grants SET status = 'revoked', revoked_at = $1 WHERE id = $2 AND status = 'active'"
+    let org: Option<String> = on_tx!(tx, |c| {
+        sqlx::query_scalar::<_, String>(
+        "UPDATE grants SET status = 'revoked', revoked_at = $1 WHERE id = $2 AND status = 'active' \
+         RETURNING org_id"
     )
     .bind(now)
     .bind(id)
-    .execute(c)
+    .fetch_optional(c)
     .await
-    .map(|r| r.rows_affected())
     })?;
-    Ok(n == 1)
+    if let Some(org) = &org {
+        tx.authz_changed(org);
+    }
+    Ok(org.is_some())
 }

@@ -56,6 +56,7 @@ pub async fn insert(tx: &mut Tx, m: &Member) -> Result<(), sqlx::Error> {
     .await
     .map(|r| r.rows_affected())
     })?;
+    tx.authz_changed(&m.org_id);
     Ok(())
 }
 
@@ -153,6 +154,7 @@ pub async fn update(tx: &mut Tx, m: &Member) -> Result<(), sqlx::Error> {
     .await
     .map(|r| r.rows_affected())
     })?;
+    tx.authz_changed(&m.org_id);
     Ok(())
 }
 
@@ -169,6 +171,9 @@ pub async fn disable(tx: &mut Tx, org_id: &str, id: &str, now: i64) -> Result<bo
     .execute(c)
     .await
     .map(|r| r.rows_affected()))?;
+    if n == 1 {
+        tx.authz_changed(org_id);
+    }
     Ok(n == 1)
 }
 
@@ -184,6 +189,9 @@ pub async fn enable(tx: &mut Tx, org_id: &str, id: &str, now: i64) -> Result<boo
     .execute(c)
     .await
     .map(|r| r.rows_affected()))?;
+    if n == 1 {
+        tx.authz_changed(org_id);
+    }
     Ok(n == 1)
 }
 

@@ -87,6 +87,7 @@ pub async fn put(
     .execute(c)
     .await
     .map(|r| r.rows_affected()))?;
+    tx.authz_changed(org_id);
     Ok(())
 }
 
@@ -143,6 +144,9 @@ pub async fn delete_unused(tx: &mut Tx, org_id: &str, name: &str) -> Result<bool
     .execute(c)
     .await
     .map(|r| r.rows_affected()))?;
+    if n == 1 {
+        tx.authz_changed(org_id);
+    }
     Ok(n == 1)
 }
 
@@ -206,18 +210,4 @@ pub async fn org_granted_kinds(db: &Db, org_id: &str) -> Result<Vec<String>, sql
     .bind(org_id)
     .fetch_all(c)
     .await)
-}
-
-/// Does the whole org hold an active grant of `kind`?
-pub async fn org_holds(db: &Db, org_id: &str, kind: &str) -> Result<bool, sqlx::Error> {
-    let n = on_db!(db, |c| {
-        sqlx::query_scalar::<_, i64>(
-        "SELECT COUNT(*) FROM grants WHERE org_id = $1 AND kind = $2 AND member_id = '' AND status = 'active'"
-    )
-    .bind(org_id)
-    .bind(kind)
-    .fetch_one(c)
-    .await
-    })?;
-    Ok(n > 0)
 }

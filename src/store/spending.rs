@@ -6,7 +6,7 @@
 //! counters. Authorize, capture, void, hold expiry and cleanup all follow it,
 //! so concurrent writers queue on the member instead of deadlocking.
 use crate::{
-    db::{Db, Tx},
+    db::{Db, Tx, TxConn},
     domain::spending::Limits,
     on_db, on_tx,
     store::orgs::Org,
@@ -41,8 +41,8 @@ pub async fn lock_member(
     org_id: &str,
     member_id: &str,
 ) -> Result<Option<LockedMember>, sqlx::Error> {
-    match tx {
-        Tx::Postgres(t) => {
+    match &mut tx.conn {
+        TxConn::Postgres(t) => {
             sqlx::query_as::<_, LockedMember>(
                 "SELECT id, status, role, name, login_id, email, locale FROM members \
                  WHERE id = $1 AND org_id = $2 FOR NO KEY UPDATE",
@@ -52,7 +52,7 @@ pub async fn lock_member(
             .fetch_optional(&mut **t)
             .await
         }
-        Tx::Sqlite(t, ..) => {
+        TxConn::Sqlite(t) => {
             sqlx::query_as::<_, LockedMember>(
                 "UPDATE members SET updated_at = updated_at WHERE id = $1 AND org_id = $2 \
                  RETURNING id, status, role, name, login_id, email, locale",
@@ -84,8 +84,8 @@ pub async fn lock_member_with_org(
         org_currency: Option<String>,
         org_timezone: Option<String>,
     }
-    let row = match tx {
-        Tx::Postgres(t) => {
+    let row = match &mut tx.conn {
+        TxConn::Postgres(t) => {
             sqlx::query_as::<_, Row>(
                 "SELECT m.id, m.status, m.role, m.name, m.login_id, m.email, m.locale, \
                         o.name AS org_name, o.region AS org_region, o.locale AS org_locale, \
@@ -99,7 +99,7 @@ pub async fn lock_member_with_org(
             .fetch_optional(&mut **t)
             .await?
         }
-        Tx::Sqlite(..) => {
+        TxConn::Sqlite(..) => {
             let Some(member) = lock_member(tx, org_id, member_id).await? else {
                 return Ok(None);
             };
@@ -749,6 +749,8 @@ pub async fn put_override(
     .await
     .map(|r| r.rows_affected())
     })?;
+    // `payment:use_balance` reads the override (authz).
+    tx.authz_changed(org_id);
     Ok(())
 }
 
@@ -759,7 +761,7 @@ pub async fn revoke_payment_grant(
     member_id: &str,
     now: i64,
 ) -> Result<u64, sqlx::Error> {
-    on_tx!(tx, |c| sqlx::query(
+    let n = on_tx!(tx, |c| sqlx::query(
         "UPDATE grants SET status = 'revoked', revoked_at = $3 \
          WHERE org_id = $1 AND kind = 'payment_permission' AND member_id = $2 AND status = 'active'"
     )
@@ -768,5 +770,9 @@ pub async fn revoke_payment_grant(
     .bind(now)
     .execute(c)
     .await
-    .map(|r| r.rows_affected()))
+    .map(|r| r.rows_affected()))?;
+    if n > 0 {
+        tx.authz_changed(org_id);
+    }
+    Ok(n)
 }

@@ -1175,6 +1175,240 @@ async fn catalog_lists_modules_and_menus() {
     t.finish().await;
 }
 
+/// A check sent to another server (`base`) of the same database.
+async fn check_on(
+    t: &TestApp,
+    base: &str,
+    org: &str,
+    key: &str,
+    member: &str,
+    action: &str,
+) -> (bool, String) {
+    let r = t
+        .client
+        .post(format!("{base}/v1/orgs/{org}/authz/check"))
+        .bearer_auth(key)
+        .json(&json!({"member": member, "action": action}))
+        .send()
+        .await
+        .expect("check");
+    assert_eq!(r.status().as_u16(), 200, "check {member} {action}");
+    let v: Value = r.json().await.expect("JSON");
+    (
+        v["allowed"].as_bool().expect("allowed"),
+        v["reason"].as_str().expect("reason").to_string(),
+    )
+}
+
+/// Every kind of change committed by one process is seen by the very next
+/// check on another `--role api` process of the same database, which has
+/// already answered (and so loaded) the member before: role edit, role
+/// assignment, kind, member created (after a check for its login id said
+/// `unknown_member`), disable, enable, org grant approved and revoked,
+/// member-level payment permission set, key revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_from_another_process_are_seen_by_the_next_check() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Two Co", "jp").await;
+    let second = approvald::start(
+        t.config.clone(),
+        approvald::Role::Api,
+        Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        std::sync::Arc::new(approvald_workers::SystemClock),
+    )
+    .await
+    .expect("a second api process");
+    let b = format!("http://{}", second.addr.expect("an address"));
+    let buyer = id(&add_member_with(&t, &org, &key, json!({"role": "purchasing"})).await);
+    let on_b = |member: String, action: &'static str| {
+        let (t, b, org, key) = (&t, &b, &org, &key);
+        async move { check_on(t, b, org, key, &member, action).await }
+    };
+    let yes = |r: &str| (true, r.to_string());
+    let no = |r: &str| (false, r.to_string());
+
+    // Role edit.
+    assert_eq!(
+        on_b(buyer.clone(), "orders.delete").await,
+        yes("module_grant")
+    );
+    t.call_as(
+        Method::PUT,
+        &format!("/v1/orgs/{org}/roles/purchasing"),
+        &key,
+        &owner,
+        Some(&json!({"data_scope": "own", "grants": [{"module": "files"}]})),
+    )
+    .await
+    .expect(200);
+    assert_eq!(on_b(buyer.clone(), "orders.delete").await, no("no_grant"));
+    // Role assignment.
+    assert_eq!(
+        on_b(buyer.clone(), "prepaid.transfer_out").await,
+        no("no_grant")
+    );
+    t.call_as(
+        Method::PATCH,
+        &format!("/v1/orgs/{org}/members/{buyer}"),
+        &key,
+        &owner,
+        Some(&json!({"role": "finance"})),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        on_b(buyer.clone(), "prepaid.transfer_out").await,
+        yes("module_grant")
+    );
+    // Member-level payment permission (finance pays; turned off here as the
+    // cleanup of a disable does, then on again as an approval does).
+    assert_eq!(
+        on_b(buyer.clone(), "payment:use_balance").await,
+        yes("function_grant")
+    );
+    let mut tx = t.app.db.begin().await.unwrap();
+    approvald::flows::payments::revoke_member_payment(
+        &mut tx,
+        &org,
+        &buyer,
+        "test",
+        t.app.now_ms(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        on_b(buyer.clone(), "payment:use_balance").await,
+        no("no_grant")
+    );
+    let mut tx = t.app.db.begin().await.unwrap();
+    approvald::flows::payments::set_member_limits(
+        &mut tx,
+        &org,
+        &buyer,
+        "test",
+        None,
+        t.app.now_ms(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        on_b(buyer.clone(), "payment:use_balance").await,
+        yes("function_grant")
+    );
+    // Kind.
+    assert_eq!(on_b(buyer.clone(), "logs:view").await, no("admin_only"));
+    t.call_as(
+        Method::PATCH,
+        &format!("/v1/orgs/{org}/members/{buyer}"),
+        &key,
+        &owner,
+        Some(&json!({"kind": "admin"})),
+    )
+    .await
+    .expect(200);
+    assert_eq!(on_b(buyer.clone(), "logs:view").await, yes("admin"));
+    // A member created after a check for its login id.
+    let newbie = crate::api_util::login("late");
+    assert_eq!(
+        on_b(newbie.clone(), "data:view").await,
+        no("unknown_member")
+    );
+    add_member_with(
+        &t,
+        &org,
+        &key,
+        json!({"login_id": newbie, "role": "engineer"}),
+    )
+    .await;
+    assert_eq!(
+        on_b(newbie.clone(), "files.delete").await,
+        yes("module_grant")
+    );
+    // Disable and enable.
+    t.post_as(
+        &format!("/v1/orgs/{org}/members/{buyer}/disable"),
+        &key,
+        &owner,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    assert_eq!(
+        on_b(buyer.clone(), "logs:view").await,
+        no("member_disabled")
+    );
+    let batch: Value = t
+        .client
+        .post(format!("{b}/v1/orgs/{org}/authz/check-batch"))
+        .bearer_auth(&key)
+        .json(&json!({"checks": [{"member": buyer, "action": "logs:view"}, {"member": newbie, "action": "files.delete"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(batch["results"][0]["reason"], "member_disabled");
+    assert_eq!(batch["results"][1]["reason"], "module_grant");
+    t.drain().await;
+    t.post_as(
+        &format!("/v1/orgs/{org}/members/{buyer}/enable"),
+        &key,
+        &owner,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(on_b(buyer.clone(), "logs:view").await, yes("admin"));
+    // An org grant approved, then revoked.
+    assert_eq!(on_b(owner.clone(), "menu:ftp").await, no("org_not_granted"));
+    reviewer(&t, "two-reviewer@example.com", "en").await;
+    let rid = submit_ftp(&t, &org, &key, "We upload stock by FTP").await;
+    wait_status(&t, &org, &key, &rid, "in_review").await;
+    let rows = wait_emails_final(&t, Duration::from_secs(30)).await;
+    let row = rows
+        .iter()
+        .find(|r| r.recipient == "two-reviewer@example.com")
+        .expect("review mail");
+    let token = outbox(&t)[&row.id].review_token(&t.base).expect("link");
+    let r = decide(&t, &token, "approve", "ok").await;
+    assert!(r.status.is_success(), "{}", r.text);
+    wait_status(&t, &org, &key, &rid, "approved").await;
+    assert_eq!(on_b(owner.clone(), "menu:ftp").await, yes("super_admin"));
+    t.post(
+        &format!("/v1/orgs/{org}/grants/ftp_access/revoke"),
+        &key,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(on_b(owner.clone(), "menu:ftp").await, no("org_not_granted"));
+    // The key revoked (as an operator or another tool would, in the database).
+    approvald::on_db!(&t.app.db, |p| sqlx::query(
+        "UPDATE api_keys SET revoked_at = $1 WHERE hash = $2"
+    )
+    .bind(t.app.now_ms())
+    .bind(approvald::store::keys::hash(&key))
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    let r = t
+        .client
+        .post(format!("{b}/v1/orgs/{org}/authz/check"))
+        .bearer_auth(&key)
+        .json(&json!({"member": owner, "action": "logs:view"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    second.stop();
+    second.wait().await.unwrap();
+    t.finish().await;
+}
+
 /// `payment:use_balance` (and the listing) follows the member-level payment
 /// permission over HTTP: an approved `payment_permission` request allows a
 /// member whose role does not pay, until its grant is revoked; the cleanup

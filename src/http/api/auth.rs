@@ -77,7 +77,7 @@ impl From<ApiError> for AuthRejection {
 }
 
 /// The bearer token of an `Authorization` header, if it has that shape.
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+pub(super) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthorized("send an API key as `Authorization: Bearer <key>`")
     })?;
@@ -101,27 +101,37 @@ impl FromRequestParts<App> for Caller {
         let key = store::keys::authenticate(&app.db, token)
             .await
             .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::unauthorized("the API key is unknown or revoked"))?;
-        let scope = match (key.scope.as_str(), key.org_id) {
+            .ok_or_else(unknown_key)?;
+        Ok(Caller::from_key(key.id, &key.scope, key.org_id)?)
+    }
+}
+
+/// 401: no live key has this value.
+pub(super) fn unknown_key() -> ApiError {
+    ApiError::unauthorized("the API key is unknown or revoked")
+}
+
+impl Caller {
+    /// The caller a live key makes: 403 for an operator key (dashboard only).
+    pub(super) fn from_key(
+        key_id: String,
+        scope: &str,
+        org_id: Option<String>,
+    ) -> Result<Self, ApiError> {
+        let scope = match (scope, org_id) {
             ("platform", _) => CallerScope::Platform,
             ("org", Some(org)) => CallerScope::Org(org),
             ("operator", _) => {
                 return Err(ApiError::forbidden(
                     "an operator key only signs in to the dashboard at /ops/login",
-                )
-                .into());
+                ));
             }
             (other, _) => {
                 return Err(ApiError::internal(anyhow::anyhow!(
-                    "api key {} has an unusable scope {other:?}",
-                    key.id
-                ))
-                .into());
+                    "api key {key_id} has an unusable scope {other:?}"
+                )));
             }
         };
-        Ok(Caller {
-            key_id: key.id,
-            scope,
-        })
+        Ok(Caller { key_id, scope })
     }
 }

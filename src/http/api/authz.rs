@@ -1,24 +1,73 @@
 //! "May this member do this?": `POST /v1/orgs/{org}/authz/check`,
 //! `authz/check-batch` (up to 100) and `GET .../members/{id}/permissions`.
 //!
-//! Every answer is computed from the last committed state (the member, its
-//! role, the org's grants are read for each call; nothing is cached), by the
-//! pure [`crate::domain::authz::decide`].
-use axum::{Json, extract::State, http::HeaderMap};
+//! Every answer is computed from the last committed state by the pure
+//! [`crate::domain::authz::decide`]. A check authenticates its key and reads
+//! the org's authorization revision in one query; the member and the org's
+//! grants come from [`flows::authz`], which reuses what it read at that
+//! revision (every change bumps it) and reads again otherwise. The
+//! permissions listing reads everything afresh.
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{FromRequestParts, State},
+    http::{HeaderMap, request::Parts},
+};
 use serde::{Deserialize, Serialize};
 
-use super::{Caller, CallerScope, body::JsonBody};
+use super::{
+    Caller, CallerScope,
+    auth::{AuthRejection, bearer, unknown_key},
+    body::JsonBody,
+};
 use crate::{
     app::App,
     domain::{
-        authz::{self, Action, Decision, Subject},
+        authz::{self, Action, Decision},
         catalog::Catalog,
         ids::MemberKind,
-        role::RoleSpec,
+    },
+    flows::{
+        self,
+        authz::{Loaded, Member},
     },
     http::{ApiError, ApiResult, extract::ApiPath},
-    store::{self, roles::MemberFacts},
+    store,
 };
+
+/// The org an authz check is for, with its authorization revision, as seen
+/// by the one query that also authenticates the key: 401 without a live
+/// key, 403 for an operator key, 404 for an org that does not exist or that
+/// an org key does not own (exactly as [`Caller::org`]).
+pub struct CheckOrg {
+    id: String,
+    revision: i64,
+}
+
+impl FromRequestParts<App> for CheckOrg {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?.to_string();
+        let ApiPath(org_id) = ApiPath::<String>::from_request_parts(parts, app).await?;
+        let key = store::keys::authenticate_for_org(&app.db, &token, &org_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(unknown_key)?;
+        let caller = Caller::from_key(key.id, &key.scope, key.org_id)?;
+        if let CallerScope::Org(own) = &caller.scope
+            && *own != org_id
+        {
+            return Err(ApiError::not_found("org").into());
+        }
+        let revision = key.revision.ok_or_else(|| ApiError::not_found("org"))?;
+        Ok(Self {
+            id: org_id,
+            revision,
+        })
+    }
+}
 
 /// Most checks in one `check-batch`.
 pub const MAX_BATCH: usize = 100;
@@ -85,45 +134,12 @@ fn validate(prefix: &str, c: CheckIn, catalog: &Catalog) -> ApiResult<Valid> {
     })
 }
 
-/// A member as the decision function sees it (`None`: no such member).
-struct Loaded {
-    facts: MemberFacts,
-    kind: MemberKind,
-    spec: Option<RoleSpec>,
-}
-
-impl Loaded {
-    fn subject(&self) -> Subject<'_> {
-        Subject {
-            id: &self.facts.id,
-            login_id: &self.facts.login_id,
-            kind: self.kind,
-            active: self.facts.status == store::members::ACTIVE,
-            role: self.spec.as_ref(),
-            member_payment: self.facts.member_payment(),
-        }
-    }
-}
-
-/// The org a check is for. An org key names its own org, which exists
-/// (keys reference their org, and orgs are never deleted), so the hot path
-/// skips reading it; anything else goes through [`Caller::org`] (404 for
-/// another org's, exactly as everywhere).
-async fn resolve_org(app: &App, caller: &Caller, org_id: &str) -> ApiResult<String> {
-    match &caller.scope {
-        CallerScope::Org(own) if own == org_id => Ok(own.clone()),
-        _ => Ok(caller.org(app, org_id).await?.id),
-    }
-}
-
-async fn load(app: &App, org_id: &str, reference: &str) -> ApiResult<Option<Loaded>> {
-    let Some(facts) = store::roles::member_facts(&app.db, org_id, reference).await? else {
-        return Ok(None);
-    };
-    let kind =
-        MemberKind::parse(&facts.kind).map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
-    let spec = facts.role_spec()?;
-    Ok(Some(Loaded { facts, kind, spec }))
+/// Is `action` a menu that opens only while the org holds a permission kind?
+fn gated(catalog: &Catalog, action: &str) -> bool {
+    action
+        .strip_prefix("menu:")
+        .and_then(|m| catalog.menu(m))
+        .is_some_and(|m| m.requires.is_some())
 }
 
 fn count(d: Decision) {
@@ -149,34 +165,29 @@ fn answer(v: Valid, who: Option<&Loaded>, d: Decision) -> CheckOut {
 
 pub async fn check(
     State(app): State<App>,
-    caller: Caller,
-    ApiPath(org_id): ApiPath<String>,
+    org: CheckOrg,
     body: JsonBody<CheckIn>,
 ) -> ApiResult<Json<CheckOut>> {
-    let org = resolve_org(&app, &caller, &org_id).await?;
     let v = validate("", body.value, &app.catalog)?;
-    let who = load(&app, &org, &v.member).await?;
+    let who: Member = flows::authz::member(&app, &org.id, org.revision, &v.member).await?;
     let action = Action::parse(&v.action, &app.catalog).expect("validated");
-    // A gated menu asks the org's grants; nothing else does.
-    let gate = match action {
-        Action::Menu(m) => app.catalog.menu(m).and_then(|m| m.requires.clone()),
-        _ => None,
-    };
-    let holds = match (&gate, &who) {
-        (Some(kind), Some(l)) if l.facts.status == store::members::ACTIVE => {
-            store::roles::org_holds(&app.db, &org, kind).await?
+    // A gated menu asks the org's grants (for an active member); nothing
+    // else does.
+    let granted = match &who {
+        Some(l) if l.subject().active && gated(&app.catalog, &v.action) => {
+            flows::authz::granted_kinds(&app, &org.id, org.revision).await?
         }
-        _ => false,
+        _ => Arc::default(),
     };
     let d = authz::decide(
         &app.catalog,
-        who.as_ref().map(Loaded::subject).as_ref(),
+        who.as_deref().map(Loaded::subject).as_ref(),
         action,
         v.owner.as_deref(),
-        |_| holds,
+        |k| granted.iter().any(|g| g == k),
     );
     count(d);
-    Ok(Json(answer(v, who.as_ref(), d)))
+    Ok(Json(answer(v, who.as_deref(), d)))
 }
 
 #[derive(Deserialize)]
@@ -195,11 +206,9 @@ pub struct BatchOut {
 /// before any is answered (one bad check: 422 naming `checks[i].<field>`).
 pub async fn check_batch(
     State(app): State<App>,
-    caller: Caller,
-    ApiPath(org_id): ApiPath<String>,
+    org: CheckOrg,
     body: JsonBody<BatchIn>,
 ) -> ApiResult<Json<BatchOut>> {
-    let org = resolve_org(&app, &caller, &org_id).await?;
     let checks = body.value.checks.unwrap_or_default();
     if checks.is_empty() || checks.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!(
@@ -213,29 +222,24 @@ pub async fn check_batch(
         .map(|(i, c)| validate(&format!("checks[{i}]."), c, &app.catalog))
         .collect::<ApiResult<Vec<_>>>()?;
     // Each distinct member once; the org's grants once, if a gated menu is asked.
-    let mut members: Vec<(String, Option<Loaded>)> = Vec::new();
+    let mut members: Vec<(String, Member)> = Vec::new();
     for v in &valid {
         if !members.iter().any(|(r, _)| *r == v.member) {
-            members.push((v.member.clone(), load(&app, &org, &v.member).await?));
+            let m = flows::authz::member(&app, &org.id, org.revision, &v.member).await?;
+            members.push((v.member.clone(), m));
         }
     }
-    let gated = valid.iter().any(|v| {
-        v.action
-            .strip_prefix("menu:")
-            .and_then(|m| app.catalog.menu(m))
-            .is_some_and(|m| m.requires.is_some())
-    });
-    let held = if gated {
-        store::roles::org_granted_kinds(&app.db, &org).await?
+    let held = if valid.iter().any(|v| gated(&app.catalog, &v.action)) {
+        flows::authz::granted_kinds(&app, &org.id, org.revision).await?
     } else {
-        Vec::new()
+        Arc::default()
     };
     let mut results = Vec::with_capacity(valid.len());
     for v in valid {
         let who = members
             .iter()
             .find(|(r, _)| *r == v.member)
-            .and_then(|(_, l)| l.as_ref());
+            .and_then(|(_, l)| l.as_deref());
         let action = Action::parse(&v.action, &app.catalog).expect("validated");
         let d = authz::decide(
             &app.catalog,
@@ -279,9 +283,10 @@ pub async fn permissions(
     ApiPath((org_id, id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<PermissionsOut>> {
     let m = super::members::load_visible(&app, &caller, &headers, &org_id, &id).await?;
-    let who = load(&app, &m.org_id, &m.id)
+    let facts = store::roles::member_facts(&app.db, &m.org_id, &m.id)
         .await?
         .ok_or_else(|| ApiError::not_found("member"))?;
+    let who = Loaded::from_facts(facts)?;
     let held = store::roles::org_granted_kinds(&app.db, &m.org_id).await?;
     let subject = who.subject();
     let mut items = Vec::new();
