@@ -171,7 +171,8 @@ impl Tx {
         orgs.sort_unstable();
         for org in &orgs {
             on_tx!(&mut self, |c| sqlx::query(
-                "UPDATE authz_revisions SET revision = revision + 1 WHERE org_id = $1"
+                "INSERT INTO authz_revisions (org_id, revision) VALUES ($1, 1) \
+                 ON CONFLICT (org_id) DO UPDATE SET revision = authz_revisions.revision + 1"
             )
             .bind(org)
             .execute(c)

@@ -5,9 +5,8 @@
 -- member-level payment permission. An authz check reads it with the API key
 -- in one indexed query and reuses what it loaded for the same org and
 -- revision; a change committed by any process bumps it, so the next check
--- reloads. The row also says the org exists.
+-- reloads. No row: revision 0 (the first bump inserts it).
 CREATE TABLE authz_revisions (
     org_id   TEXT PRIMARY KEY REFERENCES orgs (id),
     revision BIGINT NOT NULL
 );
-INSERT INTO authz_revisions (org_id, revision) SELECT id, 1 FROM orgs;

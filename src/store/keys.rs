@@ -194,8 +194,10 @@ pub struct KeyForOrg {
     pub id: String,
     pub scope: String,
     pub org_id: Option<String>,
-    /// `authz_revisions.revision` of the named org; `None`: no such org.
-    pub revision: Option<i64>,
+    /// Does the named org exist?
+    pub org_exists: bool,
+    /// `authz_revisions.revision` of the named org (0 before its first change).
+    pub revision: i64,
 }
 
 /// The live key whose hash matches `key`, and the authorization revision of
@@ -211,7 +213,9 @@ pub async fn authenticate_for_org(
     }
     let h = hash(key);
     on_db!(db, |c| sqlx::query_as::<_, KeyForOrg>(
-        "SELECT k.id, k.scope, k.org_id, r.revision FROM api_keys k \
+        "SELECT k.id, k.scope, k.org_id, o.id IS NOT NULL AS org_exists, \
+         COALESCE(r.revision, 0) AS revision FROM api_keys k \
+         LEFT JOIN orgs o ON o.id = $2 \
          LEFT JOIN authz_revisions r ON r.org_id = $2 \
          WHERE k.hash = $1 AND k.revoked_at IS NULL"
     )

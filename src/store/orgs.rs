@@ -35,15 +35,6 @@ pub async fn insert(tx: &mut Tx, org: &Org) -> Result<(), sqlx::Error> {
     .await
     .map(|r| r.rows_affected())
     })?;
-    // Its authorization revision (see `Tx::authz_changed`); the row also
-    // tells an authz check that the org exists.
-    on_tx!(tx, |c| sqlx::query(
-        "INSERT INTO authz_revisions (org_id, revision) VALUES ($1, 1)"
-    )
-    .bind(&org.id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 

@@ -1121,7 +1121,7 @@ async fn bad_checks_are_refused() {
         r.text
     );
     let full = t
-        .post(&batch, &key, json!({"checks": vec![one; 100]}))
+        .post(&batch, &key, json!({"checks": vec![one.clone(); 100]}))
         .await
         .expect(200)
         .json();
@@ -1133,6 +1133,45 @@ async fn bad_checks_are_refused() {
             .iter()
             .all(|r| r["reason"] == "super_admin")
     );
+    // The key and the org, checked by the check's one query: no key or an
+    // unknown one 401, an operator key 403, another org's key or an org
+    // that does not exist 404; the platform key may check any org.
+    let (other_org, other_key, _) = t.create_org("Other Co", "cn").await;
+    let operator = approvald::store::keys::create_operator(&t.app.db, false, t.app.now_ms())
+        .await
+        .unwrap();
+    let unknown = approvald::store::keys::generate();
+    for path in [&single, &batch] {
+        let body = if path == &single {
+            one.clone()
+        } else {
+            json!({"checks": [one.clone()]})
+        };
+        let r = t.call(Method::POST, path, None, Some(&body)).await;
+        assert_eq!(r.status.as_u16(), 401, "{}", r.text);
+        r.assert_problem();
+        assert!(r.headers.contains_key("www-authenticate"));
+        for (k, status) in [(&unknown, 401), (&operator, 403), (&other_key, 404)] {
+            let r = t.post(path, k, body.clone()).await;
+            assert_eq!(r.status.as_u16(), status, "{path}: {}", r.text);
+            r.assert_problem();
+        }
+        let r = t
+            .post(
+                &path.replace(&org, "no-such-org"),
+                &t.platform_key,
+                body.clone(),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 404, "{}", r.text);
+        r.assert_problem();
+        t.post(path, &t.platform_key, body.clone())
+            .await
+            .expect(200);
+        t.post(&path.replace(&org, &other_org), &other_key, body.clone())
+            .await
+            .expect(200);
+    }
     t.finish().await;
 }
 

@@ -61,10 +61,12 @@ impl FromRequestParts<App> for CheckOrg {
         {
             return Err(ApiError::not_found("org").into());
         }
-        let revision = key.revision.ok_or_else(|| ApiError::not_found("org"))?;
+        if !key.org_exists {
+            return Err(ApiError::not_found("org").into());
+        }
         Ok(Self {
             id: org_id,
-            revision,
+            revision: key.revision,
         })
     }
 }
