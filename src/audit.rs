@@ -174,7 +174,7 @@ fn write_canonical(v: &Value, out: &mut String) {
 }
 
 /// What is wrong at the first broken place of a chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Break {
     /// An entry's content no longer matches its hash.
@@ -201,7 +201,8 @@ impl Break {
 }
 
 /// The first break of a chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditProblem)]
 pub struct Problem {
     /// The first `seq` that is wrong (`None`: a row without any `seq`).
     pub seq: Option<i64>,
@@ -212,7 +213,8 @@ pub struct Problem {
 }
 
 /// The outcome of verifying one org's chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditReport)]
 pub struct Report {
     pub org_id: String,
     /// How many entries the chain should have (the head's count, or more if

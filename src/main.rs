@@ -64,6 +64,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LimitsCmd,
     },
+    /// Print the OpenAPI 3.1 description of the HTTP API (JSON) to stdout:
+    /// the same document as `GET /openapi.json` and `docs/openapi.json`.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +140,11 @@ enum CalendarCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Openapi) {
+        // Needs no configuration: the description is compiled in.
+        print!("{}", approvald::http::api::openapi::json());
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load() {
         Ok(c) => c,
         Err(e) => {
@@ -290,6 +298,10 @@ async fn dispatch(cmd: Cmd, config: Config) -> anyhow::Result<()> {
         Cmd::Limits {
             cmd: LimitsCmd::Close { period, zone, at },
         } => limits_close(config, &period, &zone, at.as_deref()).await,
+        Cmd::Openapi => {
+            print!("{}", approvald::http::api::openapi::json());
+            Ok(())
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use super::ids::Locale;
 /// The catalog shipped with the binary.
 pub const SHIPPED: &str = include_str!("../../config/catalog.toml");
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
     pub kinds: Vec<PermissionKind>,
@@ -19,7 +19,7 @@ pub struct Catalog {
     pub menus: Vec<Menu>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Titles {
     pub en: String,
@@ -78,7 +78,7 @@ impl<'de> Deserialize<'de> for Reviewers {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     /// A reviewer decides.
@@ -87,7 +87,7 @@ pub enum Policy {
     AutoApprove,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBreach {
     /// Mail the escalation contacts; the request stays in review.
@@ -98,7 +98,7 @@ pub enum OnBreach {
 }
 
 /// Whom a grant is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// The whole org (a seller capability).
@@ -108,11 +108,13 @@ pub enum Scope {
     Member,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PermissionKind {
     pub key: String,
     pub titles: Titles,
+    /// `platform:<group>` or `org:admins`.
+    #[schema(value_type = String, pattern = "^(org:admins|platform:[A-Za-z0-9_-]{1,64})$")]
     pub reviewers: Reviewers,
     /// Review takes this many business days.
     pub sla_days: u32,
@@ -128,7 +130,7 @@ pub struct PermissionKind {
     pub scope: Scope,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Module {
     pub key: String,
@@ -137,7 +139,7 @@ pub struct Module {
     pub functions: BTreeMap<String, Titles>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Menu {
     pub key: String,

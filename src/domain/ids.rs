@@ -121,7 +121,7 @@ pub fn mask_email(s: &str) -> String {
 }
 
 /// A language we send mail and pages in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Locale {
     #[serde(rename = "en")]
     En,
@@ -205,7 +205,7 @@ pub fn parse_text(
 }
 
 /// Kind of member account within an org.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberKind {
     SuperAdmin,

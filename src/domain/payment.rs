@@ -5,16 +5,20 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::Invalid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Payment limits in minor units: each >= 0, `per_tx <= daily <= monthly`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentSettings {
     /// May the member pay from the shared prepaid balance at all.
     pub allowed: bool,
     /// Largest single payment.
+    #[schema(minimum = 0)]
     pub per_tx: i64,
     /// Most spent in one calendar day of the org's time zone.
+    #[schema(minimum = 0)]
     pub daily: i64,
     /// Most spent in one calendar month of the org's time zone.
+    #[schema(minimum = 0)]
     pub monthly: i64,
 }
 

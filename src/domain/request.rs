@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 
 /// submitted -> in_review -> approved | rejected; submitted | in_review -> cancelled;
 /// submitted -> approved | rejected (automatic policies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestStatus {
     Submitted,

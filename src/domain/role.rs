@@ -8,7 +8,7 @@ use super::{catalog::Catalog, payment::PaymentSettings};
 pub const BUILTIN: [&str; 3] = ["purchasing", "engineer", "finance"];
 
 /// Which data a member may act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DataScope {
     /// Only data the member owns.
@@ -28,7 +28,7 @@ impl DataScope {
 
 /// `{module}` covers every function of the module, including functions added
 /// to the catalog later; `{module, function}` covers that one function only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleGrant {
     pub module: String,
@@ -36,7 +36,8 @@ pub struct RoleGrant {
     pub function: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a role allows; every name is checked against the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleSpec {
     pub data_scope: DataScope,

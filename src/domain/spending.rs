@@ -205,7 +205,8 @@ pub fn decide(active: bool, limits: &Limits, used: Usage, amount: i64) -> Result
 /// What may still be spent: `per_tx` is the largest amount the next
 /// authorization may have (the per-transaction limit, capped by what the
 /// day and the month have left); all zero when payment is not allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
+#[schema(as = SpendRemaining)]
 pub struct Remaining {
     pub per_tx: i64,
     pub daily: i64,

@@ -83,13 +83,17 @@ pub struct Answer {
     pub replayed: bool,
 }
 
-#[derive(Serialize)]
+/// When the org's current day and month end (RFC 3339 UTC).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = SpendResets)]
 pub struct Resets {
     pub daily: String,
     pub monthly: String,
 }
 
-#[derive(Serialize)]
+/// The current day (`2026-02-13`) and month (`2026-02`) in the org's zone.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = SpendPeriods)]
 pub struct PeriodKeys {
     pub daily: String,
     pub monthly: String,
@@ -109,11 +113,19 @@ fn period_keys(p: &Periods) -> PeriodKeys {
     }
 }
 
-#[derive(Serialize)]
-struct AuthorizeOut<'a> {
+/// The answer to `POST .../payments/authorize` (replayed byte for byte for
+/// the same `reference` and body).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = PaymentAuthorization)]
+pub struct AuthorizeOut<'a> {
     id: &'a str,
     approved: bool,
+    /// `approved` (captured at once), `held` (`capture: false`) or `declined`.
+    #[schema(value_type = String, pattern = "^(approved|held|declined)$")]
     status: &'a str,
+    /// Why it was declined: `member_disabled`, `not_allowed`, `per_tx`,
+    /// `daily` or `monthly`.
+    #[schema(value_type = Option<String>)]
     reason: Option<&'static str>,
     member: &'a str,
     amount: i64,
@@ -584,7 +596,8 @@ async fn alert(
 }
 
 /// A payment as capture, void and GET show it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Payment)]
 pub struct PaymentOut {
     pub id: String,
     pub member: String,
@@ -753,7 +766,8 @@ pub async fn payment_view(app: &App, org: &Org, id: &str) -> Result<PaymentOut, 
     Ok(payment_out(p, s.remaining, &cur))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = SpendLimits)]
 pub struct LimitsOut {
     pub allowed: bool,
     pub per_tx: i64,
@@ -761,19 +775,25 @@ pub struct LimitsOut {
     pub monthly: i64,
     /// `role` or `member` (an approved `payment_permission` request, or
     /// cleanup turning payment off).
+    #[schema(value_type = String, pattern = "^(role|member)$")]
     pub source: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = SpendPair)]
 pub struct Pair {
     pub daily: i64,
     pub monthly: i64,
 }
 
-#[derive(Serialize)]
+/// A member's limits, what the current day and month have used and held,
+/// and what is left.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Spending)]
 pub struct SpendingOut {
     pub member: String,
     pub active: bool,
+    #[schema(value_type = String)]
     pub currency: &'static str,
     pub timezone: String,
     pub limits: LimitsOut,

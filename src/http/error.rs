@@ -20,13 +20,55 @@ pub struct ApiError {
     pub source: Option<anyhow::Error>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// Every `slug` an [`ApiError`] (or the connection layer, `http::serve`)
+/// answers with: the problem `type` is `https://approvald.dev/problems/{slug}`.
+/// The OpenAPI description lists these as the `type` values.
+pub const PROBLEM_SLUGS: &[&str] = &[
+    "bad-request",
+    "invalid",
+    "not-found",
+    "conflict",
+    "unauthorized",
+    "forbidden",
+    "internal",
+    "unavailable",
+    "too-large",
+    "unsupported-media-type",
+    "method-not-allowed",
+    "idempotency-key-reused",
+    "reference-reused",
+    "uri-too-long",
+    "header-too-large",
+];
+
+/// An RFC 9457 problem: the body of every error answer
+/// (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://approvald.dev/problems/invalid",
+    "title": "Invalid field",
+    "status": 422,
+    "detail": "login_id: must be 5-20 characters, got 3"
+}))]
+pub struct Problem<'a> {
+    /// What kind of problem: `https://approvald.dev/problems/{slug}`.
     #[serde(rename = "type")]
+    #[schema(schema_with = problem_type)]
     kind: String,
+    /// A short, fixed summary of the kind.
     title: &'a str,
+    /// The HTTP status, repeated.
+    #[schema(minimum = 400, maximum = 599)]
     status: u16,
+    /// What exactly is wrong, naming the field or header.
     detail: &'a str,
+}
+
+fn problem_type() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(crate::http::api::openapi::problem_types()))
+        .build()
 }
 
 impl ApiError {

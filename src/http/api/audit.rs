@@ -11,6 +11,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{Caller, body::JsonBody, json_column, page, time};
 use crate::{
@@ -29,20 +30,33 @@ const MAX_USER_AGENT: usize = 512;
 const MAX_REASON: usize = 256;
 const MAX_METHOD: usize = 32;
 
-#[derive(Deserialize)]
+/// A sign-in an upstream app saw.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = LoginRecord)]
 pub struct LoginIn {
+    /// The member (id or login id).
+    #[schema(min_length = 1)]
     member: String,
+    /// An IPv4 or IPv6 address.
+    #[schema(min_length = 2, max_length = 64)]
     ip: String,
+    /// At most 512 characters.
     #[serde(default)]
+    #[schema(max_length = 512)]
     user_agent: String,
+    /// A lowercase word of at most 32 characters: `password`, `sms`, `wechat`, `sso`, ...
+    #[schema(pattern = "^\\s*[a-z][a-z0-9_-]{0,31}\\s*$")]
     method: String,
     success: bool,
+    /// Why it failed (failed sign-ins only), at most 256 characters.
     #[serde(default)]
+    #[schema(max_length = 256)]
     reason: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Recorded)]
 pub struct Recorded {
     id: String,
 }
@@ -67,6 +81,17 @@ fn parse_method(s: &str) -> Result<String, Invalid> {
     }
 }
 
+/// Record a sign-in (success or failure) in the org's audit log.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/audit/logins",
+    operation_id = "recordLogin",
+    tag = "audit",
+    params(("org" = String, Path, description = "The org's id")),
+    request_body(content = LoginIn, example = json!({"member": "buyer_01", "ip": "203.0.113.7",
+        "user_agent": "Mozilla/5.0", "method": "password", "success": false, "reason": "wrong password"})),
+    responses((status = 201, description = "Recorded", body = Recorded)),
+)]
 pub async fn login(
     State(app): State<App>,
     caller: Caller,
@@ -152,37 +177,54 @@ async fn record_read(
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// `login` or `operation` (empty: both).
     #[serde(default, rename = "type")]
+    #[param(pattern = "^(|login|operation)$")]
     kind: Option<String>,
+    /// Entries by this actor (`key:<id>`, `member:<id>`), at most 128 characters.
     #[serde(default)]
+    #[param(max_length = 128)]
     actor: Option<String>,
+    /// Entries of this action (`member.create`, ...), at most 64 characters.
     #[serde(default)]
+    #[param(max_length = 64)]
     action: Option<String>,
+    /// RFC 3339, inclusive.
     #[serde(default)]
     from: Option<String>,
+    /// RFC 3339, exclusive.
     #[serde(default)]
     to: Option<String>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(max_length = 200)]
     cursor: Option<String>,
+    /// 1-100, default 20.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// A login or operation entry of an org's hash chain.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditEntry)]
 pub struct AuditOut {
     seq: Option<i64>,
     hash: Option<String>,
     prev_hash: Option<String>,
     id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = String, pattern = "^(login|operation)$")]
     kind: String,
     at: String,
     actor: Option<String>,
     action: String,
     target: Option<String>,
+    #[schema(value_type = Object)]
     detail: Value,
     request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,6 +291,14 @@ fn filter_time(name: &'static str, v: Option<&str>) -> ApiResult<Option<i64>> {
 }
 
 /// Newest (highest `seq`) first. `from` is inclusive, `to` exclusive.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/audit",
+    operation_id = "listAudit",
+    tag = "audit",
+    params(("org" = String, Path, description = "The org's id"), super::openapi::ActorHeader, ListQuery),
+    responses((status = 200, description = "One page, newest first (the read is itself audited)", body = page::Page<AuditOut>)),
+)]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
@@ -306,6 +356,16 @@ pub async fn list(
 
 /// `N/N entries valid`, or the first `seq` that was changed, removed,
 /// inserted or reordered.
+/// Verify the org's hash chain.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/audit/verify",
+    operation_id = "verifyAudit",
+    tag = "audit",
+    params(("org" = String, Path, description = "The org's id"), super::openapi::ActorHeader),
+    responses((status = 200, description = "The chain's report (the read is itself audited)", body = Report,
+        example = json!({"org_id": "0194f3b2-7c1e-7d4e-9a5b-1c2d3e4f5a6b", "entries": 12, "valid": 12, "ok": true, "summary": "12/12 entries valid"}))),
+)]
 pub async fn verify(
     State(app): State<App>,
     caller: Caller,

@@ -15,6 +15,7 @@ use axum::{
     http::{HeaderMap, request::Parts},
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     Caller, CallerScope,
@@ -74,21 +75,32 @@ impl FromRequestParts<App> for CheckOrg {
 /// Most checks in one `check-batch`.
 pub const MAX_BATCH: usize = 100;
 
-#[derive(Deserialize)]
+/// May `member` take `action`?
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AuthzCheck)]
 pub struct CheckIn {
-    /// Member id or login id.
+    /// Member id or login id (1-64 characters).
+    #[schema(min_length = 1, max_length = 64, example = "buyer_01")]
     member: String,
+    /// `<module>.<function>`, `menu:<menu>`, `payment:use_balance`,
+    /// `advanced:sign_in`, `data:view`, `data:edit`, `account:overview`,
+    /// `account:close`, `account:switch`, `account:cancel_close`,
+    /// `members:manage` or `logs:view`.
+    #[schema(example = "orders.delete")]
     action: String,
     /// For `data:*`: the member (id or login id) who owns the data; absent
     /// means the checked member's own data.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     owner: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuthzDecision)]
 pub struct CheckOut {
     allowed: bool,
+    #[schema(value_type = String, pattern = "^(super_admin|admin|module_grant|function_grant|menu|no_grant|scope_own_only|member_disabled|admin_only|super_admin_only|org_not_granted|unknown_action|unknown_member)$")]
     reason: &'static str,
     /// The member's id, or the reference as given when it names nobody.
     member: String,
@@ -97,6 +109,7 @@ pub struct CheckOut {
     owner: Option<String>,
     /// The member's kind and role, when the member exists.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<MemberKind>)]
     kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<String>,
@@ -165,6 +178,18 @@ fn answer(v: Valid, who: Option<&Loaded>, d: Decision) -> CheckOut {
     }
 }
 
+/// One authorization check, answered from what is committed now.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/authz/check",
+    operation_id = "authzCheck",
+    tag = "authz",
+    params(("org" = String, Path, description = "The org's id")),
+    request_body(content = CheckIn, example = json!({"member": "buyer_01", "action": "orders.delete"})),
+    responses((status = 200, description = "The decision", body = CheckOut,
+        example = json!({"allowed": true, "reason": "module_grant", "member": "0194f3b2-7c1e-7d4e-9a5b-1c2d3e4f5a6b",
+            "action": "orders.delete", "kind": "member", "role": "buyer"}))),
+)]
 pub async fn check(
     State(app): State<App>,
     org: CheckOrg,
@@ -192,20 +217,34 @@ pub async fn check(
     Ok(Json(answer(v, who.as_deref(), d)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AuthzBatch)]
 pub struct BatchIn {
+    /// 1 to 100 checks.
     #[serde(default, deserialize_with = "super::body::option_objects")]
+    #[schema(value_type = Vec<CheckIn>, required = true, min_items = 1, max_items = 100)]
     checks: Option<Vec<CheckIn>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuthzBatchResult)]
 pub struct BatchOut {
+    /// One per check, in order.
     results: Vec<CheckOut>,
 }
 
 /// Up to [`MAX_BATCH`] checks, answered in order; every check is validated
 /// before any is answered (one bad check: 422 naming `checks[i].<field>`).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/authz/check-batch",
+    operation_id = "authzCheckBatch",
+    tag = "authz",
+    params(("org" = String, Path, description = "The org's id")),
+    request_body = BatchIn,
+    responses((status = 200, description = "The decisions, in order", body = BatchOut)),
+)]
 pub async fn check_batch(
     State(app): State<App>,
     org: CheckOrg,
@@ -256,20 +295,25 @@ pub async fn check_batch(
     Ok(Json(BatchOut { results }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Permission {
     action: String,
+    #[schema(value_type = String, pattern = "^(super_admin|admin|module_grant|function_grant|menu|no_grant|scope_own_only|member_disabled|admin_only|super_admin_only|org_not_granted|unknown_action|unknown_member)$")]
     reason: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = MemberPermissions)]
 pub struct PermissionsOut {
     member: String,
+    #[schema(value_type = MemberKind)]
     kind: String,
+    #[schema(value_type = String, pattern = "^(active|disabled)$")]
     status: String,
     role: Option<String>,
     /// `data:view` / `data:edit` below are for the member's own data; with
     /// `all` they hold for anyone's in the org.
+    #[schema(value_type = crate::domain::role::DataScope)]
     data_scope: &'static str,
     /// Every action the member may take now, complete (never paged).
     items: Vec<Permission>,
@@ -278,6 +322,14 @@ pub struct PermissionsOut {
 /// Every action the member may take now, each with its reason: exactly the
 /// actions whose single `authz/check` (for `data:*`: on the member's own
 /// data) answers allowed.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/members/{id}/permissions",
+    operation_id = "memberPermissions",
+    tag = "authz",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The member's id"), super::openapi::ActorHeader),
+    responses((status = 200, description = "The member's permissions", body = PermissionsOut)),
+)]
 pub async fn permissions(
     State(app): State<App>,
     caller: Caller,

@@ -1,6 +1,7 @@
 //! `GET /v1/catalog` and `GET /v1/calendars/{region}/due`.
 use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::Caller;
 use crate::{
@@ -16,27 +17,49 @@ use crate::{
 };
 
 /// The permission catalog: kinds, modules, menus (any key).
+#[utoipa::path(
+    get,
+    path = "/v1/catalog",
+    operation_id = "getCatalog",
+    tag = "catalog",
+    responses((status = 200, description = "The permission kinds that can be requested, the modules and functions roles grant, the menus", body = Catalog)),
+)]
 pub async fn catalog(State(app): State<App>, _caller: Caller) -> Json<Catalog> {
     Json(app.catalog.clone())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DueQuery {
+    /// The start, RFC 3339 with an offset.
+    #[param(example = "2026-02-13T10:00:00+08:00")]
     from: String,
+    /// Business days to add.
+    #[param(minimum = 0, maximum = 10_000)]
     days: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Due {
     region: String,
     from: String,
     days: u32,
+    /// RFC 3339 in the region's local offset.
     due: String,
 }
 
 /// The due instant of `days` business days from `from` (RFC 3339), in the
 /// region's local offset: the same answer as `approvald calendar due`.
+#[utoipa::path(
+    get,
+    path = "/v1/calendars/{region}/due",
+    operation_id = "calendarDue",
+    tag = "catalog",
+    params(("region" = String, Path, description = "A region with a business calendar (`cn`, `jp`)"), DueQuery),
+    responses((status = 200, description = "The due instant", body = Due,
+        example = json!({"region": "cn", "from": "2026-02-13T10:00:00+08:00", "days": 1, "due": "2026-02-24T10:00:00+08:00"}))),
+)]
 pub async fn due(
     State(app): State<App>,
     _caller: Caller,

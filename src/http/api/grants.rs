@@ -2,6 +2,7 @@
 use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{Caller, opt_time, time};
 use crate::{
@@ -14,12 +15,14 @@ use crate::{
     store::{self, audit, grants::Grant},
 };
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Grant)]
 pub struct GrantOut {
     id: String,
     kind: String,
-    /// The member it is for; absent for the whole org.
+    /// The member it is for; null for the whole org.
     member_id: Option<String>,
+    #[schema(value_type = String, pattern = "^(active|revoked)$")]
     status: String,
     request_id: Option<String>,
     granted_at: String,
@@ -40,19 +43,29 @@ impl From<Grant> for GrantOut {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct GrantList {
     items: Vec<GrantOut>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `true` includes revoked grants.
     #[serde(default)]
     all: Option<bool>,
 }
 
 /// Active grants; `?all=true` includes revoked ones.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/grants",
+    operation_id = "listGrants",
+    tag = "grants",
+    params(("org" = String, Path, description = "The org's id"), ListQuery),
+    responses((status = 200, description = "The org's grants", body = GrantList)),
+)]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
@@ -66,14 +79,27 @@ pub async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RevokeQuery {
     /// For a member-scoped kind: the member (id or login id).
     #[serde(default)]
     member: Option<String>,
 }
 
+/// Revoke a grant (a kind the org, or with `?member=` a member, holds).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/grants/{kind}/revoke",
+    operation_id = "revokeGrant",
+    tag = "grants",
+    params(("org" = String, Path, description = "The org's id"), ("kind" = String, Path, description = "A permission kind"), RevokeQuery),
+    responses(
+        (status = 200, description = "Revoked", body = GrantOut),
+        (status = 409, description = "Already revoked", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn revoke(
     State(app): State<App>,
     caller: Caller,

@@ -9,6 +9,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     Caller,
@@ -27,17 +28,23 @@ use crate::{
     store::{self, audit, members::Member},
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Member)]
 pub struct MemberOut {
     id: String,
     org_id: String,
+    #[schema(pattern = "^[A-Za-z0-9^@_]{5,20}$")]
     login_id: String,
     name: String,
     email: String,
     phone: Option<String>,
+    #[schema(value_type = MemberKind)]
     kind: String,
+    /// The name of one of the org's roles.
     role: Option<String>,
+    #[schema(value_type = Locale)]
     locale: String,
+    #[schema(value_type = String, pattern = "^(active|disabled)$")]
     status: String,
     created_at: String,
     updated_at: String,
@@ -106,19 +113,32 @@ fn parse_kind(s: &str) -> Result<MemberKind, Invalid> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMember {
+    /// 5-20 letters, digits, `^`, `@` or `_`; unique in the org.
+    #[schema(pattern = "^[A-Za-z0-9^@_]{5,20}$", example = "buyer_01")]
     login_id: String,
+    /// 1-100 characters (surrounding spaces trimmed), no control characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// 3-32 characters of digits, spaces and `+ - ( ) .`, at least 3 digits.
     #[serde(default)]
+    #[schema(pattern = "^\\s*[0-9 +().-]{3,32}\\s*$")]
     phone: Option<String>,
+    /// `admin` or `member` (default); only the super admin creates admins.
     #[serde(default)]
+    #[schema(pattern = "^(admin|member)$")]
     kind: Option<String>,
+    /// One of the org's roles.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     role: Option<String>,
+    /// `en`, `zh-CN` or `ja` (any case); default: the org's.
     #[serde(default)]
+    #[schema(pattern = "^([Ee][Nn]|[Zz][Hh]-[Cc][Nn]|[Jj][Aa])$")]
     locale: Option<String>,
 }
 
@@ -140,6 +160,22 @@ fn audit_op<'a>(
     }
 }
 
+/// Add a member (an admin, or the platform key).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/members",
+    operation_id = "createMember",
+    tag = "members",
+    params(("org" = String, Path, description = "The org's id"), super::openapi::ActorHeader),
+    request_body(content = CreateMember, example = json!({
+        "login_id": "buyer_01", "name": "Zhang San", "email": "zhang@acme.example", "role": "purchasing"
+    })),
+    responses(
+        (status = 201, description = "Created", body = MemberOut,
+            links(("GetMember" = (operation_id = "getMember", parameters(("org" = "$response.body#/org_id"), ("id" = "$response.body#/id")))))),
+        (status = 409, description = "The login id is taken, or the org is at `orgs.max_members`", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
@@ -258,15 +294,29 @@ async fn check_room(app: &App, tx: &mut crate::db::Tx, org_id: &str) -> ApiResul
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(max_length = 200)]
     cursor: Option<String>,
+    /// 1-100, default 20.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
+/// The org's members, oldest first (admins and the platform key).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/members",
+    operation_id = "listMembers",
+    tag = "members",
+    params(("org" = String, Path, description = "The org's id"), super::openapi::ActorHeader, ListQuery),
+    responses((status = 200, description = "One page", body = page::Page<MemberOut>)),
+)]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
@@ -312,6 +362,15 @@ pub async fn load_visible(
         .ok_or_else(|| ApiError::not_found("member"))
 }
 
+/// A member (admins; a plain member may read its own record).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/members/{id}",
+    operation_id = "getMember",
+    tag = "members",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The member's id"), super::openapi::ActorHeader),
+    responses((status = 200, description = "The member", body = MemberOut)),
+)]
 pub async fn get(
     State(app): State<App>,
     caller: Caller,
@@ -325,23 +384,45 @@ pub async fn get(
     ))
 }
 
-#[derive(Deserialize)]
+/// Only the fields sent change; `phone` and `role` may be `null` to clear them.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMember {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(format = Email, max_length = 254)]
     email: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, pattern = "^\\s*[0-9 +().-]{3,32}\\s*$")]
     phone: Option<Option<String>>,
+    /// `admin` or `member`; only the super admin changes it.
     #[serde(default)]
+    #[schema(pattern = "^(admin|member)$")]
     kind: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 64)]
     role: Option<Option<String>>,
     #[serde(default)]
+    #[schema(pattern = "^([Ee][Nn]|[Zz][Hh]-[Cc][Nn]|[Jj][Aa])$")]
     locale: Option<String>,
 }
 
+/// Change a member (admins; only the super admin edits admins' kind and
+/// the super admin's record).
+#[utoipa::path(
+    patch,
+    path = "/v1/orgs/{org}/members/{id}",
+    operation_id = "updateMember",
+    tag = "members",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The member's id"), super::openapi::ActorHeader),
+    request_body = UpdateMember,
+    responses(
+        (status = 200, description = "The member as changed", body = MemberOut),
+        (status = 409, description = "The super admin's kind never changes; a disabled member gets no role", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn update(
     State(app): State<App>,
     caller: Caller,
@@ -467,6 +548,17 @@ fn check_may_edit(acting: &Option<ActingMember>, target: MemberKind) -> ApiResul
 /// `cleanup` job queued) in one transaction; every row they own stays (see
 /// [`crate::flows::members`]). Disabling a disabled member changes nothing
 /// and answers the same.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/members/{id}/disable",
+    operation_id = "disableMember",
+    tag = "members",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The member's id"), super::openapi::ActorHeader),
+    responses(
+        (status = 202, description = "Disabled; the cleanup job is queued", body = MemberOut),
+        (status = 409, description = "Nobody disables the super admin", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn disable(
     State(app): State<App>,
     caller: Caller,
@@ -505,6 +597,17 @@ pub async fn disable(
 
 /// Enable a disabled member again, within the member limit. Access only:
 /// what the cleanup cancelled, handed over or revoked stays so.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/members/{id}/enable",
+    operation_id = "enableMember",
+    tag = "members",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The member's id"), super::openapi::ActorHeader),
+    responses(
+        (status = 200, description = "Enabled", body = MemberOut),
+        (status = 409, description = "The org is at `orgs.max_members`", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn enable(
     State(app): State<App>,
     caller: Caller,

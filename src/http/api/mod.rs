@@ -4,10 +4,7 @@
 //! Every change made here writes an `operation` row to `audit_log` in its own
 //! transaction, with the calling key as the actor; every body is validated in
 //! full before a transaction opens, so bad input writes nothing.
-use axum::{
-    Router,
-    routing::{get, post},
-};
+use axum::{Router, handler::Handler, routing};
 use chrono::{DateTime, SecondsFormat};
 
 use crate::app::App;
@@ -22,6 +19,7 @@ mod authz;
 mod catalog;
 mod grants;
 mod members;
+pub mod openapi;
 mod orgs;
 mod payments;
 pub mod requests;
@@ -34,120 +32,128 @@ pub use auth::{Caller, CallerScope};
 pub use grants::GrantOut;
 
 pub fn router() -> Router<App> {
-    Router::new()
-        .route("/v1/catalog", get(catalog::catalog))
-        .route("/v1/calendars/{region}/due", get(catalog::due))
-        .route("/v1/reviewers", post(reviewers::create))
-        .route("/v1/reviewers/{id}", get(reviewers::get))
-        .route("/v1/reviewers/{id}/remove", post(reviewers::remove))
-        .route("/v1/orgs", post(orgs::create))
-        .route("/v1/orgs/{org}", get(orgs::get))
-        .route("/v1/orgs/{org}/keys", post(orgs::create_key))
-        .route(
-            "/v1/orgs/{org}/members",
-            post(members::create).get(members::list),
-        )
-        .route(
-            "/v1/orgs/{org}/members/{id}",
-            get(members::get).patch(members::update),
-        )
-        .route(
-            "/v1/orgs/{org}/members/{id}/disable",
-            post(members::disable),
-        )
-        .route("/v1/orgs/{org}/members/{id}/enable", post(members::enable))
-        .route(
-            "/v1/orgs/{org}/requests",
-            post(requests::submit).get(requests::list),
-        )
-        .route("/v1/orgs/{org}/requests/{id}", get(requests::get))
-        .route(
-            "/v1/orgs/{org}/requests/{id}/cancel",
-            post(requests::cancel),
-        )
-        .route("/v1/orgs/{org}/grants", get(grants::list))
-        .route("/v1/orgs/{org}/grants/{kind}/revoke", post(grants::revoke))
-        .route("/v1/orgs/{org}/audit", get(audit::list))
-        .route("/v1/orgs/{org}/audit/logins", post(audit::login))
-        // Roles and authorization checks (issue 10).
-        .route("/v1/orgs/{org}/roles", get(roles::list))
-        .route(
-            "/v1/orgs/{org}/roles/{name}",
-            get(roles::get).put(roles::put).delete(roles::delete),
-        )
-        .route("/v1/orgs/{org}/authz/check", post(authz::check))
-        .route("/v1/orgs/{org}/authz/check-batch", post(authz::check_batch))
-        .route(
-            "/v1/orgs/{org}/members/{id}/permissions",
-            get(authz::permissions),
-        )
-        .route("/v1/orgs/{org}/audit/verify", get(audit::verify))
-        .merge(webhook_routes())
-        // Spending limits (issue 11).
-        .route(
-            "/v1/orgs/{org}/payments/authorize",
-            post(payments::authorize),
-        )
-        .route("/v1/orgs/{org}/payments/{id}", get(payments::get))
-        .route(
-            "/v1/orgs/{org}/payments/{id}/capture",
-            post(payments::capture),
-        )
-        .route("/v1/orgs/{org}/payments/{id}/void", post(payments::void))
-        .route(
-            "/v1/orgs/{org}/members/{id}/spending",
-            get(payments::spending),
-        )
+    routes().router
 }
 
-/// Webhook endpoints of an org, and platform-wide ones (`/v1/webhooks`).
-fn webhook_routes() -> Router<App> {
+/// Every `(METHOD, path)` the API router serves, e.g. `("POST", "/v1/orgs")`:
+/// a test holds the OpenAPI description to this list.
+pub fn served_routes() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = routes()
+        .served
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The API router, built through [`Routes`] so that each route it serves is
+/// also listed (axum's router cannot be asked).
+fn routes() -> Routes {
     use webhooks as w;
-    Router::new()
-        .route(
-            "/v1/orgs/{org}/webhooks",
-            post(w::org_create).get(w::org_list),
+    Routes::default()
+        .get("/openapi.json", openapi::openapi_json)
+        .get("/v1/catalog", catalog::catalog)
+        .get("/v1/calendars/{region}/due", catalog::due)
+        .post("/v1/reviewers", reviewers::create)
+        .get("/v1/reviewers/{id}", reviewers::get)
+        .post("/v1/reviewers/{id}/remove", reviewers::remove)
+        .post("/v1/orgs", orgs::create)
+        .get("/v1/orgs/{org}", orgs::get)
+        .post("/v1/orgs/{org}/keys", orgs::create_key)
+        .post("/v1/orgs/{org}/members", members::create)
+        .get("/v1/orgs/{org}/members", members::list)
+        .get("/v1/orgs/{org}/members/{id}", members::get)
+        .patch("/v1/orgs/{org}/members/{id}", members::update)
+        .post("/v1/orgs/{org}/members/{id}/disable", members::disable)
+        .post("/v1/orgs/{org}/members/{id}/enable", members::enable)
+        .post("/v1/orgs/{org}/requests", requests::submit)
+        .get("/v1/orgs/{org}/requests", requests::list)
+        .get("/v1/orgs/{org}/requests/{id}", requests::get)
+        .post("/v1/orgs/{org}/requests/{id}/cancel", requests::cancel)
+        .get("/v1/orgs/{org}/grants", grants::list)
+        .post("/v1/orgs/{org}/grants/{kind}/revoke", grants::revoke)
+        .get("/v1/orgs/{org}/audit", audit::list)
+        .post("/v1/orgs/{org}/audit/logins", audit::login)
+        .get("/v1/orgs/{org}/audit/verify", audit::verify)
+        // Roles and authorization checks (issue 10).
+        .get("/v1/orgs/{org}/roles", roles::list)
+        .get("/v1/orgs/{org}/roles/{name}", roles::get)
+        .put("/v1/orgs/{org}/roles/{name}", roles::put)
+        .delete("/v1/orgs/{org}/roles/{name}", roles::delete)
+        .post("/v1/orgs/{org}/authz/check", authz::check)
+        .post("/v1/orgs/{org}/authz/check-batch", authz::check_batch)
+        .get(
+            "/v1/orgs/{org}/members/{id}/permissions",
+            authz::permissions,
         )
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}",
-            get(w::org_get).patch(w::org_update).delete(w::org_delete),
-        )
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}/rotate-secret",
-            post(w::org_rotate),
-        )
-        .route(
-            "/v1/orgs/{org}/webhooks/{id}/deliveries",
-            get(w::org_deliveries),
-        )
-        .route(
+        // Webhook endpoints of an org, and platform-wide ones (`/v1/webhooks`).
+        .post("/v1/orgs/{org}/webhooks", w::org_create)
+        .get("/v1/orgs/{org}/webhooks", w::org_list)
+        .get("/v1/orgs/{org}/webhooks/{id}", w::org_get)
+        .patch("/v1/orgs/{org}/webhooks/{id}", w::org_update)
+        .delete("/v1/orgs/{org}/webhooks/{id}", w::org_delete)
+        .post("/v1/orgs/{org}/webhooks/{id}/rotate-secret", w::org_rotate)
+        .get("/v1/orgs/{org}/webhooks/{id}/deliveries", w::org_deliveries)
+        .get(
             "/v1/orgs/{org}/webhooks/{id}/deliveries/{delivery}",
-            get(w::org_delivery),
+            w::org_delivery,
         )
-        .route(
+        .post(
             "/v1/orgs/{org}/webhooks/{id}/deliveries/{delivery}/redeliver",
-            post(w::org_redeliver),
+            w::org_redeliver,
         )
-        .route(
-            "/v1/webhooks",
-            post(w::platform_create).get(w::platform_list),
-        )
-        .route(
-            "/v1/webhooks/{id}",
-            get(w::platform_get)
-                .patch(w::platform_update)
-                .delete(w::platform_delete),
-        )
-        .route("/v1/webhooks/{id}/rotate-secret", post(w::platform_rotate))
-        .route("/v1/webhooks/{id}/deliveries", get(w::platform_deliveries))
-        .route(
+        .post("/v1/webhooks", w::platform_create)
+        .get("/v1/webhooks", w::platform_list)
+        .get("/v1/webhooks/{id}", w::platform_get)
+        .patch("/v1/webhooks/{id}", w::platform_update)
+        .delete("/v1/webhooks/{id}", w::platform_delete)
+        .post("/v1/webhooks/{id}/rotate-secret", w::platform_rotate)
+        .get("/v1/webhooks/{id}/deliveries", w::platform_deliveries)
+        .get(
             "/v1/webhooks/{id}/deliveries/{delivery}",
-            get(w::platform_delivery),
+            w::platform_delivery,
         )
-        .route(
+        .post(
             "/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
-            post(w::platform_redeliver),
+            w::platform_redeliver,
         )
+        // Spending limits (issue 11).
+        .post("/v1/orgs/{org}/payments/authorize", payments::authorize)
+        .get("/v1/orgs/{org}/payments/{id}", payments::get)
+        .post("/v1/orgs/{org}/payments/{id}/capture", payments::capture)
+        .post("/v1/orgs/{org}/payments/{id}/void", payments::void)
+        .get("/v1/orgs/{org}/members/{id}/spending", payments::spending)
+}
+
+/// A router under construction and the `(METHOD, path)` of each route
+/// added to it. Routes on the same path merge (axum joins their methods).
+#[derive(Default)]
+struct Routes {
+    router: Router<App>,
+    served: Vec<(&'static str, &'static str)>,
+}
+
+macro_rules! method {
+    ($name:ident, $method:literal) => {
+        fn $name<H, T>(mut self, path: &'static str, handler: H) -> Self
+        where
+            H: Handler<T, App>,
+            T: 'static,
+        {
+            self.router = self.router.route(path, routing::$name(handler));
+            self.served.push(($method, path));
+            self
+        }
+    };
+}
+
+impl Routes {
+    method!(get, "GET");
+    method!(post, "POST");
+    method!(put, "PUT");
+    method!(patch, "PATCH");
+    method!(delete, "DELETE");
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.

@@ -2,6 +2,7 @@
 use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::{Caller, body::JsonBody, members::MemberOut, new_id, time};
 use crate::{
@@ -15,33 +16,50 @@ use crate::{
     store::{self, audit, keys::KeyScope, members::Member, orgs::Org},
 };
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrg {
+    /// 1-100 characters (surrounding spaces trimmed), no control characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// A region with a business calendar: `cn` or `jp`.
+    #[schema(example = "cn")]
     region: String,
+    /// `en`, `zh-CN` or `ja` (any case).
+    #[schema(pattern = "^([Ee][Nn]|[Zz][Hh]-[Cc][Nn]|[Jj][Aa])$")]
     locale: String,
     /// IANA zone of the org's spending periods; default: the region calendar's.
     #[serde(default)]
+    #[schema(example = "Asia/Shanghai", max_length = 64)]
     timezone: Option<String>,
     /// ISO 4217; default: `payments.currency`.
     #[serde(default)]
+    #[schema(pattern = "^[A-Z]{3}$", example = "CNY")]
     currency: Option<String>,
     #[serde(deserialize_with = "super::body::object")]
     owner: OwnerIn,
 }
 
-#[derive(Deserialize)]
+/// The org's owner: its super admin.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnerIn {
+    #[schema(pattern = "^[A-Za-z0-9^@_]{5,20}$")]
     login_id: String,
+    /// 1-100 characters (surrounding spaces trimmed), no control characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// A mail address (at most 254 characters).
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// 3-32 characters of digits, spaces and `+ - ( ) .`, at least 3 digits.
     #[serde(default)]
+    #[schema(pattern = "^\\s*[0-9 +().-]{3,32}\\s*$")]
     phone: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Org)]
 pub struct OrgOut {
     id: String,
     name: String,
@@ -50,6 +68,7 @@ pub struct OrgOut {
     timezone: String,
     currency: String,
     created_at: String,
+    /// Only in the answer to create.
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<MemberOut>,
 }
@@ -95,6 +114,23 @@ pub fn parse_region(app: &App, s: &str) -> Result<Region, ApiError> {
     Ok(region)
 }
 
+/// Create an org with its owner (the super admin) and the built-in roles
+/// (platform key).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs",
+    operation_id = "createOrg",
+    tag = "orgs",
+    request_body(content = CreateOrg, example = json!({
+        "name": "Acme Trading", "region": "cn", "locale": "zh-CN",
+        "owner": {"login_id": "acme_owner", "name": "Li Wei", "email": "li@acme.example"}
+    })),
+    responses(
+        (status = 201, description = "Created, with its owner", body = OrgOut,
+            links(("GetOrg" = (operation_id = "getOrg", parameters(("org" = "$response.body#/id")))),
+                  ("CreateOrgKey" = (operation_id = "createOrgKey", parameters(("org" = "$response.body#/id")))))),
+    ),
+)]
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
@@ -179,6 +215,14 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}",
+    operation_id = "getOrg",
+    tag = "orgs",
+    params(("org" = String, Path, description = "The org's id")),
+    responses((status = 200, description = "The org", body = OrgOut)),
+)]
 pub async fn get(
     State(app): State<App>,
     caller: Caller,
@@ -188,16 +232,27 @@ pub async fn get(
     Ok(Json(OrgOut::new(&app, org, None)))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = OrgKey)]
 pub struct KeyOut {
     id: String,
+    /// The key itself, shown this once.
     key: String,
+    #[schema(value_type = String, pattern = "^org$")]
     scope: &'static str,
     org_id: String,
     created_at: String,
 }
 
 /// A new key for the org, shown once (platform keys only).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/keys",
+    operation_id = "createOrgKey",
+    tag = "orgs",
+    params(("org" = String, Path, description = "The org's id")),
+    responses((status = 201, description = "The new key, shown once", body = KeyOut)),
+)]
 pub async fn create_key(
     State(app): State<App>,
     caller: Caller,

@@ -12,6 +12,7 @@ use axum::{
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use super::{Caller, CallerScope, body::JsonBody};
 use crate::{
@@ -41,13 +42,23 @@ impl From<PayError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PaymentAuthorize)]
 pub struct AuthorizeIn {
+    /// The paying member (id or login id).
+    #[schema(min_length = 1)]
     member: String,
+    /// Minor units, 1 to 10^15.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     amount: i64,
+    /// ISO 4217: the org's currency.
+    #[schema(pattern = "^[A-Z]{3}$", example = "CNY")]
     currency: String,
+    /// Your idempotency key for this payment: 1-128 visible ASCII characters.
+    #[schema(pattern = "^[!-~]{1,128}$")]
     reference: String,
+    /// `false`: only hold the amount (capture or void it later); default `true`.
     #[serde(default)]
     capture: Option<bool>,
 }
@@ -90,6 +101,25 @@ fn json_response(status: StatusCode, body: String, replayed: bool) -> Response {
     resp
 }
 
+/// Authorize a payment from the shared balance against the member's limits:
+/// approved (or held) and counted, or declined with the reason. The same
+/// `reference` with the same body replays the first answer.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/payments/authorize",
+    operation_id = "authorizePayment",
+    tag = "payments",
+    params(("org" = String, Path, description = "The org's id")),
+    request_body(content = AuthorizeIn, example = json!({"member": "buyer_01", "amount": 12800, "currency": "CNY", "reference": "order-20260213-0001"})),
+    responses(
+        (status = 200, description = "The decision (`approved: false` with a `reason` when declined)",
+            body = crate::flows::payments::AuthorizeOut,
+            headers(("idempotent-replayed" = String, description = "`true` when this is the stored first answer")),
+            links(("GetPayment" = (operation_id = "getPayment", parameters(("org" = "$request.path.org"), ("id" = "$response.body#/id")))))),
+        (status = 409, description = "The `reference` was used for another body (`reference-reused`), or the member changed under the call",
+            body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn authorize(
     State(app): State<App>,
     caller: Caller,
@@ -131,15 +161,21 @@ pub async fn authorize(
     Ok(json_response(StatusCode::OK, answer.body, answer.replayed))
 }
 
-#[derive(Deserialize, Default)]
+/// Optional: no body captures the whole hold.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PaymentCapture)]
 pub struct CaptureIn {
+    /// Capture less than the hold (minor units, at most the held amount).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     amount: Option<i64>,
 }
 
-#[derive(Deserialize, Default)]
+/// Optional, and empty when sent.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PaymentVoid)]
 pub struct VoidIn {}
 
 /// An optional JSON body: none at all, or a JSON object (checked as
@@ -165,6 +201,19 @@ async fn optional_body<T: DeserializeOwned + Default>(
     Ok(b.value)
 }
 
+/// Capture a hold (all of it, or `amount` of it).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/payments/{id}/capture",
+    operation_id = "capturePayment",
+    tag = "payments",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The payment's id")),
+    request_body(content = Option<CaptureIn>, description = "Optional"),
+    responses(
+        (status = 200, description = "Captured", body = crate::flows::payments::PaymentOut),
+        (status = 409, description = "Not a live hold", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn capture(
     State(app): State<App>,
     caller: Caller,
@@ -178,6 +227,19 @@ pub async fn capture(
     Ok(Json(flow::settle(&app, &org, &id, Some(amount)).await?))
 }
 
+/// Void a hold: its amount no longer counts.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/payments/{id}/void",
+    operation_id = "voidPayment",
+    tag = "payments",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The payment's id")),
+    request_body(content = Option<VoidIn>, description = "Optional"),
+    responses(
+        (status = 200, description = "Voided", body = crate::flows::payments::PaymentOut),
+        (status = 409, description = "Not a live hold", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn void(
     State(app): State<App>,
     caller: Caller,
@@ -190,6 +252,14 @@ pub async fn void(
     Ok(Json(flow::settle(&app, &org, &id, None).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/payments/{id}",
+    operation_id = "getPayment",
+    tag = "payments",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The payment's id")),
+    responses((status = 200, description = "The payment", body = crate::flows::payments::PaymentOut)),
+)]
 pub async fn get(
     State(app): State<App>,
     caller: Caller,
@@ -199,6 +269,15 @@ pub async fn get(
     Ok(Json(flow::payment_view(&app, &org, &id).await?))
 }
 
+/// The member's limits and spending in the current day and month.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/members/{id}/spending",
+    operation_id = "memberSpending",
+    tag = "payments",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The member's id")),
+    responses((status = 200, description = "Limits, used, held and remaining", body = crate::flows::payments::SpendingOut)),
+)]
 pub async fn spending(
     State(app): State<App>,
     caller: Caller,

@@ -11,6 +11,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{Caller, body::JsonBody, json_column, new_id, opt_time, page, time};
 use crate::{
@@ -38,28 +39,47 @@ pub const MAX_DOCUMENTS: usize = 10;
 pub const MAX_URL: usize = 2000;
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SubmitRequest)]
 pub struct Submit {
+    /// A permission kind of the catalog (`GET /v1/catalog`).
+    #[schema(example = "ftp_access")]
     kind: String,
+    /// The requesting member (id or login id, an active member); required
+    /// for kinds granted per member.
     #[serde(default)]
+    #[schema(max_length = 64)]
     requester: Option<String>,
+    /// Why: 1-2000 characters (surrounding spaces trimmed); newlines and tabs
+    /// allowed, other control characters not.
+    #[schema(min_length = 1, max_length = 2000)]
     remark: String,
+    /// At most 10.
     #[serde(default, deserialize_with = "super::body::option_objects")]
+    #[schema(max_items = 10)]
     documents: Option<Vec<Document>>,
     /// Kind-specific parameters, e.g. the limits a `payment_permission`
-    /// request asks for.
+    /// request asks for; at most 4096 bytes of JSON.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     params: Option<serde_json::Map<String, Value>>,
 }
 
 /// An attached document: a link the reviewer opens.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
+    /// 1-64 letters, digits, `_` or `-`, e.g. `liquor_licence`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^\\s*[A-Za-z0-9_-]{1,64}\\s*$")]
     pub kind: String,
+    /// 1-200 characters on one line.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    /// An `https://` URL with a host, no credentials, spaces or control
+    /// characters, at most 2000 characters.
+    #[schema(max_length = 2000, pattern = "^\\s*[Hh][Tt][Tt][Pp][Ss]://")]
     pub url: String,
 }
 
@@ -205,10 +225,14 @@ pub fn body_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(canon.as_bytes()))
 }
 
-#[derive(Serialize)]
+/// The answer to a submission.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SubmittedRequest)]
 struct Submitted<'a> {
     id: &'a str,
+    /// The request number the org sees, e.g. `R000001`.
     number: &'a str,
+    #[schema(value_type = String, pattern = "^submitted$")]
     status: &'static str,
     kind: &'a str,
     sla_due_at: String,
@@ -315,6 +339,26 @@ async fn validate<'a>(app: &'a App, org: &Org, b: Submit) -> ApiResult<Valid<'a>
     })
 }
 
+/// Submit a permission request: `202` with its number and SLA due time; the
+/// review job runs next.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/requests",
+    operation_id = "submitRequest",
+    tag = "requests",
+    params(("org" = String, Path, description = "The org's id"), super::openapi::IdempotencyHeader),
+    request_body(content = Submit, example = json!({"kind": "ftp_access", "remark": "We sync stock every night over FTP"})),
+    responses(
+        (status = 202, description = "Accepted (or the first answer again, replayed for the same `Idempotency-Key`)",
+            body = Submitted,
+            headers(("idempotent-replayed" = String, description = "`true` when this is the stored first answer")),
+            links(("GetRequest" = (operation_id = "getRequest", parameters(("org" = "$request.path.org"), ("id" = "$response.body#/id")))),
+                  ("CancelRequest" = (operation_id = "cancelRequest", parameters(("org" = "$request.path.org"), ("id" = "$response.body#/id"))))),
+            example = json!({"id": "0194f3b2-7c1e-7d4e-9a5b-1c2d3e4f5a6b", "number": "R000001", "status": "submitted",
+                "kind": "ftp_access", "sla_due_at": "2026-02-16T02:00:00.000Z", "created_at": "2026-02-13T02:00:00.000Z"})),
+        (status = 409, description = "A request with this `Idempotency-Key` is in progress; retry", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn submit(
     State(app): State<App>,
     caller: Caller,
@@ -443,11 +487,13 @@ pub async fn submit(
     Ok(json_response(StatusCode::ACCEPTED, answer))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = RequestSummary)]
 pub struct Summary {
     id: String,
     number: String,
     kind: String,
+    #[schema(value_type = RequestStatus)]
     status: String,
     requester_id: Option<String>,
     remark: String,
@@ -474,20 +520,36 @@ impl From<Request> for Summary {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only requests in this status (empty: any).
     #[serde(default)]
+    #[param(pattern = "^(|submitted|in_review|approved|rejected|cancelled)$")]
     status: Option<String>,
+    /// Only requests of this catalog kind (empty: any).
     #[serde(default)]
     kind: Option<String>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(max_length = 200)]
     cursor: Option<String>,
+    /// 1-100, default 20.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
 /// The org's history, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/requests",
+    operation_id = "listRequests",
+    tag = "requests",
+    params(("org" = String, Path, description = "The org's id"), ListQuery),
+    responses((status = 200, description = "One page", body = page::Page<Summary>)),
+)]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
@@ -527,23 +589,32 @@ pub async fn list(
     )))
 }
 
-#[derive(Serialize)]
+/// One step of a request's history.
+#[derive(Serialize, ToSchema)]
+#[schema(as = RequestEvent)]
 pub struct EventOut {
+    /// `submitted`, `in_review`, `approved`, `cancelled`, `reminded`, ...
     #[serde(rename = "type")]
     kind: String,
     at: String,
+    /// `key:<id>`, `member:<id>`, `reviewer:<id>` or `system`.
     actor: Option<String>,
+    #[schema(value_type = Object)]
     detail: Value,
 }
 
-#[derive(Serialize)]
+/// A request with its whole history.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Request)]
 pub struct Detail {
     id: String,
     number: String,
     kind: String,
+    #[schema(value_type = RequestStatus)]
     status: String,
     requester_id: Option<String>,
     remark: String,
+    #[schema(value_type = Vec<Document>)]
     documents: Value,
     sla_days: i64,
     sla_due_at: String,
@@ -611,6 +682,14 @@ fn detail_from(r: Request, events: Vec<store::requests::Event>) -> Detail {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/requests/{id}",
+    operation_id = "getRequest",
+    tag = "requests",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The request's id")),
+    responses((status = 200, description = "The request and its events", body = Detail)),
+)]
 pub async fn get(
     State(app): State<App>,
     caller: Caller,
@@ -625,6 +704,17 @@ pub async fn get(
 
 /// Cancel a request still `submitted` or `in_review`; its review links stop
 /// working at once. 409 (naming the status) once it is decided or cancelled.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/requests/{id}/cancel",
+    operation_id = "cancelRequest",
+    tag = "requests",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The request's id")),
+    responses(
+        (status = 200, description = "Cancelled", body = Detail),
+        (status = 409, description = "Already decided or cancelled", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn cancel(
     State(app): State<App>,
     caller: Caller,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::{Caller, body::JsonBody, new_id, time};
 use crate::{
@@ -20,23 +21,36 @@ use crate::{
 
 pub const MAX_GROUPS: usize = 20;
 
-#[derive(Deserialize)]
+/// A platform reviewer; groups name who reviews which kinds
+/// (`platform:<group>` in the catalog). At most 20 distinct groups in all.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateReviewer {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// 1-100 characters (surrounding spaces trimmed), no control characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// `en`, `zh-CN` or `ja` (any case).
+    #[schema(pattern = "^([Ee][Nn]|[Zz][Hh]-[Cc][Nn]|[Jj][Aa])$")]
     locale: String,
+    /// Each 1-64 letters, digits, `_` or `-`; at least one group (here or
+    /// in `lead_groups`).
     groups: Vec<String>,
+    /// Groups in which the reviewer is a lead (escalations); each is a group too.
     #[serde(default)]
     lead_groups: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Reviewer)]
 pub struct ReviewerOut {
     id: String,
     email: String,
     name: String,
+    #[schema(value_type = Locale)]
     locale: String,
+    #[schema(value_type = String, pattern = "^(active|removed)$")]
     status: String,
     groups: Vec<String>,
     lead_groups: Vec<String>,
@@ -101,6 +115,15 @@ pub fn memberships(groups: &[String], leads: &[String]) -> Result<Vec<Membership
         .collect())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/reviewers",
+    operation_id = "createReviewer",
+    tag = "reviewers",
+    request_body(content = CreateReviewer, example = json!({"email": "rev@platform.example", "name": "Rita", "locale": "en", "groups": ["marketplace"]})),
+    responses((status = 201, description = "Created", body = ReviewerOut,
+        links(("GetReviewer" = (operation_id = "getReviewer", parameters(("id" = "$response.body#/id"))))))),
+)]
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
@@ -146,6 +169,14 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(ReviewerOut::new(r, &groups))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/reviewers/{id}",
+    operation_id = "getReviewer",
+    tag = "reviewers",
+    params(("id" = String, Path, description = "The reviewer's id")),
+    responses((status = 200, description = "The reviewer", body = ReviewerOut)),
+)]
 pub async fn get(
     State(app): State<App>,
     caller: Caller,
@@ -161,6 +192,15 @@ pub async fn get(
 /// `POST /v1/reviewers/{id}/remove` (platform): the reviewer gets no new
 /// assignments and every live review link they hold stops working at once.
 /// The row and their past decisions stay.
+/// Take a reviewer off duty: their live review links stop working at once.
+#[utoipa::path(
+    post,
+    path = "/v1/reviewers/{id}/remove",
+    operation_id = "removeReviewer",
+    tag = "reviewers",
+    params(("id" = String, Path, description = "The reviewer's id")),
+    responses((status = 200, description = "Removed", body = ReviewerOut)),
+)]
 pub async fn remove(
     State(app): State<App>,
     caller: Caller,

@@ -8,6 +8,7 @@ use axum::{
 };
 use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::{
     Caller,
@@ -18,16 +19,24 @@ use super::{
 };
 use crate::{
     app::App,
-    domain::role::{BUILTIN, RoleSpec},
+    domain::{
+        payment::PaymentSettings,
+        role::{BUILTIN, DataScope, RoleGrant, RoleSpec},
+    },
     http::{ApiError, ApiResult, extract::ApiPath},
     store::{self, audit, roles::Role},
 };
 
-#[derive(Serialize)]
+/// A role: its name, its [`RoleSpec`] fields, and how it is used.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Role)]
 pub struct RoleOut {
     name: String,
-    #[serde(flatten)]
-    spec: RoleSpec,
+    data_scope: DataScope,
+    grants: Vec<RoleGrant>,
+    menus: Vec<String>,
+    payment: PaymentSettings,
+    advanced: bool,
     /// One of the roles every org starts with.
     builtin: bool,
     /// How many members (active or disabled) hold it.
@@ -40,14 +49,18 @@ impl From<Role> for RoleOut {
         Self {
             builtin: BUILTIN.contains(&r.name.as_str()),
             name: r.name,
-            spec: r.spec,
+            data_scope: r.spec.data_scope,
+            grants: r.spec.grants,
+            menus: r.spec.menus,
+            payment: r.spec.payment,
+            advanced: r.spec.advanced,
             members: r.members,
             updated_at: time(r.updated_at),
         }
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RoleList {
     items: Vec<RoleOut>,
 }
@@ -64,6 +77,15 @@ async fn org_for_admin(
     Ok((org, acting))
 }
 
+/// The org's roles (admins and the platform key).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/roles",
+    operation_id = "listRoles",
+    tag = "roles",
+    params(("org" = String, Path, description = "The org's id"), super::openapi::ActorHeader),
+    responses((status = 200, description = "Every role of the org", body = RoleList)),
+)]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
@@ -77,6 +99,14 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/roles/{name}",
+    operation_id = "getRole",
+    tag = "roles",
+    params(("org" = String, Path, description = "The org's id"), ("name" = String, Path, description = "The role's name"), super::openapi::ActorHeader),
+    responses((status = 200, description = "The role", body = RoleOut)),
+)]
 pub async fn get(
     State(app): State<App>,
     caller: Caller,
@@ -97,6 +127,25 @@ fn role_name(s: &str) -> ApiResult<String> {
 
 /// Create (201) or replace (200) the role: data scope, grants, menus,
 /// payment and advanced, every name checked against the catalog.
+#[utoipa::path(
+    put,
+    path = "/v1/orgs/{org}/roles/{name}",
+    operation_id = "putRole",
+    tag = "roles",
+    params(("org" = String, Path, description = "The org's id"),
+        ("name" = String, Path, description = "1-64 characters, no control characters or `/`", min_length = 1, max_length = 64),
+        super::openapi::ActorHeader),
+    request_body(content = RoleSpec, example = json!({
+        "data_scope": "own", "grants": [{"module": "orders"}, {"module": "files", "function": "download"}],
+        "menus": ["items", "ftp"], "payment": {"allowed": true, "per_tx": 50000, "daily": 200000, "monthly": 1000000},
+        "advanced": false
+    })),
+    responses(
+        (status = 200, description = "Replaced (or unchanged)", body = RoleOut),
+        (status = 201, description = "Created", body = RoleOut,
+            links(("GetRole" = (operation_id = "getRole", parameters(("org" = "$request.path.org"), ("name" = "$response.body#/name")))))),
+    ),
+)]
 pub async fn put(
     State(app): State<App>,
     caller: Caller,
@@ -149,6 +198,17 @@ pub async fn put(
 }
 
 /// 204; 409 while any member (active or disabled) holds the role.
+#[utoipa::path(
+    delete,
+    path = "/v1/orgs/{org}/roles/{name}",
+    operation_id = "deleteRole",
+    tag = "roles",
+    params(("org" = String, Path, description = "The org's id"), ("name" = String, Path, description = "The role's name"), super::openapi::ActorHeader),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, description = "A member holds the role", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn delete(
     State(app): State<App>,
     caller: Caller,

@@ -8,6 +8,7 @@
 use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{Caller, body::JsonBody, json_column, new_id, opt_time, page, time};
 use crate::{
@@ -82,13 +83,15 @@ struct EndpointRow {
 const ENDPOINT_COLUMNS: &str = "id, org_id, url, events, description, enabled, disabled_reason, disabled_at, \
      previous_expires_at, failing_since, last_success_at, created_at, updated_at";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = WebhookEndpoint)]
 pub struct EndpointOut {
     id: String,
-    /// Absent for a platform-wide endpoint.
+    /// Null for a platform-wide endpoint.
     org_id: Option<String>,
     url: String,
     /// Event types, or `["*"]` for all.
+    #[schema(value_type = Vec<String>)]
     events: Value,
     description: String,
     enabled: bool,
@@ -132,27 +135,41 @@ fn audit_view(r: &EndpointRow) -> Value {
     json!({"url": r.url, "events": json_column(&r.events), "description": r.description, "enabled": r.enabled})
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = WebhookCreate)]
 pub struct Create {
+    /// An `https://` URL of a public host (checked again at each delivery).
+    #[schema(example = "https://shop.example.com/hooks/approvald")]
     url: String,
+    /// Event types (`request.submitted`, `request.in_review`,
+    /// `request.approved`, `request.rejected`, `request.cancelled`,
+    /// `request.sla_breached`, `grant.revoked`, `member.disabled`,
+    /// `member.cleanup_completed`, `payment.limit_reached`), or `["*"]` for
+    /// all (the default).
     #[serde(default)]
     events: Option<Vec<String>>,
+    /// At most 500 characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     description: Option<String>,
     #[serde(default)]
     enabled: Option<bool>,
 }
 
-#[derive(Deserialize)]
+/// Only the fields sent change.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = WebhookUpdate)]
 pub struct Update {
     #[serde(default)]
     url: Option<String>,
     #[serde(default)]
     events: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(max_length = 500)]
     description: Option<String>,
+    /// `true` re-enables an endpoint approvald disabled.
     #[serde(default)]
     enabled: Option<bool>,
 }
@@ -420,11 +437,13 @@ async fn delete(app: App, caller: Caller, owner: Owner, id: String) -> ApiResult
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RotateQuery {
-    /// How long the old secret keeps signing; `webhooks.rotation_overlap_hours` by default.
+    /// How long the old secret keeps signing (0-720); `webhooks.rotation_overlap_hours` by default.
     #[serde(default)]
+    #[param(minimum = 0, maximum = 720)]
     overlap_hours: Option<u64>,
 }
 
@@ -511,13 +530,14 @@ struct DeliveryRow {
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, ev.type AS event_type, d.status, d.attempts, d.next_attempt_at, \
      d.last_status, d.last_error, d.delivered_at, d.created_at, d.updated_at";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = WebhookDelivery)]
 pub struct DeliveryOut {
     id: String,
     /// The `webhook-id` the receiver saw.
     event_id: String,
     event_type: String,
-    /// pending | delivered | failed
+    #[schema(value_type = String, pattern = "^(pending|delivered|failed)$")]
     status: String,
     attempts: i64,
     next_attempt_at: Option<String>,
@@ -526,8 +546,11 @@ pub struct DeliveryOut {
     delivered_at: Option<String>,
     created_at: String,
     updated_at: String,
+    /// The event as sent (one delivery only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     event: Option<Value>,
+    /// Every attempt (one delivery only).
     #[serde(skip_serializing_if = "Option::is_none")]
     attempt_log: Option<Vec<AttemptOut>>,
 }
@@ -563,7 +586,8 @@ pub struct AttemptRow {
     response_excerpt: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = WebhookAttempt)]
 pub struct AttemptOut {
     attempt: i64,
     started_at: String,
@@ -576,14 +600,21 @@ pub struct AttemptOut {
     response_excerpt: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
+    /// Only deliveries in this status (empty: any).
     #[serde(default)]
+    #[param(pattern = "^(|pending|delivered|failed)$")]
     status: Option<String>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(max_length = 200)]
     cursor: Option<String>,
+    /// 1-100, default 20.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
@@ -763,6 +794,19 @@ async fn redeliver(
 
 // ---- org routes: /v1/orgs/{org}/webhooks ----
 
+/// Register an endpoint; its signing secret is in this answer only. An org's endpoint.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/webhooks",
+    operation_id = "orgCreateWebhook",
+    tag = "webhooks",
+    params(("org" = String, Path, description = "The org's id")),
+    request_body(content = Create, example = json!({"url": "https://shop.example.com/hooks/approvald", "events": ["request.approved", "request.rejected"]})),
+    responses(
+        (status = 201, description = "Created, with its `secret` (shown once)", body = EndpointOut, links(("GetWebhook" = (operation_id = "orgGetWebhook", parameters(("org" = "$request.path.org"), ("id" = "$response.body#/id")))))),
+        (status = 409, description = "The owner has the most endpoints allowed", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn org_create(
     State(app): State<App>,
     caller: Caller,
@@ -773,6 +817,15 @@ pub async fn org_create(
     create(app, caller, owner, body.value).await
 }
 
+/// Every endpoint. An org's endpoint.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/webhooks",
+    operation_id = "orgListWebhooks",
+    tag = "webhooks",
+    params(("org" = String, Path, description = "The org's id")),
+    responses((status = 200, description = "Every endpoint (one page)", body = page::Page<EndpointOut>)),
+)]
 pub async fn org_list(
     State(app): State<App>,
     caller: Caller,
@@ -782,6 +835,15 @@ pub async fn org_list(
     list(app, owner).await
 }
 
+/// One endpoint. An org's endpoint.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/webhooks/{id}",
+    operation_id = "orgGetWebhook",
+    tag = "webhooks",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The endpoint's id")),
+    responses((status = 200, description = "The endpoint", body = EndpointOut)),
+)]
 pub async fn org_get(
     State(app): State<App>,
     caller: Caller,
@@ -791,6 +853,16 @@ pub async fn org_get(
     get(app, owner, id).await
 }
 
+/// Change an endpoint (`{"enabled": true}` re-enables it). An org's endpoint.
+#[utoipa::path(
+    patch,
+    path = "/v1/orgs/{org}/webhooks/{id}",
+    operation_id = "orgUpdateWebhook",
+    tag = "webhooks",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The endpoint's id")),
+    request_body = Update,
+    responses((status = 200, description = "The endpoint as changed", body = EndpointOut)),
+)]
 pub async fn org_update(
     State(app): State<App>,
     caller: Caller,
@@ -801,6 +873,15 @@ pub async fn org_update(
     update(app, caller, owner, id, body.value).await
 }
 
+/// Delete an endpoint: nothing more is delivered to it. An org's endpoint.
+#[utoipa::path(
+    delete,
+    path = "/v1/orgs/{org}/webhooks/{id}",
+    operation_id = "orgDeleteWebhook",
+    tag = "webhooks",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The endpoint's id")),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn org_delete(
     State(app): State<App>,
     caller: Caller,
@@ -810,6 +891,15 @@ pub async fn org_delete(
     delete(app, caller, owner, id).await
 }
 
+/// A new signing secret, shown once; the old one keeps signing for the overlap. An org's endpoint.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/webhooks/{id}/rotate-secret",
+    operation_id = "orgRotateWebhookSecret",
+    tag = "webhooks",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The endpoint's id"), RotateQuery),
+    responses((status = 200, description = "The endpoint with its new `secret`", body = EndpointOut)),
+)]
 pub async fn org_rotate(
     State(app): State<App>,
     caller: Caller,
@@ -820,6 +910,15 @@ pub async fn org_rotate(
     rotate(app, caller, owner, id, q).await
 }
 
+/// The endpoint's deliveries, newest first. An org's endpoint.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/webhooks/{id}/deliveries",
+    operation_id = "orgListWebhookDeliveries",
+    tag = "webhooks",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The endpoint's id"), DeliveriesQuery),
+    responses((status = 200, description = "One page", body = page::Page<DeliveryOut>)),
+)]
 pub async fn org_deliveries(
     State(app): State<App>,
     caller: Caller,
@@ -830,6 +929,15 @@ pub async fn org_deliveries(
     deliveries(app, owner, id, q).await
 }
 
+/// One delivery with its event and every attempt. An org's endpoint.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/webhooks/{id}/deliveries/{delivery}",
+    operation_id = "orgGetWebhookDelivery",
+    tag = "webhooks",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The endpoint's id"), ("delivery" = String, Path, description = "The delivery's id")),
+    responses((status = 200, description = "The delivery", body = DeliveryOut)),
+)]
 pub async fn org_delivery(
     State(app): State<App>,
     caller: Caller,
@@ -839,6 +947,18 @@ pub async fn org_delivery(
     delivery(app, owner, id, delivery_id).await
 }
 
+/// Deliver a delivered or failed delivery again (same `webhook-id`, fresh retry schedule). An org's endpoint.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/webhooks/{id}/deliveries/{delivery}/redeliver",
+    operation_id = "orgRedeliverWebhook",
+    tag = "webhooks",
+    params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The endpoint's id"), ("delivery" = String, Path, description = "The delivery's id")),
+    responses(
+        (status = 202, description = "Queued again", body = DeliveryOut),
+        (status = 409, description = "Still pending, or the endpoint is disabled", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn org_redeliver(
     State(app): State<App>,
     caller: Caller,
@@ -850,6 +970,18 @@ pub async fn org_redeliver(
 
 // ---- platform-wide routes: /v1/webhooks (platform key) ----
 
+/// Register an endpoint; its signing secret is in this answer only. A platform-wide endpoint (events of every org; platform key).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    operation_id = "platformCreateWebhook",
+    tag = "webhooks",
+    request_body(content = Create, example = json!({"url": "https://shop.example.com/hooks/approvald", "events": ["request.approved", "request.rejected"]})),
+    responses(
+        (status = 201, description = "Created, with its `secret` (shown once)", body = EndpointOut, links(("GetWebhook" = (operation_id = "platformGetWebhook", parameters(("id" = "$response.body#/id")))))),
+        (status = 409, description = "The owner has the most endpoints allowed", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn platform_create(
     State(app): State<App>,
     caller: Caller,
@@ -859,6 +991,14 @@ pub async fn platform_create(
     create(app, caller, owner, body.value).await
 }
 
+/// Every endpoint. A platform-wide endpoint (events of every org; platform key).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    operation_id = "platformListWebhooks",
+    tag = "webhooks",
+    responses((status = 200, description = "Every endpoint (one page)", body = page::Page<EndpointOut>)),
+)]
 pub async fn platform_list(
     State(app): State<App>,
     caller: Caller,
@@ -867,6 +1007,15 @@ pub async fn platform_list(
     list(app, owner).await
 }
 
+/// One endpoint. A platform-wide endpoint (events of every org; platform key).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    operation_id = "platformGetWebhook",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The endpoint's id")),
+    responses((status = 200, description = "The endpoint", body = EndpointOut)),
+)]
 pub async fn platform_get(
     State(app): State<App>,
     caller: Caller,
@@ -876,6 +1025,16 @@ pub async fn platform_get(
     get(app, owner, id).await
 }
 
+/// Change an endpoint (`{"enabled": true}` re-enables it). A platform-wide endpoint (events of every org; platform key).
+#[utoipa::path(
+    patch,
+    path = "/v1/webhooks/{id}",
+    operation_id = "platformUpdateWebhook",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The endpoint's id")),
+    request_body = Update,
+    responses((status = 200, description = "The endpoint as changed", body = EndpointOut)),
+)]
 pub async fn platform_update(
     State(app): State<App>,
     caller: Caller,
@@ -886,6 +1045,15 @@ pub async fn platform_update(
     update(app, caller, owner, id, body.value).await
 }
 
+/// Delete an endpoint: nothing more is delivered to it. A platform-wide endpoint (events of every org; platform key).
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    operation_id = "platformDeleteWebhook",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The endpoint's id")),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn platform_delete(
     State(app): State<App>,
     caller: Caller,
@@ -895,6 +1063,15 @@ pub async fn platform_delete(
     delete(app, caller, owner, id).await
 }
 
+/// A new signing secret, shown once; the old one keeps signing for the overlap. A platform-wide endpoint (events of every org; platform key).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/rotate-secret",
+    operation_id = "platformRotateWebhookSecret",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The endpoint's id"), RotateQuery),
+    responses((status = 200, description = "The endpoint with its new `secret`", body = EndpointOut)),
+)]
 pub async fn platform_rotate(
     State(app): State<App>,
     caller: Caller,
@@ -905,6 +1082,15 @@ pub async fn platform_rotate(
     rotate(app, caller, owner, id, q).await
 }
 
+/// The endpoint's deliveries, newest first. A platform-wide endpoint (events of every org; platform key).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries",
+    operation_id = "platformListWebhookDeliveries",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The endpoint's id"), DeliveriesQuery),
+    responses((status = 200, description = "One page", body = page::Page<DeliveryOut>)),
+)]
 pub async fn platform_deliveries(
     State(app): State<App>,
     caller: Caller,
@@ -915,6 +1101,15 @@ pub async fn platform_deliveries(
     deliveries(app, owner, id, q).await
 }
 
+/// One delivery with its event and every attempt. A platform-wide endpoint (events of every org; platform key).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries/{delivery}",
+    operation_id = "platformGetWebhookDelivery",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The endpoint's id"), ("delivery" = String, Path, description = "The delivery's id")),
+    responses((status = 200, description = "The delivery", body = DeliveryOut)),
+)]
 pub async fn platform_delivery(
     State(app): State<App>,
     caller: Caller,
@@ -924,6 +1119,18 @@ pub async fn platform_delivery(
     delivery(app, owner, id, delivery_id).await
 }
 
+/// Deliver a delivered or failed delivery again (same `webhook-id`, fresh retry schedule). A platform-wide endpoint (events of every org; platform key).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
+    operation_id = "platformRedeliverWebhook",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The endpoint's id"), ("delivery" = String, Path, description = "The delivery's id")),
+    responses(
+        (status = 202, description = "Queued again", body = DeliveryOut),
+        (status = 409, description = "Still pending, or the endpoint is disabled", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn platform_redeliver(
     State(app): State<App>,
     caller: Caller,

@@ -14,6 +14,20 @@ use serde_json::json;
 
 use crate::{app::App, http::ApiError};
 
+/// The body of `/readyz` (description only: the handler builds it as JSON).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Readiness {
+    #[schema(pattern = "^(ok|down)$")]
+    database: String,
+    #[schema(pattern = "^(ok|down)$")]
+    queue: String,
+    /// `"ok"`, `"unknown"` (the database is down), or
+    /// `{"status": "failing", "kind": "auth"|"tls"|..., "detail", "since", "last_seen"}`.
+    #[schema(value_type = Value)]
+    mail: serde_json::Value,
+}
+
 pub mod dash;
 
 pub fn router() -> Router<App> {
@@ -57,11 +71,34 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
         })
 }
 
-async fn healthz() -> impl IntoResponse {
+/// The process is alive.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "health",
+    security(()),
+    responses((status = 200, description = "Alive", body = Object, example = json!({"status": "ok"}))),
+)]
+pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(app): State<App>) -> impl IntoResponse {
+/// The database and the queue are reachable (503 otherwise); the body also
+/// says whether mail is failing, and why.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "health",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness,
+            example = json!({"database": "ok", "queue": "ok", "mail": "ok"})),
+        (status = 503, description = "The database or the queue is unreachable", body = Readiness),
+    ),
+)]
+pub async fn readyz(State(app): State<App>) -> impl IntoResponse {
     let t = Duration::from_secs(2);
     let db = matches!(tokio::time::timeout(t, app.db.ping()).await, Ok(Ok(())));
     let queue = matches!(tokio::time::timeout(t, app.queue.ping()).await, Ok(Ok(())));

@@ -468,10 +468,16 @@ async fn show(State(app): State<App>, token: Result<Path<String>, PathRejection>
     }
 }
 
-#[derive(Deserialize)]
+/// The review page's form (`application/x-www-form-urlencoded`), posted
+/// with the page's CSRF value in `csrf` and in the `approvald_csrf` cookie.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = ReviewDecision)]
 pub struct DecisionForm {
+    /// `approve`, `reject` (a `comment` is then required) or `extend`.
     decision: Option<String>,
+    /// The reviewer's comment; with `extend`, the reason.
     comment: Option<String>,
+    /// The page's CSRF value (also sent as the `approvald_csrf` cookie).
     csrf: Option<String>,
     /// With `decision=extend`: 2 or 3 business days.
     extend_days: Option<String>,
@@ -560,6 +566,25 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 /// POST: decide.
+#[utoipa::path(
+    post,
+    path = "/review/{token}",
+    operation_id = "reviewDecide",
+    tag = "review",
+    security(()),
+    params(("token" = String, Path, description = "The single-use token of the link in the reviewer's email")),
+    request_body(content = DecisionForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Decided (or the deadline extended): the page again, with the outcome", content_type = "text/html", body = String),
+        (status = 400, description = "The form could not be read: the page again, with the error", content_type = "text/html", body = String),
+        (status = 403, description = "The CSRF value is missing or wrong, or the reviewer may no longer decide", content_type = "text/html", body = String),
+        (status = 404, description = "The link is not valid (mistyped, expired, replaced)", content_type = "text/html", body = String),
+        (status = 409, description = "Already decided (by whom, when) or already extended", content_type = "text/html", body = String),
+        (status = 413, description = "The body is larger than `server.body_limit`", content_type = "application/problem+json", body = crate::http::error::Problem),
+        (status = 422, description = "No decision chosen, a rejection without a reason, or a bad extension", content_type = "text/html", body = String),
+        (status = 503, description = "A temporary problem; nothing was changed", content_type = "text/html", body = String),
+    ),
+)]
 async fn submit(
     State(app): State<App>,
     token: Result<Path<String>, PathRejection>,
