@@ -208,17 +208,24 @@ fn parse_events(events: Option<Vec<String>>) -> Result<String, Invalid> {
     Ok(serde_json::to_string(&out).unwrap_or_else(|_| "[\"*\"]".into()))
 }
 
+/// How long saving an endpoint waits for its name to resolve.
+const SAVE_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The URL rules of [`target::check_url`], plus the address check of the
-/// name it resolves to now (a name that does not resolve yet is accepted;
-/// delivery checks again).
+/// name it resolves to now (a name that does not resolve yet, or not within
+/// [`SAVE_LOOKUP_TIMEOUT`], is accepted; delivery checks again), so a slow
+/// resolver never holds the call for its own retry timeouts.
 async fn parse_url(app: &App, raw: &str) -> ApiResult<String> {
     let cfg = &app.config.webhooks;
     let url = target::check_url(raw, cfg).map_err(|b| ApiError::invalid(format!("url: {b}")))?;
     if let Some(url::Host::Domain(d)) = url.host()
-        && let Err(target::ResolveError::Blocked(b)) = target::resolve_checked(
-            d,
-            url.port_or_known_default().unwrap_or(443),
-            cfg.allow_private,
+        && let Ok(Err(target::ResolveError::Blocked(b))) = tokio::time::timeout(
+            SAVE_LOOKUP_TIMEOUT,
+            target::resolve_checked(
+                d,
+                url.port_or_known_default().unwrap_or(443),
+                cfg.allow_private,
+            ),
         )
         .await
     {
@@ -257,9 +264,10 @@ async fn create(
     owner: Owner,
     b: Create,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
-    let url = parse_url(&app, &b.url).await?;
+    // The cheap checks first: bad input never waits for a DNS lookup.
     let events = parse_events(b.events)?;
     let description = parse_description(b.description)?;
+    let url = parse_url(&app, &b.url).await?;
     let enabled = b.enabled.unwrap_or(true);
     let sealer = secret::Sealer::from_config(&app.config.webhooks).map_err(ApiError::internal)?;
     let id = new_id();
@@ -354,16 +362,16 @@ async fn update(
     id: String,
     b: Update,
 ) -> ApiResult<Json<EndpointOut>> {
-    let url = match &b.url {
-        Some(u) => Some(parse_url(&app, u).await?),
-        None => None,
-    };
     let events = match b.events {
         Some(e) => Some(parse_events(Some(e))?),
         None => None,
     };
     let description = match b.description {
         Some(d) => Some(parse_description(Some(d))?),
+        None => None,
+    };
+    let url = match &b.url {
+        Some(u) => Some(parse_url(&app, u).await?),
         None => None,
     };
     let now = app.now_ms();
