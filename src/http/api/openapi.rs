@@ -13,7 +13,7 @@
 use utoipa::{
     IntoParams, Modify, OpenApi,
     openapi::{
-        self, Components, PathItem, RefOr, ResponseBuilder,
+        self, Components, PathItem, RefOr, Required, ResponseBuilder,
         header::HeaderBuilder,
         path::Operation,
         schema::{ObjectBuilder, Type},
@@ -111,6 +111,7 @@ pub struct IdempotencyHeader {
         super::webhooks::platform_deliveries,
         super::webhooks::platform_delivery,
         super::webhooks::platform_redeliver,
+        crate::http::review::show,
         crate::http::review::submit,
         crate::http::ops::healthz,
         crate::http::ops::readyz,
@@ -178,6 +179,9 @@ const TOO_LARGE: &str = "PayloadTooLarge";
 const UNSUPPORTED: &str = "UnsupportedMediaType";
 const INVALID: &str = "Invalid";
 const UNAVAILABLE: &str = "Unavailable";
+
+/// Operations whose JSON body may be left out altogether.
+const OPTIONAL_BODIES: [&str; 2] = ["capturePayment", "voidPayment"];
 
 /// What every operation shares (see the module docs).
 struct Shared;
@@ -269,6 +273,11 @@ impl Modify for Shared {
         for (path, item) in api.paths.paths.iter_mut() {
             let v1 = path.starts_with("/v1/");
             for (method, op) in operations(item) {
+                if OPTIONAL_BODIES.contains(&op.operation_id.as_deref().unwrap_or(""))
+                    && let Some(RefOr::T(body)) = op.request_body.as_mut()
+                {
+                    body.required = Some(Required::False);
+                }
                 for resp in op.responses.responses.values_mut() {
                     if let RefOr::T(r) = resp {
                         r.headers
@@ -375,6 +384,7 @@ mod tests {
         let mut served = super::super::served_routes();
         served.extend(
             [
+                ("GET", "/review/{token}"),
                 ("POST", "/review/{token}"),
                 ("GET", "/healthz"),
                 ("GET", "/readyz"),

@@ -208,7 +208,7 @@ async fn optional_body<T: DeserializeOwned + Default>(
     operation_id = "capturePayment",
     tag = "payments",
     params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The payment's id")),
-    request_body(content = Option<CaptureIn>, description = "Optional"),
+    request_body(content = CaptureIn, description = "Optional: no body (or an empty one) captures the whole hold"),
     responses(
         (status = 200, description = "Captured", body = crate::flows::payments::PaymentOut),
         (status = 409, description = "Not a live hold", body = crate::http::error::Problem, content_type = "application/problem+json"),
@@ -234,7 +234,7 @@ pub async fn capture(
     operation_id = "voidPayment",
     tag = "payments",
     params(("org" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The payment's id")),
-    request_body(content = Option<VoidIn>, description = "Optional"),
+    request_body(content = VoidIn, description = "Optional: no body, or `{}`"),
     responses(
         (status = 200, description = "Voided", body = crate::flows::payments::PaymentOut),
         (status = 409, description = "Not a live hold", body = crate::http::error::Problem, content_type = "application/problem+json"),

@@ -121,8 +121,11 @@ pub fn memberships(groups: &[String], leads: &[String]) -> Result<Vec<Membership
     operation_id = "createReviewer",
     tag = "reviewers",
     request_body(content = CreateReviewer, example = json!({"email": "rev@platform.example", "name": "Rita", "locale": "en", "groups": ["marketplace"]})),
-    responses((status = 201, description = "Created", body = ReviewerOut,
-        links(("GetReviewer" = (operation_id = "getReviewer", parameters(("id" = "$response.body#/id"))))))),
+    responses(
+        (status = 201, description = "Created", body = ReviewerOut,
+            links(("GetReviewer" = (operation_id = "getReviewer", parameters(("id" = "$response.body#/id")))))),
+        (status = 409, description = "A reviewer with this email exists already", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
 )]
 pub async fn create(
     State(app): State<App>,

@@ -455,6 +455,21 @@ async fn form_page(
 }
 
 /// GET (and HEAD): read-only.
+#[utoipa::path(
+    get,
+    path = "/review/{token}",
+    operation_id = "reviewPage",
+    tag = "review",
+    security(()),
+    params(("token" = String, Path, description = "The single-use token of the link in the reviewer's email")),
+    responses(
+        (status = 200, description = "The request and the Approve / Reject form (sets the `approvald_csrf` cookie); nothing changes on GET", content_type = "text/html", body = String),
+        (status = 403, description = "The reviewer may no longer decide", content_type = "text/html", body = String),
+        (status = 404, description = "The link is not valid (mistyped, expired, replaced)", content_type = "text/html", body = String),
+        (status = 409, description = "Already decided: by whom and when", content_type = "text/html", body = String),
+        (status = 503, description = "A temporary problem", content_type = "text/html", body = String),
+    ),
+)]
 async fn show(State(app): State<App>, token: Result<Path<String>, PathRejection>) -> Response {
     let Ok(Path(token)) = token else {
         return invalid();
