@@ -16,6 +16,7 @@ mod mail_smtp;
 mod mail_snapshots;
 mod mail_tls;
 mod member_cleanup;
+mod openapi;
 mod ops_browser;
 mod ops_dashboard;
 mod ops_deploy;
