@@ -34,13 +34,21 @@ pub struct CreateReviewer {
     /// `en`, `zh-CN` or `ja` (any case).
     #[schema(pattern = "^([Ee][Nn]|[Zz][Hh]-[Cc][Nn]|[Jj][Aa])$")]
     locale: String,
-    /// Each 1-64 letters, digits, `_` or `-`; at least one group (here or
-    /// in `lead_groups`).
+    /// At least one group (here or in `lead_groups`).
+    #[schema(value_type = Vec<GroupName>)]
     groups: Vec<String>,
     /// Groups in which the reviewer is a lead (escalations); each is a group too.
     #[serde(default)]
+    #[schema(value_type = Vec<GroupName>)]
     lead_groups: Vec<String>,
 }
+
+/// A reviewer group: 1-64 letters, digits, `_` or `-` (surrounding spaces
+/// trimmed). Described only: the handler reads plain strings.
+#[derive(ToSchema)]
+#[schema(pattern = "^\\s*[A-Za-z0-9_-]{1,64}\\s*$")]
+#[allow(dead_code)]
+struct GroupName(String);
 
 #[derive(Serialize, ToSchema)]
 #[schema(as = Reviewer)]

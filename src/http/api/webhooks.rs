@@ -142,12 +142,9 @@ pub struct Create {
     /// An `https://` URL of a public host (checked again at each delivery).
     #[schema(example = "https://shop.example.com/hooks/approvald")]
     url: String,
-    /// Event types (`request.submitted`, `request.in_review`,
-    /// `request.approved`, `request.rejected`, `request.cancelled`,
-    /// `request.sla_breached`, `grant.revoked`, `member.disabled`,
-    /// `member.cleanup_completed`, `payment.limit_reached`), or `["*"]` for
-    /// all (the default).
+    /// Event types, or `["*"]` for all (the default).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1)]
     events: Option<Vec<String>>,
     /// At most 500 characters.
     #[serde(default)]
@@ -157,6 +154,31 @@ pub struct Create {
     enabled: Option<bool>,
 }
 
+/// An event type of [`EVENT_TYPES`], or `*` (all, and alone), surrounding
+/// spaces trimmed. Described only: the handler reads plain strings. Its
+/// pattern is built from [`EVENT_TYPES`], so a new event type is described
+/// as soon as it exists.
+pub struct EventType;
+
+impl utoipa::PartialSchema for EventType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let alternatives: Vec<String> = std::iter::once("\\*".to_string())
+            .chain(EVENT_TYPES.iter().map(|e| e.replace('.', "\\.")))
+            .collect();
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(format!("^\\s*({})\\s*$", alternatives.join("|"))))
+            .description(Some(format!(
+                "An event type, or `*` for all (alone): {}",
+                EVENT_TYPES.join(", ")
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EventType {}
+
 /// Only the fields sent change.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +187,7 @@ pub struct Update {
     #[serde(default)]
     url: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1)]
     events: Option<Vec<String>>,
     #[serde(default)]
     #[schema(max_length = 500)]
