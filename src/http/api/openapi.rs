@@ -317,8 +317,7 @@ fn request_id_header() -> openapi::header::Header {
         .schema(Some(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(128)),
+                .pattern(Some("^[A-Za-z0-9._:-]{1,128}$")),
         ))
         .description(Some(
             "The caller's `x-request-id` when it sent a plain token, else a fresh one; \
