@@ -337,38 +337,45 @@ macro_rules! payment_columns {
     };
 }
 
+/// Binds `$p`'s fields to `$q` as `$1..$19`, in [`payment_columns!`] order.
+macro_rules! bind_payment {
+    ($q:expr, $p:expr) => {
+        $q.bind(&$p.id)
+            .bind(&$p.org_id)
+            .bind(&$p.member_id)
+            .bind(&$p.reference)
+            .bind(&$p.body_hash)
+            .bind($p.amount)
+            .bind(&$p.currency)
+            .bind($p.capture)
+            .bind(&$p.status)
+            .bind(&$p.reason)
+            .bind(&$p.day)
+            .bind(&$p.month)
+            .bind($p.day_used)
+            .bind($p.month_used)
+            .bind($p.captured_amount)
+            .bind($p.expires_at)
+            .bind($p.settled_at)
+            .bind(&$p.response)
+            .bind($p.created_at)
+    };
+}
+
 /// Insert a decision; false when `(org_id, reference)` is taken (a
 /// concurrent or earlier call with the same reference won).
 pub async fn insert_payment(tx: &mut Tx, p: &Payment) -> Result<bool, sqlx::Error> {
     let n = on_tx!(tx, |c| {
-        sqlx::query(concat!(
-        "INSERT INTO payments (",
-        payment_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+        let q = sqlx::query(concat!(
+            "INSERT INTO payments (",
+            payment_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
          ON CONFLICT (org_id, reference) DO NOTHING"
-    ))
-    .bind(&p.id)
-    .bind(&p.org_id)
-    .bind(&p.member_id)
-    .bind(&p.reference)
-    .bind(&p.body_hash)
-    .bind(p.amount)
-    .bind(&p.currency)
-    .bind(p.capture)
-    .bind(&p.status)
-    .bind(&p.reason)
-    .bind(&p.day)
-    .bind(&p.month)
-    .bind(p.day_used)
-    .bind(p.month_used)
-    .bind(p.captured_amount)
-    .bind(p.expires_at)
-    .bind(p.settled_at)
-    .bind(&p.response)
-    .bind(p.created_at)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected())
+        ));
+        bind_payment!(q, p)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
     })?;
     Ok(n == 1)
 }
@@ -383,7 +390,7 @@ pub async fn insert_payment_bumping(
     zone: &str,
     d: Delta,
 ) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(concat!(
+    let q = sqlx::query(concat!(
         "WITH ins AS (INSERT INTO payments (",
         payment_columns!(),
         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
@@ -405,40 +412,22 @@ pub async fn insert_payment_bumping(
            declined_count = spend_counters.declined_count + excluded.declined_count, \
            declined_amount = spend_counters.declined_amount + excluded.declined_amount, \
            updated_at = excluded.updated_at"
-    ))
-    .bind(&p.id)
-    .bind(&p.org_id)
-    .bind(&p.member_id)
-    .bind(&p.reference)
-    .bind(&p.body_hash)
-    .bind(p.amount)
-    .bind(&p.currency)
-    .bind(p.capture)
-    .bind(&p.status)
-    .bind(&p.reason)
-    .bind(&p.day)
-    .bind(&p.month)
-    .bind(p.day_used)
-    .bind(p.month_used)
-    .bind(p.captured_amount)
-    .bind(p.expires_at)
-    .bind(p.settled_at)
-    .bind(&p.response)
-    .bind(p.created_at)
-    .bind(zone)
-    .bind(d.used)
-    .bind(d.held)
-    .bind(d.approved_count)
-    .bind(d.approved_amount)
-    .bind(d.captured_count)
-    .bind(d.captured_amount)
-    .bind(d.voided_count)
-    .bind(d.voided_amount)
-    .bind(d.declined_count)
-    .bind(d.declined_amount)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    ));
+    let n = bind_payment!(q, p)
+        .bind(zone)
+        .bind(d.used)
+        .bind(d.held)
+        .bind(d.approved_count)
+        .bind(d.approved_amount)
+        .bind(d.captured_count)
+        .bind(d.captured_amount)
+        .bind(d.voided_count)
+        .bind(d.voided_amount)
+        .bind(d.declined_count)
+        .bind(d.declined_amount)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
     Ok(n == 2)
 }
 
