@@ -343,7 +343,19 @@ async fn member_cleanups_survive_a_worker_kill_and_an_empty_redis() {
     assert_eq!(cancelled_events, n, "each cancelled once");
     assert_eq!(cancel_mails, n, "one cancelled mail per request");
     assert_eq!(disabled_mails, n, "one member_disabled mail per disable");
-    assert_eq!(sent_mails as i64, emails, "every mail sent");
+    // "Every mail sent" comes from the mails themselves: each row `sent` and
+    // its `<email id>.eml` written. The workers' "mail sent" log lines can
+    // miss one: a worker SIGKILLed between marking a mail sent and logging
+    // it (seen once in a CI pre-check); they still show any id sent twice.
+    let sent_rows = c
+        .scalar("SELECT COUNT(*) FROM emails WHERE status = 'sent'")
+        .await;
+    assert_eq!(sent_rows, emails, "every mail sent");
+    assert_eq!(c.eml_files() as i64, emails, "every mail written once");
+    assert!(
+        sent_mails as i64 <= emails,
+        "a mail logged that does not exist"
+    );
     assert_eq!(sends, sent_mails, "no mail sent twice");
     assert!(repushed > 0, "the sweep pushed no cleanup again");
 
