@@ -27,13 +27,19 @@ pub enum Db {
     Postgres(PgPool),
 }
 
-/// An open transaction on either engine, and the orgs whose authorization
-/// inputs it changed (see [`Tx::authz_changed`]).
+/// An open transaction on either engine, the orgs whose authorization
+/// inputs it changed (see [`Tx::authz_changed`]) and what to do once it has
+/// committed (see [`Tx::after_commit`]).
 pub struct Tx {
     /// The engine's transaction (public for [`on_tx!`]).
     pub conn: TxConn,
     authz_changed: Vec<String>,
+    after_commit: Vec<(&'static str, AfterCommit)>,
 }
+
+/// Work for after a commit (waking the workers of a queue the transaction
+/// pushed to): never run if the transaction rolls back.
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
 
 /// The engine's half of a [`Tx`].
 pub enum TxConn {
@@ -123,6 +129,7 @@ impl Db {
         Ok(Tx {
             conn,
             authz_changed: Vec::new(),
+            after_commit: Vec::new(),
         })
     }
 
@@ -163,9 +170,19 @@ impl Tx {
         }
     }
 
+    /// Run `f` once this transaction has committed (not if it rolls back or
+    /// fails to commit). One per `key`: a second `f` with a key already
+    /// registered is dropped (waking a queue's workers once is enough).
+    pub fn after_commit(&mut self, key: &'static str, f: impl FnOnce() + Send + 'static) {
+        if !self.after_commit.iter().any(|(k, _)| *k == key) {
+            self.after_commit.push((key, Box::new(f)));
+        }
+    }
+
     /// Bump the revisions recorded by [`authz_changed`](Self::authz_changed)
     /// (in org order, so two transactions that touch the same orgs lock
-    /// them in the same order), then commit.
+    /// them in the same order), commit, then run the
+    /// [`after_commit`](Self::after_commit) work.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         let mut orgs = std::mem::take(&mut self.authz_changed);
         orgs.sort_unstable();
@@ -180,9 +197,13 @@ impl Tx {
             .map(|r| r.rows_affected()))?;
         }
         match self.conn {
-            TxConn::Sqlite(t) => t.commit().await,
-            TxConn::Postgres(t) => t.commit().await,
+            TxConn::Sqlite(t) => t.commit().await?,
+            TxConn::Postgres(t) => t.commit().await?,
         }
+        for (_, f) in self.after_commit {
+            f();
+        }
+        Ok(())
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {

@@ -468,10 +468,9 @@ async fn decide(
             }
         }
     }
-    let mut mailed = false;
     for (kind, key, t, used_now, limit) in crossed {
         if st::record_alert(&mut tx, &member.id, &key, t, now).await? {
-            mailed |= alert(
+            alert(
                 app,
                 &mut tx,
                 org,
@@ -484,9 +483,6 @@ async fn decide(
         }
     }
     tx.commit().await?;
-    if mailed {
-        app.jobs_committed();
-    }
     let outcome = match reason {
         None => status.to_string(),
         Some(r) => format!("declined_{r}"),
@@ -523,7 +519,7 @@ async fn alert(
     currency: Currency,
     (kind, period, threshold): (&str, &str, i64),
     (used, limit): (i64, i64),
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<()> {
     let admins: Vec<(String, String, String)> = on_tx!(tx, |c| sqlx::query_as(
         "SELECT email, name, locale FROM members \
          WHERE org_id = $1 AND kind IN ('super_admin', 'admin') AND status = 'active' AND id <> $2 \
@@ -543,9 +539,8 @@ async fn alert(
             to.push(a);
         }
     }
-    let mut any = false;
     for (email, name, locale) in to {
-        any |= mail::queue_email(
+        mail::queue_email(
             app,
             tx,
             EmailSpec {
@@ -590,9 +585,8 @@ async fn alert(
             app.now_ms(),
         )
         .await?;
-        any = true;
     }
-    Ok(any)
+    Ok(())
 }
 
 /// A payment as capture, void and GET show it.

@@ -58,7 +58,7 @@ pub enum CancelError {
 }
 
 /// Cancel request `id` (of `org_id` when given) in `tx`, which the caller
-/// commits (then calls [`App::jobs_committed`]): the request becomes
+/// commits (its jobs wake the workers then): the request becomes
 /// `cancelled` (a conditional update after locking its row, so a decision
 /// racing with it wins or loses as a whole), its live review links are
 /// revoked, its reviewer assignments closed, a `cancelled` event written,
@@ -311,7 +311,6 @@ pub async fn extend(
     )
     .await?;
     tx.commit().await?;
-    app.jobs_committed();
     Ok(Ok(Extended {
         before_ms: before,
         due_ms: due,

@@ -218,7 +218,6 @@ pub async fn run_step(app: &App, c: &Cleanup, step: Step) -> anyhow::Result<Opti
     .await
     .context("auditing cleanup step")?;
     tx.commit().await.context("committing cleanup step")?;
-    app.jobs_committed();
     tracing::info!(cleanup_id = %c.id, member_id = %c.member_id, %step, counts = %counts, "cleanup step done");
     Ok(Some(counts))
 }
@@ -303,7 +302,6 @@ async fn complete(app: &App, c: &Cleanup) -> anyhow::Result<bool> {
     )
     .await?;
     tx.commit().await.context("committing cleanup completion")?;
-    app.jobs_committed();
     metrics::counter!("approvald_member_cleanups_total", "outcome" => "completed").increment(1);
     metrics::histogram!("approvald_member_cleanup_seconds").record(seconds);
     tracing::info!(cleanup_id = %c.id, member_id = %c.member_id, seconds, "member cleanup completed");
@@ -595,6 +593,5 @@ pub async fn requeue_lost(app: &App) -> anyhow::Result<usize> {
         .await?;
     }
     tx.commit().await.context("commit")?;
-    app.jobs_committed();
     Ok(open.len())
 }

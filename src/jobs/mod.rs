@@ -73,8 +73,9 @@ pub fn schedule(rt: Runtime, app: &App) -> Runtime {
     )
 }
 
-/// Write `job` in `tx`. Call [`App::jobs_committed`] after the commit so idle
-/// workers (or the relay) wake at once instead of at their next poll.
+/// Write `job` in `tx`. Once `tx` commits, the idle workers of the job's
+/// queue in this process (SQLite queue) or the outbox relay (Redis queue)
+/// wake at once instead of at their next poll; nothing else is woken.
 pub async fn enqueue<J: Job>(
     app: &App,
     tx: &mut Tx,
@@ -93,6 +94,11 @@ pub async fn enqueue<J: Job>(
         approvald_workers::store::sqlite::push_in_tx(t, &new, now, window)
             .await
             .with_context(|| format!("enqueueing {} job", J::NAME))?;
+        if let Some(pool) = app.db.sqlite_pool().cloned() {
+            tx.after_commit(J::NAME, move || {
+                approvald_workers::store::sqlite::notify_pushed(&pool, J::NAME)
+            });
+        }
     } else {
         let id = uuid::Uuid::now_v7().to_string();
         crate::on_tx!(tx, |c| sqlx::query(
@@ -110,18 +116,7 @@ pub async fn enqueue<J: Job>(
         .await
         .map(|r| r.rows_affected()))
         .with_context(|| format!("writing {} job to the outbox", J::NAME))?;
+        tx.after_commit("outbox", relay::nudge);
     }
     Ok(())
-}
-
-impl App {
-    /// Wake whoever moves freshly committed jobs: in-process workers (SQLite
-    /// queue) or the outbox relay (Redis queue).
-    pub fn jobs_committed(&self) {
-        if self.queue_in_db {
-            self.queue.notify_all();
-        } else {
-            relay::nudge();
-        }
-    }
 }

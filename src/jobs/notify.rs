@@ -297,7 +297,6 @@ async fn resume_later(app: &App, row: &EmailRow, delay: Duration) -> anyhow::Res
     )
     .await?;
     tx.commit().await.context("commit")?;
-    app.jobs_committed();
     Ok(())
 }
 

@@ -387,7 +387,6 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
     crate::webhooks::emit_request(app, &mut tx, &req.org_id, &req.id, "request.in_review", now)
         .await?;
     tx.commit().await.context("commit")?;
-    app.jobs_committed();
     tracing::info!(request_id, number = %req.number, kind = %req.kind, reviewers = reviewers.len(), "request in review");
     Ok(())
 }
@@ -410,6 +409,5 @@ pub async fn requeue(app: &App, request_id: &str, dedupe: Option<String>) -> any
     )
     .await?;
     tx.commit().await?;
-    app.jobs_committed();
     Ok(())
 }

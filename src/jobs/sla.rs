@@ -220,7 +220,6 @@ pub async fn remind(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
         .await?;
     }
     tx.commit().await?;
-    app.jobs_committed();
     Ok(true)
 }
 
@@ -311,7 +310,6 @@ pub async fn breach(app: &App, request_id: &str, armed_for: Option<i64>) -> anyh
     )
     .await?;
     tx.commit().await?;
-    app.jobs_committed();
     metrics::counter!("approvald_sla_breaches_total", "kind" => req.kind.clone()).increment(1);
     tracing::warn!(request_id, number = %req.number, kind = %req.kind, action, "SLA breached");
     if on_breach == OnBreach::AutoReject {
@@ -424,7 +422,6 @@ pub async fn sweep(app: &App) -> anyhow::Result<Swept> {
             .await?;
         }
         tx.commit().await?;
-        app.jobs_committed();
         out.mail_repushed = pending.len();
     }
     out.timers_rearmed = rearm_lost_timers(app, now).await?;
@@ -490,6 +487,5 @@ async fn rearm_lost_timers(app: &App, now: i64) -> anyhow::Result<usize> {
         }
     }
     tx.commit().await?;
-    app.jobs_committed();
     Ok(open.len())
 }

@@ -191,8 +191,8 @@ impl EmailSpec {
 }
 
 /// Write one logical mail and its `notify` job in `tx`. Returns whether it
-/// is new (false: this mail was already queued, nothing was written). Call
-/// [`App::jobs_committed`] after the commit.
+/// is new (false: this mail was already queued, nothing was written). Its
+/// notify job wakes the workers when `tx` commits.
 pub async fn queue_email(app: &App, tx: &mut Tx, spec: EmailSpec) -> anyhow::Result<bool> {
     let dedupe = spec.dedupe_key()?;
     if !spec.params.is_object() && !spec.params.is_null() {

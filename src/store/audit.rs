@@ -143,15 +143,9 @@ async fn append(tx: &mut Tx, mut e: Entry) -> Result<String, sqlx::Error> {
                 e.org_id
             ))
         })?;
+        // The head's hash becomes this entry's when the row is inserted
+        // below (trigger `audit_log_moves_head`, migration 0015).
         let hash = e.hash_after(&prev);
-        on_tx!(tx, |c| sqlx::query(
-            "UPDATE audit_heads SET hash = $2 WHERE org_id = $1"
-        )
-        .bind(&e.org_id)
-        .bind(&hash)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
         e.seq = Some(seq);
         e.prev_hash = Some(prev);
         e.hash = Some(hash);

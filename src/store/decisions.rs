@@ -182,7 +182,6 @@ pub async fn decide(
     match res {
         Ok(d) => {
             tx.commit().await.context("committing decision")?;
-            app.jobs_committed();
             let kind = d.1;
             metrics::counter!("approvald_requests_decided_total", "kind" => kind.clone(), "decision" => decision.as_str())
                 .increment(1);

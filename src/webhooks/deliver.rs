@@ -90,7 +90,6 @@ pub async fn reconcile(app: &App, overdue_at: i64) -> anyhow::Result<usize> {
         push(app, &mut tx, id, attempts + 1, None).await?;
     }
     tx.commit().await?;
-    app.jobs_committed();
     tracing::warn!(
         count = stuck.len(),
         "webhook deliveries overdue; pushed their jobs again"
@@ -432,7 +431,6 @@ async fn record(
         .await?;
     }
     tx.commit().await.context("commit")?;
-    app.jobs_committed();
     metrics::counter!("approvald_webhook_deliveries_total", "outcome" => a.outcome.as_str())
         .increment(1);
     metrics::histogram!("approvald_webhook_delivery_seconds").record(a.duration_ms as f64 / 1000.0);

@@ -54,7 +54,7 @@ pub fn wants(events_json: &str, event_type: &str) -> bool {
 
 /// Record event `event_type` of org `org_id` with `payload` (the resource as
 /// the API returns it) in `tx`, and queue one delivery per enabled endpoint
-/// that wants it. Call [`App::jobs_committed`] after the commit.
+/// that wants it (their jobs wake the workers when `tx` commits).
 pub async fn emit(
     app: &App,
     tx: &mut Tx,

@@ -147,7 +147,6 @@ async fn link_mails_for_a_decided_request_are_skipped_not_sent() {
             .unwrap()
     );
     tx.commit().await.unwrap();
-    t.app.jobs_committed();
     t.drain().await;
     let reminder = emails(&t)
         .await

@@ -187,6 +187,5 @@ pub async fn revoke(
     let payload = serde_json::to_value(&out).map_err(anyhow::Error::from)?;
     crate::webhooks::emit(&app, &mut tx, &org.id, "grant.revoked", payload, now).await?;
     tx.commit().await?;
-    app.jobs_committed();
     Ok(Json(out))
 }

@@ -591,7 +591,6 @@ pub async fn disable(
         .await?
         .ok_or_else(|| ApiError::not_found("member"))?;
     tx.commit().await?;
-    app.jobs_committed();
     Ok((StatusCode::ACCEPTED, Json(m.into())))
 }
 

@@ -480,7 +480,6 @@ pub async fn submit(
         idempotency::complete(&mut tx, &org.id, k, StatusCode::ACCEPTED.as_u16(), &answer).await?;
     }
     tx.commit().await?;
-    app.jobs_committed();
     metrics::counter!("approvald_requests_submitted_total", "kind" => v.kind.key.clone())
         .increment(1);
     tracing::info!(request_id = %id, number = %number, kind = %v.kind.key, org_id = %org.id, "request submitted");
@@ -736,7 +735,6 @@ pub async fn cancel(
         Err(e @ CancelError::NotOpen { .. }) => return Err(ApiError::conflict(e.to_string())),
     }
     tx.commit().await?;
-    app.jobs_committed();
     let r = store::requests::get(&app.db, &org.id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("request"))?;

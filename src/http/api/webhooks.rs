@@ -818,7 +818,6 @@ async fn redeliver(
     )
     .await?;
     tx.commit().await?;
-    app.jobs_committed();
     let (d, _) = load_delivery(&app, &id, &delivery_id).await?;
     Ok((StatusCode::ACCEPTED, Json(DeliveryOut::from(d))))
 }

@@ -521,26 +521,32 @@ impl Store for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // An idle poll is one indexed read and takes no write lock.
-        let work: bool = sqlx::query_scalar(FETCH_PRECHECK)
+        // An idle poll is one indexed read and takes no write lock; the
+        // reclaim statement runs only when a lease has expired (a lease that
+        // expires just after this read is reclaimed by the next fetch).
+        let (due, expired): (bool, bool) = sqlx::query_as(FETCH_PRECHECK)
             .bind(queue)
             .bind(now_ms)
             .fetch_one(&self.pool)
             .await?;
-        if !work {
+        if !due && !expired {
             return Ok(Vec::new());
         }
         let _gate = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let reclaimed = sqlx::query(RECLAIM)
-            .bind(queue)
-            .bind(now_ms)
-            .bind(clamp_limit(self.reclaim_batch))
-            .bind(LEASE_EXPIRED_FINAL)
-            .bind(LEASE_EXPIRED)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let reclaimed = if expired {
+            sqlx::query(RECLAIM)
+                .bind(queue)
+                .bind(now_ms)
+                .bind(clamp_limit(self.reclaim_batch))
+                .bind(LEASE_EXPIRED_FINAL)
+                .bind(LEASE_EXPIRED)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        } else {
+            0
+        };
         let rows = sqlx::query(LEASE)
             .bind(worker_id)
             .bind(now_ms.saturating_add(lease_ms))

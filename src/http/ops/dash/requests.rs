@@ -640,10 +640,7 @@ pub async fn resend(
     }
     .await;
     match result {
-        Ok(Ok(_)) => {
-            app.jobs_committed();
-            back(&id, "resend")
-        }
+        Ok(Ok(_)) => back(&id, "resend"),
         Ok(Err(why)) => refused(&session, StatusCode::CONFLICT, "Nothing resent", why),
         Err(e) => failure(Some(&session), format!("{e:#}")),
     }
@@ -744,10 +741,7 @@ pub async fn cancel(
     }
     .await;
     match result {
-        Ok(Ok(())) => {
-            app.jobs_committed();
-            back(&id, "cancel")
-        }
+        Ok(Ok(())) => back(&id, "cancel"),
         Ok(Err(CancelError::NotFound)) => refused(
             &session,
             StatusCode::NOT_FOUND,

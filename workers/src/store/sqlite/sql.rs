@@ -83,10 +83,11 @@ pub const CLAIM_DEDUPE: &str = "INSERT INTO wq_dedupe (queue, key, job_id, expir
 
 pub const DEDUPE_HOLDER: &str = "SELECT job_id FROM wq_dedupe WHERE queue = ?1 AND key = ?2";
 
-/// Read-only: is there anything `fetch` would act on?
+/// Read-only: is anything due, and has any lease expired (only then does
+/// `fetch` run [`RECLAIM`])?
 pub const FETCH_PRECHECK: &str = "SELECT \
-     EXISTS (SELECT 1 FROM wq_jobs WHERE queue = ?1 AND state = 'ready' AND run_at_ms <= ?2) \
-  OR EXISTS (SELECT 1 FROM wq_jobs WHERE queue = ?1 AND state = 'leased' AND lease_until_ms <= ?2)";
+     EXISTS (SELECT 1 FROM wq_jobs WHERE queue = ?1 AND state = 'ready' AND run_at_ms <= ?2), \
+     EXISTS (SELECT 1 FROM wq_jobs WHERE queue = ?1 AND state = 'leased' AND lease_until_ms <= ?2)";
 
 pub const RECLAIM: &str = "UPDATE wq_jobs SET \
        state          = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'ready' END, \
