@@ -2,12 +2,13 @@
 //! endpoints, signed the Standard Webhooks way, retried for about a day.
 //!
 //! - [`emit`] is called in the transaction of the change (the outbox
-//!   pattern): it writes the event (its exact body) and, for every enabled
-//!   endpoint that wants it (the org's own and the platform-wide ones), a
+//!   pattern): for every enabled endpoint that wants the event (the org's
+//!   own and the platform-wide ones) it writes the event (its exact body), a
 //!   `webhook_deliveries` row and its first [`deliver::DeliverJob`]. If the
 //!   change rolls back, no event exists; if it commits, the delivery will be
 //!   attempted, whatever crashes afterwards (the sweep re-pushes a delivery
-//!   whose job a queue lost).
+//!   whose job a queue lost). An event no endpoint wants is not written (nor
+//!   is its payload read): events are only read through their deliveries.
 //! - [`deliver`] makes one attempt per job and schedules the next attempt
 //!   itself, as a delayed job, on `webhooks.retry_schedule_secs`.
 //! - [`secret`] makes, seals and signs with the endpoint secrets; [`target`]
@@ -54,7 +55,9 @@ pub fn wants(events_json: &str, event_type: &str) -> bool {
 
 /// Record event `event_type` of org `org_id` with `payload` (the resource as
 /// the API returns it) in `tx`, and queue one delivery per enabled endpoint
-/// that wants it (their jobs wake the workers when `tx` commits).
+/// that wants it (their jobs wake the workers when `tx` commits). An event
+/// no endpoint wants is not written: events are only ever read through
+/// their deliveries.
 pub async fn emit(
     app: &App,
     tx: &mut Tx,
@@ -63,8 +66,44 @@ pub async fn emit(
     payload: Value,
     now_ms: i64,
 ) -> anyhow::Result<()> {
+    let endpoints = wanting(tx, org_id, event_type).await?;
+    record(app, tx, org_id, event_type, payload, now_ms, &endpoints).await
+}
+
+/// The enabled endpoints (the org's own and the platform-wide ones) that
+/// take `event_type`, in creation order.
+async fn wanting(tx: &mut Tx, org_id: &str, event_type: &str) -> anyhow::Result<Vec<String>> {
     if !EVENT_TYPES.contains(&event_type) {
         anyhow::bail!("unknown webhook event type {event_type:?}");
+    }
+    let endpoints: Vec<(String, String)> = on_tx!(tx, |c| sqlx::query_as(
+        "SELECT id, events FROM webhook_endpoints \
+         WHERE (org_id = $1 OR org_id IS NULL) AND enabled AND deleted_at IS NULL \
+         ORDER BY created_at, id"
+    )
+    .bind(org_id)
+    .fetch_all(c)
+    .await)
+    .context("reading webhook endpoints")?;
+    Ok(endpoints
+        .into_iter()
+        .filter(|(_, events)| wants(events, event_type))
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// Write the event and one delivery (and its first job) per endpoint.
+async fn record(
+    app: &App,
+    tx: &mut Tx,
+    org_id: &str,
+    event_type: &str,
+    payload: Value,
+    now_ms: i64,
+    endpoints: &[String],
+) -> anyhow::Result<()> {
+    if endpoints.is_empty() {
+        return Ok(());
     }
     let id = new_event_id();
     let body = json!({
@@ -87,19 +126,7 @@ pub async fn emit(
     .await
     .map(|r| r.rows_affected()))
     .context("writing webhook event")?;
-    let endpoints: Vec<(String, String)> = on_tx!(tx, |c| sqlx::query_as(
-        "SELECT id, events FROM webhook_endpoints \
-         WHERE (org_id = $1 OR org_id IS NULL) AND enabled AND deleted_at IS NULL \
-         ORDER BY created_at, id"
-    )
-    .bind(org_id)
-    .fetch_all(c)
-    .await)
-    .context("reading webhook endpoints")?;
-    for (endpoint_id, events) in endpoints {
-        if !wants(&events, event_type) {
-            continue;
-        }
+    for endpoint_id in endpoints {
         let delivery_id = uuid::Uuid::now_v7().to_string();
         on_tx!(tx, |c| sqlx::query(
             "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, status, attempts, round_start, \
@@ -107,7 +134,7 @@ pub async fn emit(
              VALUES ($1, $2, $3, 'pending', 0, 0, $4, $4, $4)"
         )
         .bind(&delivery_id)
-        .bind(&endpoint_id)
+        .bind(endpoint_id)
         .bind(&id)
         .bind(now_ms)
         .execute(c)
@@ -136,6 +163,12 @@ pub async fn emit_request(
     event_type: &str,
     now_ms: i64,
 ) -> anyhow::Result<()> {
+    // The payload (the request with its events) costs a few reads: only
+    // when an endpoint wants the event.
+    let endpoints = wanting(tx, org_id, event_type).await?;
+    if endpoints.is_empty() {
+        return Ok(());
+    }
     let payload = request_payload(tx, org_id, request_id).await?;
-    emit(app, tx, org_id, event_type, payload, now_ms).await
+    record(app, tx, org_id, event_type, payload, now_ms, &endpoints).await
 }

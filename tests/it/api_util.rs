@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Profile, Resp, TestApp};
+use crate::{
+    harness::{Profile, Resp, TestApp},
+    webhook_receiver::Receiver,
+};
 
 /// Every table a rejected API call must leave alone.
 pub fn guarded_tables(t: &TestApp) -> Vec<&'static str> {
@@ -119,4 +122,36 @@ pub async fn wait_count(t: &TestApp, sql: &str, arg: &str, n: i64, what: &str) {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Config that lets webhooks reach a [`Receiver`] on loopback over http.
+pub const HOOKS_ON_LOOPBACK: &str = "[webhooks]\nallow_http = true\nallow_private = true\n";
+
+/// A receiver and a platform-wide webhook endpoint on it that takes every
+/// event, so that events are written: an event no endpoint wants is not (it
+/// would never be read). The app must run with [`HOOKS_ON_LOOPBACK`]. Keep
+/// the receiver alive for the test: it answers 200, so every delivery
+/// succeeds at its first attempt and leaves no retry job behind.
+pub async fn subscribe_to_everything(t: &TestApp) -> Subscription {
+    let receiver = Receiver::start().await;
+    let id = t
+        .post(
+            "/v1/webhooks",
+            &t.platform_key,
+            json!({"url": receiver.url(), "events": ["*"]}),
+        )
+        .await
+        .expect(201)
+        .json()["id"]
+        .as_str()
+        .expect("endpoint id")
+        .to_string();
+    Subscription { receiver, id }
+}
+
+/// What [`subscribe_to_everything`] made.
+pub struct Subscription {
+    pub receiver: Receiver,
+    /// The endpoint's id (`DELETE /v1/webhooks/{id}` ends it).
+    pub id: String,
 }

@@ -758,7 +758,12 @@ async fn now_page_shows_the_limits_schedule_and_warns_when_late() {
 /// closed assignments; only the actor (and `via`) differ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_and_ops_cancel_have_the_same_effects() {
-    let t = TestApp::spawn().await;
+    let t = TestApp::spawn_with(Opts {
+        toml: crate::api_util::HOOKS_ON_LOOPBACK.to_string(),
+        ..Default::default()
+    })
+    .await;
+    let _hooks = crate::api_util::subscribe_to_everything(&t).await;
     reviewer(&t, "told@example.com", "en").await;
     let ops = Ops::sign_in(&t, &operator_key(&t, false).await).await;
     let mut effects = Vec::new();

@@ -591,7 +591,13 @@ async fn bad_input_is_a_problem_and_writes_nothing() {
 /// to the member and the org's admins.
 #[tokio::test]
 async fn threshold_alerts_once_per_member_period_and_threshold() {
-    let t = clocked().await;
+    let t = TestApp::spawn_with(Opts {
+        clock: Some(ManualClock::new(utc(NOW))),
+        toml: crate::api_util::HOOKS_ON_LOOPBACK.to_string(),
+        ..Default::default()
+    })
+    .await;
+    let _hooks = crate::api_util::subscribe_to_everything(&t).await;
     let (org, key, _) = org_in(&t, "Asia/Shanghai", None).await;
     let admin = crate::api_util::add_member(&t, &org, &key, "admin").await;
     let m = member(&t, &org, &key).await;

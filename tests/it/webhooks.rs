@@ -120,6 +120,20 @@ async fn every_lifecycle_event_is_delivered_signed() {
     t.create_reviewer("lead@platform.example", "marketplace", true)
         .await;
     let (org, key, owner) = t.create_org("Hooked", "cn").await;
+    // Before any endpoint exists, an event is not written (nobody could
+    // ever read it: events are only read through their deliveries).
+    let unheard = submit(&t, &org, &key, "bulk_data_management").await;
+    t.drain().await;
+    t.post(
+        &format!("/v1/orgs/{org}/requests/{unheard}/cancel"),
+        &key,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    t.drain().await;
+    assert_eq!(t.count("webhook_events").await, 0, "no endpoint, no event");
+    assert_eq!(t.count("webhook_deliveries").await, 0);
     let (ep, secret) = endpoint(&t, &org, &key, &rx.url(), json!(["*"])).await;
 
     // approved by policy, rejected (licence missing), cancelled, breached.
