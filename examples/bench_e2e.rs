@@ -49,6 +49,16 @@ fn requests() -> usize {
         .unwrap_or(10_000)
 }
 const CONCURRENCY: usize = 32;
+/// `BENCH_SUBMIT_RATE=<n>`: pace (a) at n submits per second (still at most
+/// 32 in flight) instead of as fast as the daemon answers, to read (b) at a
+/// load the pipeline can keep up with. The ratios of a paced run mean
+/// nothing (its accepted/s is the pace).
+fn submit_rate() -> Option<f64> {
+    std::env::var("BENCH_SUBMIT_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|r: &f64| *r > 0.0)
+}
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -312,40 +322,50 @@ async fn run(args: &[String]) -> Res<()> {
         })
         .collect();
     let t = Instant::now();
-    let results: Vec<Res<(String, String, SystemTime, f64)>> = stream::iter(jobs)
-        .map(|(o, m, k)| {
-            let api = api.clone();
-            let orgs = orgs.clone();
-            let run_id = run_id.clone();
-            async move {
-                let org = &orgs[o];
-                let org_id = &org.id;
-                let started = Instant::now();
-                let resp = api
-                    .http
-                    .post(format!("{}/v1/orgs/{org_id}/requests", api.base))
-                    .bearer_auth(&org.key)
-                    .header("Idempotency-Key", format!("bench-{run_id}-{o}-{m}-{k}"))
-                    .json(
-                        &json!({"kind": format!("bench_k{k}"), "requester": org.members[m],
+    let rate = submit_rate();
+    if let Some(r) = rate {
+        println!("(a) paced at {r} submits/s (BENCH_SUBMIT_RATE)");
+    }
+    let start = tokio::time::Instant::now();
+    let results: Vec<Res<(String, String, SystemTime, f64)>> =
+        stream::iter(jobs.into_iter().enumerate())
+            .map(|(i, (o, m, k))| {
+                let api = api.clone();
+                let orgs = orgs.clone();
+                let run_id = run_id.clone();
+                async move {
+                    if let Some(r) = rate {
+                        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / r))
+                            .await;
+                    }
+                    let org = &orgs[o];
+                    let org_id = &org.id;
+                    let started = Instant::now();
+                    let resp = api
+                        .http
+                        .post(format!("{}/v1/orgs/{org_id}/requests", api.base))
+                        .bearer_auth(&org.key)
+                        .header("Idempotency-Key", format!("bench-{run_id}-{o}-{m}-{k}"))
+                        .json(
+                            &json!({"kind": format!("bench_k{k}"), "requester": org.members[m],
                                   "remark": format!("bench request {o}/{m}/{k}")}),
-                    )
-                    .send()
-                    .await?;
-                let status = resp.status();
-                let body = resp.text().await?;
-                let lat = started.elapsed().as_secs_f64() * 1000.0;
-                if status.as_u16() != 202 {
-                    return Err(format!("submit: {status}: {body}").into());
+                        )
+                        .send()
+                        .await?;
+                    let status = resp.status();
+                    let body = resp.text().await?;
+                    let lat = started.elapsed().as_secs_f64() * 1000.0;
+                    if status.as_u16() != 202 {
+                        return Err(format!("submit: {status}: {body}").into());
+                    }
+                    let v: Value = serde_json::from_str(&body)?;
+                    let number = v["number"].as_str().ok_or("number")?.to_string();
+                    Ok((org.name.clone(), number, SystemTime::now(), lat))
                 }
-                let v: Value = serde_json::from_str(&body)?;
-                let number = v["number"].as_str().ok_or("number")?.to_string();
-                Ok((org.name.clone(), number, SystemTime::now(), lat))
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
     let submit_secs = t.elapsed().as_secs_f64();
     let mut accepted: HashMap<(String, String), SystemTime> = HashMap::new();
     let mut lat = Vec::new();
