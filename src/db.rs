@@ -75,6 +75,30 @@ macro_rules! on_tx {
     };
 }
 
+/// A pooled connection idle for at least this long is pinged before it is
+/// handed out (and replaced if the ping fails).
+const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The pools' check before handing out a connection. sqlx's default pings
+/// every connection on every acquire: a round trip to PostgreSQL before
+/// each statement or transaction (besides the one it makes when a
+/// connection goes back to the pool). A connection used within the last
+/// [`PING_AFTER_IDLE`] is handed out as is; one that sat idle longer (the
+/// server may have restarted or closed it meanwhile) is pinged first, and
+/// replaced by a new one if the ping fails. The cost: a connection that
+/// broke within the second after its last use fails the next statement it
+/// runs (an error for that call, as when it breaks while busy) instead of
+/// being replaced unseen.
+async fn ping_if_idle<C: sqlx::Connection>(
+    c: &mut C,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> Result<bool, sqlx::Error> {
+    if meta.idle_for >= PING_AFTER_IDLE {
+        c.ping().await?;
+    }
+    Ok(true)
+}
+
 impl Db {
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         let url = &config.database.url;
@@ -89,6 +113,8 @@ impl Db {
                 }
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.database.max_connections)
+                    .test_before_acquire(false)
+                    .before_acquire(|c, meta| Box::pin(ping_if_idle(c, meta)))
                     .connect_with(opts)
                     .await
                     .with_context(|| format!("opening SQLite database {url}"))?;
@@ -98,6 +124,8 @@ impl Db {
                 let pool = PgPoolOptions::new()
                     .max_connections(config.database.max_connections)
                     .acquire_timeout(std::time::Duration::from_secs(5))
+                    .test_before_acquire(false)
+                    .before_acquire(|c, meta| Box::pin(ping_if_idle(c, meta)))
                     .connect(url)
                     .await
                     .with_context(|| {
