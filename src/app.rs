@@ -20,6 +20,9 @@ pub struct AppInner {
     /// What authz checks loaded, by org and authorization revision
     /// (`flows::authz`).
     pub authz: crate::flows::authz::AuthzCache,
+    /// Read-only connections for the authz check's key-and-revision read
+    /// on the calling task (SQLite on disk only; `db::inline`).
+    pub inline: Option<crate::db::inline::InlineReaders>,
 }
 
 /// Cheap to clone.

@@ -21,6 +21,8 @@ use sqlx::{
 
 use crate::config::{Config, DbKind};
 
+pub mod inline;
+
 #[derive(Clone, Debug)]
 pub enum Db {
     Sqlite(SqlitePool),

@@ -60,6 +60,10 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
     telemetry::metrics_handle();
     let db = db::Db::connect(&config).await?;
     db.migrate().await.context("applying database migrations")?;
+    let inline = match db.sqlite_pool() {
+        Some(pool) => db::inline::InlineReaders::open(pool, db::inline::default_count()).await,
+        None => None,
+    };
     store::audit::chain_enabled();
     store::audit::finish_migration(&db)
         .await
@@ -122,6 +126,7 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         calendars,
         clock,
         authz: Default::default(),
+        inline,
     })))
 }
 
