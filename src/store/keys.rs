@@ -4,10 +4,11 @@
 use anyhow::Context;
 use base64::Engine;
 use rand::RngCore;
+use rusqlite::OptionalExtension;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    db::{Db, Tx},
+    db::{Db, Tx, inline::InlineReaders},
     on_db, on_tx,
 };
 
@@ -189,7 +190,7 @@ pub async fn authenticate_operator(
 }
 
 /// A live key, with the authorization revision of the org a request names.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KeyForOrg {
     pub id: String,
     pub scope: String,
@@ -200,11 +201,20 @@ pub struct KeyForOrg {
     pub revision: i64,
 }
 
+const KEY_FOR_ORG: &str = "SELECT k.id, k.scope, k.org_id, o.id IS NOT NULL AS org_exists, \
+     COALESCE(r.revision, 0) AS revision FROM api_keys k \
+     LEFT JOIN orgs o ON o.id = $2 \
+     LEFT JOIN authz_revisions r ON r.org_id = $2 \
+     WHERE k.hash = $1 AND k.revoked_at IS NULL";
+
 /// The live key whose hash matches `key`, and the authorization revision of
 /// `org_id`, in one indexed query: on the hot path of an authz check this is
-/// the only statement (see `flows::authz`).
+/// the only statement (see `flows::authz`). With `inline` (SQLite) it runs
+/// on the calling task when a connection there is free, else on the pool;
+/// both read the last committed state.
 pub async fn authenticate_for_org(
     db: &Db,
+    inline: Option<&InlineReaders>,
     key: &str,
     org_id: &str,
 ) -> Result<Option<KeyForOrg>, sqlx::Error> {
@@ -212,17 +222,38 @@ pub async fn authenticate_for_org(
         return Ok(None);
     }
     let h = hash(key);
-    on_db!(db, |c| sqlx::query_as::<_, KeyForOrg>(
-        "SELECT k.id, k.scope, k.org_id, o.id IS NOT NULL AS org_exists, \
-         COALESCE(r.revision, 0) AS revision FROM api_keys k \
-         LEFT JOIN orgs o ON o.id = $2 \
-         LEFT JOIN authz_revisions r ON r.org_id = $2 \
-         WHERE k.hash = $1 AND k.revoked_at IS NULL"
-    )
-    .bind(&h)
-    .bind(org_id)
-    .fetch_optional(c)
-    .await)
+    if let Some(found) = inline.and_then(|r| key_for_org_inline(r, &h, org_id)) {
+        return Ok(found);
+    }
+    on_db!(db, |c| sqlx::query_as::<_, KeyForOrg>(KEY_FOR_ORG)
+        .bind(&h)
+        .bind(org_id)
+        .fetch_optional(c)
+        .await)
+}
+
+/// [`authenticate_for_org`]'s statement on an inline connection, by key
+/// hash: `None` when it could not run there (the pool answers then).
+pub fn key_for_org_inline(
+    inline: &InlineReaders,
+    hash: &str,
+    org_id: &str,
+) -> Option<Option<KeyForOrg>> {
+    inline.read(|c| {
+        c.prepare_cached(KEY_FOR_ORG)?
+            // By name: SQLite numbers parameters in order of first use, and
+            // `$2` comes first here.
+            .query_row(rusqlite::named_params! {"$1": hash, "$2": org_id}, |row| {
+                Ok(KeyForOrg {
+                    id: row.get(0)?,
+                    scope: row.get(1)?,
+                    org_id: row.get(2)?,
+                    org_exists: row.get(3)?,
+                    revision: row.get(4)?,
+                })
+            })
+            .optional()
+    })
 }
 
 /// The live key whose hash matches `key`, if any.

@@ -7,9 +7,11 @@ use std::{collections::BTreeSet, time::Duration};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use approvald::store::keys::{self, KeyForOrg};
+
 use crate::{
     api_util::{add_member, add_member_with, counts, scalar_i64},
-    harness::{Opts, TestApp},
+    harness::{Opts, Profile, TestApp},
     review_util::{decide, outbox, reviewer, submit_ftp, wait_emails_final, wait_status},
 };
 
@@ -1445,6 +1447,122 @@ async fn changes_from_another_process_are_seen_by_the_next_check() {
     assert_eq!(r.status().as_u16(), 401);
     second.stop();
     second.wait().await.unwrap();
+    t.finish().await;
+}
+
+/// The key-and-revision read of a check through both paths: inline (the
+/// embedded profile's read-only connections, `db::inline`) and the pool
+/// (what the inline path falls back to when no connection is free; the only
+/// path on PostgreSQL). Held to the same answer.
+async fn key_read(t: &TestApp, key: &str, org: &str) -> Option<KeyForOrg> {
+    let db = &t.app.db;
+    let pool = keys::authenticate_for_org(db, None, key, org)
+        .await
+        .unwrap();
+    let Some(inline) = t.app.inline.as_ref() else {
+        assert_eq!(t.profile, Profile::Production, "inline reads on SQLite");
+        return pool;
+    };
+    let fast = keys::key_for_org_inline(inline, &keys::hash(key), org).expect("read inline");
+    assert_eq!(fast, pool, "inline and pool answers");
+    assert_eq!(
+        keys::authenticate_for_org(db, Some(inline), key, org)
+            .await
+            .unwrap(),
+        pool
+    );
+    let held = inline.hold_all();
+    assert!(
+        keys::key_for_org_inline(inline, &keys::hash(key), org).is_none(),
+        "no inline connection is free"
+    );
+    assert_eq!(
+        keys::authenticate_for_org(db, Some(inline), key, org)
+            .await
+            .unwrap(),
+        pool,
+        "the fallback answers as the pool"
+    );
+    drop(held);
+    pool
+}
+
+/// On the embedded profile a check's key-and-revision read runs on the
+/// calling task, on connections of its own: a change committed through the
+/// pool (a revision bump, a member change over HTTP, a key revoked) is seen
+/// by the very next read, and the pool path gives the same answer each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_key_read_sees_every_commit_and_matches_the_pool() {
+    let t = TestApp::spawn().await;
+    let (org, key, owner) = t.create_org("Inline Co", "cn").await;
+    let (other, other_key, _) = t.create_org("Other Co", "cn").await;
+    assert_eq!(
+        t.app.inline.is_some(),
+        t.profile == Profile::Embedded,
+        "inline reads on SQLite only"
+    );
+    let first = key_read(&t, &key, &org).await.expect("a live key");
+    assert_eq!(first.scope, "org");
+    assert_eq!(first.org_id.as_deref(), Some(org.as_str()));
+    assert!(first.org_exists);
+    // Another org's revision, and an org that does not exist.
+    let theirs = key_read(&t, &key, &other).await.expect("a live key");
+    assert!(theirs.org_exists);
+    let none = key_read(&t, &key, "no-such-org").await.expect("a live key");
+    assert!(!none.org_exists);
+    assert_eq!(none.revision, 0);
+    // A bump committed through the pool.
+    let mut tx = t.app.db.begin().await.unwrap();
+    tx.authz_changed(&org);
+    tx.commit().await.unwrap();
+    let bumped = key_read(&t, &key, &org).await.expect("a live key");
+    assert_eq!(bumped.revision, first.revision + 1);
+    // A member change over HTTP bumps it too; the check sees it.
+    let m = id(&add_member(&t, &org, &key, "member").await);
+    let added = key_read(&t, &key, &org).await.expect("a live key");
+    assert!(added.revision > bumped.revision);
+    t.call_as(
+        Method::PATCH,
+        &format!("/v1/orgs/{org}/members/{m}"),
+        &key,
+        &owner,
+        Some(&json!({"kind": "admin"})),
+    )
+    .await
+    .expect(200);
+    assert!(key_read(&t, &key, &org).await.expect("a live key").revision > added.revision);
+    assert_eq!(
+        check(&t, &org, &key, &m, "logs:view", None).await.1,
+        "admin"
+    );
+    // The other org's revision did not move.
+    assert_eq!(
+        key_read(&t, &key, &other)
+            .await
+            .expect("a live key")
+            .revision,
+        theirs.revision
+    );
+    // The key revoked through the pool: gone from the very next read, and
+    // the next check answers 401; the other org's key still reads.
+    approvald::on_db!(&t.app.db, |p| sqlx::query(
+        "UPDATE api_keys SET revoked_at = $1 WHERE hash = $2"
+    )
+    .bind(t.app.now_ms())
+    .bind(keys::hash(&key))
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    assert_eq!(key_read(&t, &key, &org).await, None);
+    t.post(
+        &format!("/v1/orgs/{org}/authz/check"),
+        &key,
+        json!({"member": m, "action": "logs:view"}),
+    )
+    .await
+    .expect(401);
+    assert!(key_read(&t, &other_key, &other).await.is_some());
     t.finish().await;
 }
 

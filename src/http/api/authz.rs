@@ -52,7 +52,7 @@ impl FromRequestParts<App> for CheckOrg {
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?.to_string();
         let ApiPath(org_id) = ApiPath::<String>::from_request_parts(parts, app).await?;
-        let key = store::keys::authenticate_for_org(&app.db, &token, &org_id)
+        let key = store::keys::authenticate_for_org(&app.db, app.inline.as_ref(), &token, &org_id)
             .await
             .map_err(ApiError::from)?
             .ok_or_else(unknown_key)?;
