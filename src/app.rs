@@ -23,6 +23,9 @@ pub struct AppInner {
     /// Read-only connections for the authz check's key-and-revision read
     /// on the calling task (SQLite on disk only; `db::inline`).
     pub inline: Option<crate::db::inline::InlineReaders>,
+    /// What the optimistic payment authorization path has learnt
+    /// (`flows::payments`).
+    pub spend_hints: crate::flows::payments::SpendHints,
 }
 
 /// Cheap to clone.

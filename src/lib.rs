@@ -127,6 +127,7 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         clock,
         authz: Default::default(),
         inline,
+        spend_hints: Default::default(),
     })))
 }
 

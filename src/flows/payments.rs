@@ -3,15 +3,26 @@
 //! `payment_permission` approval change. Each change is one transaction that
 //! first locks the member's row (see `store::spending` for the lock order),
 //! so decisions for one member are serial under any concurrency on both
-//! engines, and `used + held <= limit` holds for every period.
+//! engines, and `used + held <= limit` holds for every period. On
+//! PostgreSQL an authorization first decides from an unlocked read and
+//! writes with one statement that locks the member and commits only if
+//! nothing it read has moved ([`authorize`]): the decision is then the same
+//! as if it had been taken under the lock.
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::json;
+use sqlx::{Postgres, pool::PoolConnection};
 
 use crate::{
     app::App,
-    db::{Tx, TxConn},
+    db::{Db, Tx, TxConn},
     domain::{
         ids::Locale,
         spending::{self, Currency, Decline, Limits, Periods, Remaining, Usage},
@@ -19,9 +30,10 @@ use crate::{
     mail::{self, EmailSpec, Recipient, Template},
     on_tx,
     store::{
+        keys::{self, ApiKey},
         members,
         orgs::Org,
-        spending::{self as st, BATCH, Delta, LockedMember, Payment, Settled},
+        spending::{self as st, BATCH, Delta, LockedMember, Payment, Settled, Written},
     },
 };
 
@@ -274,12 +286,243 @@ fn check_currency(app: &App, org: &Org, currency: Currency) -> Result<(), PayErr
     Ok(())
 }
 
-/// `POST .../payments/authorize`: [`authorize`] for the org `org_id` (that
-/// the caller may act on) paying in `currency`. The org is read in the same
-/// statement that locks the member, so the call costs no separate org
-/// lookup; what it answers is what checking the org first would: 404 `org`,
-/// then 422 `currency`, then 404 `member`, and nothing written.
-pub async fn authorize_in(
+/// The first step of `POST .../payments/authorize` ([`read`]): the bearer
+/// key the call came with, as that step found it. The caller judges the key
+/// (401, 403, the org boundary) before [`authorize_read`] goes on.
+pub struct Read {
+    /// The live key with the value given, if any.
+    pub key: Option<ApiKey>,
+    /// PostgreSQL: the connection the read ran on (the write runs on it
+    /// too), what it read, when, and for which periods.
+    pg: Option<PgRead>,
+}
+
+struct PgRead {
+    conn: PoolConnection<Postgres>,
+    snap: st::Snapshot,
+    now: DateTime<Utc>,
+    /// The day and month whose counters `snap` holds.
+    periods: [String; 2],
+}
+
+/// The first step of `POST .../payments/authorize` for the org `org_id`.
+/// PostgreSQL: one statement reads the live key with the value `key` (when
+/// given), the org, the member, its limits and its usage, without locks
+/// ([`st::snapshot`]). SQLite: the key only (the decision then takes the
+/// statement-by-statement path).
+pub async fn read(
+    app: &App,
+    key: Option<&str>,
+    org_id: &str,
+    req: &Authorize,
+) -> Result<Read, PayError> {
+    let Db::Postgres(pool) = &app.db else {
+        let key = match key {
+            Some(k) => keys::authenticate(&app.db, k).await?,
+            None => None,
+        };
+        return Ok(Read { key, pg: None });
+    };
+    let now = app.clock.now();
+    let hash = key.filter(|k| keys::well_formed(k)).map(keys::hash);
+    // The org's zone as last seen (immutable so far; checked below anyway),
+    // else UTC: a wrong guess only sends this call down the locking path.
+    let p = spending::periods(app.spend_hints.zone(org_id).unwrap_or(Tz::UTC), now);
+    let periods = [p.day_key(), p.month_key()];
+    let mut conn = pool.acquire().await?;
+    let snap = st::snapshot(
+        &mut conn,
+        hash.as_deref(),
+        org_id,
+        plausible_member(&req.member).then_some(req.member.as_str()),
+        [&periods[0], &periods[1]],
+    )
+    .await?;
+    let key = snap.key_id.clone().map(|id| ApiKey {
+        id,
+        scope: snap.key_scope.clone().unwrap_or_default(),
+        org_id: snap.key_org_id.clone(),
+    });
+    Ok(Read {
+        key,
+        pg: Some(PgRead {
+            conn,
+            snap,
+            now,
+            periods,
+        }),
+    })
+}
+
+/// The second step of `POST .../payments/authorize`, once the caller has
+/// accepted [`Read::key`] for `org_id`: [`authorize`] for the org `org_id`
+/// paying in `currency`. The org comes from the first step's statement (or,
+/// on SQLite, the one that locks the member), so the call costs no
+/// separate org lookup; what it answers is what checking the org first
+/// would: 404 `org`, then 422 `currency`, then 404 `member`, and nothing
+/// written.
+pub async fn authorize_read(
+    app: &App,
+    read: Read,
+    org_id: &str,
+    currency: Currency,
+    req: &Authorize,
+) -> Result<Answer, PayError> {
+    let Some(r) = read.pg else {
+        return authorize_locking_in(app, org_id, currency, req).await;
+    };
+    let org = snap_org(&r.snap, org_id).ok_or(PayError::NotFound("org"))?;
+    check_currency(app, &org, currency)?;
+    optimistic(app, r, &org, req).await
+}
+
+fn snap_org(s: &st::Snapshot, org_id: &str) -> Option<Org> {
+    Some(Org {
+        id: org_id.to_string(),
+        name: s.org_name.clone()?,
+        region: s.org_region.clone()?,
+        locale: s.org_locale.clone()?,
+        created_at: s.org_created_at?,
+        currency: s.org_currency.clone(),
+        timezone: s.org_timezone.clone(),
+    })
+}
+
+/// Decide one authorization for `req.member` of `org` (the caller may act
+/// on it). A reference seen before replays its first answer; with another
+/// body it is refused.
+///
+/// PostgreSQL tries the optimistic path first (see [`optimistic`]); every
+/// other case, and SQLite, is one transaction that locks the member first
+/// ([`authorize_locking`]). Both decide with [`spending::decide`] (through
+/// [`plan`]) and write the same rows.
+pub async fn authorize(app: &App, org: &Org, req: &Authorize) -> Result<Answer, PayError> {
+    match read(app, None, &org.id, req).await?.pg {
+        Some(r) => optimistic(app, r, org, req).await,
+        None => authorize_locking(app, org, req).await,
+    }
+}
+
+/// PostgreSQL: decide from what [`read`] saw, without having locked
+/// anything, and write with one statement that commits only if nothing the
+/// decision read has changed since ([`st::insert_payment_if_unchanged`]):
+/// two round trips in all, on one pooled connection. Otherwise (a counter
+/// moved, the member or the org's authorization inputs changed) nothing is
+/// written and the locking path decides again; a reference taken already
+/// replays its first answer. The locking path also takes the cases this
+/// one leaves out: the org's first call in this process (its zone is not
+/// known yet), the first authorization of a period (no counter row yet), a
+/// member with expired holds to release, a decision that crosses an alert
+/// threshold (mail, webhook), and a member whose optimistic write lost a
+/// race within [`CONTENTION_WINDOW`].
+async fn optimistic(app: &App, r: PgRead, org: &Org, req: &Authorize) -> Result<Answer, PayError> {
+    let PgRead {
+        mut conn,
+        snap,
+        now,
+        periods,
+    } = r;
+    let (Some(member_id), Some(status)) = (&snap.m_id, &snap.m_status) else {
+        return Err(PayError::NotFound("member"));
+    };
+    let tz = org_zone(app, org);
+    app.spend_hints.set_zone(&org.id, tz);
+    let p = spending::periods(tz, now);
+    let fresh = p.day_key() == periods[0] && p.month_key() == periods[1];
+    if fresh
+        && snap.inputs.day_used.is_some()
+        && snap.inputs.month_used.is_some()
+        && !app.spend_hints.lost_lately(member_id)
+    {
+        let plan = plan(app, org, member_id, status, &snap.inputs, req, now, &p)?;
+        if plan.crossed.is_empty() {
+            let seen = st::Seen {
+                status,
+                role: snap.m_role.as_deref(),
+                revision: snap.revision,
+            };
+            match st::insert_payment_if_unchanged(&mut conn, &plan.row, seen, plan.delta).await? {
+                Written::Done => {
+                    drop(conn);
+                    plan.count();
+                    return Ok(Answer {
+                        body: plan.body,
+                        replayed: false,
+                    });
+                }
+                Written::ReferenceTaken => {
+                    drop(conn);
+                    return replay_or_conflict(app, org, req).await;
+                }
+                Written::Changed => app.spend_hints.lost(member_id),
+            }
+        }
+    }
+    drop(conn);
+    authorize_locking(app, org, req).await
+}
+
+/// After an optimistic write lost a race for a member, that member's
+/// authorizations take the lock at once for this long: a member whose
+/// writes queue on its row would lose again.
+pub const CONTENTION_WINDOW: Duration = Duration::from_millis(100);
+
+/// What the optimistic path has learnt in this process (in [`App`]): the
+/// zone of each org it has seen (to read the right periods' counters in
+/// the first statement), and the members whose optimistic write lost a
+/// race lately. Hints only: the first is checked against the org row each
+/// call, and either path decides correctly.
+#[derive(Default)]
+pub struct SpendHints {
+    zones: Mutex<HashMap<String, Tz>>,
+    lost: Mutex<HashMap<String, Instant>>,
+}
+
+impl SpendHints {
+    /// Most entries of each map; past it a map starts again empty.
+    const MAX: usize = 10_000;
+
+    fn zone(&self, org_id: &str) -> Option<Tz> {
+        lock(&self.zones).get(org_id).copied()
+    }
+
+    fn set_zone(&self, org_id: &str, tz: Tz) {
+        let mut map = lock(&self.zones);
+        if map.get(org_id) != Some(&tz) {
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+            map.insert(org_id.to_string(), tz);
+        }
+    }
+
+    fn lost_lately(&self, member_id: &str) -> bool {
+        lock(&self.lost)
+            .get(member_id)
+            .is_some_and(|t| t.elapsed() < CONTENTION_WINDOW)
+    }
+
+    fn lost(&self, member_id: &str) {
+        let mut map = lock(&self.lost);
+        if map.len() >= Self::MAX {
+            map.retain(|_, t| t.elapsed() < CONTENTION_WINDOW);
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+        }
+        map.insert(member_id.to_string(), Instant::now());
+    }
+}
+
+/// The maps are consistent after every statement: a panic elsewhere while
+/// holding the lock leaves nothing half-done.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// [`authorize_read`] on the path that locks first (SQLite): the member's
+/// row is locked in the same statement that reads the org.
+async fn authorize_locking_in(
     app: &App,
     org_id: &str,
     currency: Currency,
@@ -306,9 +549,8 @@ pub async fn authorize_in(
     decide(app, tx, &org, member, req).await
 }
 
-/// Decide one authorization (one transaction). A reference seen before
-/// replays its first answer; with another body it is refused.
-pub async fn authorize(app: &App, org: &Org, req: &Authorize) -> Result<Answer, PayError> {
+/// [`authorize`] in one transaction that locks the member's row first.
+async fn authorize_locking(app: &App, org: &Org, req: &Authorize) -> Result<Answer, PayError> {
     let mut tx = app.db.begin().await?;
     let Some(member) = st::lock_member(&mut tx, &org.id, &req.member).await? else {
         tx.rollback().await?;
@@ -317,27 +559,52 @@ pub async fn authorize(app: &App, org: &Org, req: &Authorize) -> Result<Answer, 
     decide(app, tx, org, member, req).await
 }
 
-/// The rest of [`authorize`], in `tx` with `member` locked.
-async fn decide(
+/// One authorization decided, before anything is written: the answer, the
+/// payment row, what it adds to the counters and the alert thresholds it
+/// crosses.
+struct Plan {
+    body: String,
+    row: Payment,
+    delta: Delta,
+    /// (period kind, period key, threshold, used after, limit)
+    crossed: Vec<(&'static str, String, i64, i64, i64)>,
+}
+
+impl Plan {
+    /// Count the decision in `approvald_spend_authorizations_total`.
+    fn count(&self) {
+        let outcome = match &self.row.reason {
+            None => self.row.status.clone(),
+            Some(r) => format!("declined_{r}"),
+        };
+        metrics::counter!("approvald_spend_authorizations_total", "outcome" => outcome)
+            .increment(1);
+    }
+}
+
+/// Decide `req` for `member` from `inputs` at `now_dt` (periods `p`, in
+/// the org's zone), with [`spending::decide`]: the one place both paths
+/// take the decision and shape what is stored and answered.
+#[allow(clippy::too_many_arguments)]
+fn plan(
     app: &App,
-    mut tx: Tx,
     org: &Org,
-    member: LockedMember,
+    member_id: &str,
+    member_status: &str,
+    inputs: &st::Inputs,
     req: &Authorize,
-) -> Result<Answer, PayError> {
-    let now_dt = app.clock.now();
+    now_dt: DateTime<Utc>,
+    p: &Periods,
+) -> Result<Plan, PayError> {
     let now = now_dt.timestamp_millis();
-    let tz = org_zone(app, org);
     let currency = org_currency(app, org);
-    let p = spending::periods(tz, now_dt);
     let (day, month) = (p.day_key(), p.month_key());
-    let inputs = decision_inputs(&mut tx, &org.id, &member, [&day, &month], now).await?;
     let (limits, _) = inputs.limits();
     let used = Usage {
         day: inputs.day_used.unwrap_or(0),
         month: inputs.month_used.unwrap_or(0),
     };
-    let active = member.status == members::ACTIVE;
+    let active = member_status == members::ACTIVE;
     let decision = spending::decide(active, &limits, used, req.amount);
     let after = match decision {
         Ok(()) => Usage {
@@ -360,39 +627,18 @@ async fn decide(
         approved: decision.is_ok(),
         status,
         reason,
-        member: &member.id,
+        member: member_id,
         amount: req.amount,
         currency: currency.code(),
         reference: &req.reference,
         capture: req.capture,
         remaining: spending::remaining(active, &limits, after),
-        resets_at: resets(&p),
-        periods: period_keys(&p),
+        resets_at: resets(p),
+        periods: period_keys(p),
         expires_at: expires_at.map(crate::http::api::time),
         created_at: crate::http::api::time(now),
     };
     let body = serde_json::to_string(&out).map_err(anyhow::Error::from)?;
-    let row = Payment {
-        id: id.clone(),
-        org_id: org.id.clone(),
-        member_id: member.id.clone(),
-        reference: req.reference.clone(),
-        body_hash: req.body_hash.clone(),
-        amount: req.amount,
-        currency: currency.code().to_string(),
-        capture: req.capture,
-        status: status.to_string(),
-        reason: reason.map(str::to_string),
-        day: day.clone(),
-        month: month.clone(),
-        day_used: used.day,
-        month_used: used.month,
-        captured_amount: None,
-        expires_at,
-        settled_at: None,
-        response: body.clone(),
-        created_at: now,
-    };
     let delta = match status {
         "approved" => Delta {
             used: req.amount,
@@ -412,33 +658,6 @@ async fn decide(
             ..Delta::default()
         },
     };
-    let inserted = if let TxConn::Postgres(t) = &mut tx.conn {
-        st::insert_payment_bumping(t, &row, tz.name(), delta).await?
-    } else if st::insert_payment(&mut tx, &row).await? {
-        st::bump(
-            &mut tx,
-            &member.id,
-            &org.id,
-            tz.name(),
-            [&day, &month],
-            delta,
-            now,
-        )
-        .await?;
-        true
-    } else {
-        false
-    };
-    if !inserted {
-        // This reference was decided already (maybe a moment ago).
-        tx.rollback().await?;
-        return match replay(app, org, req).await? {
-            Some(a) => Ok(a),
-            None => Err(PayError::Conflict(
-                "a payment with this reference is being decided; retry".into(),
-            )),
-        };
-    }
     let mut crossed = Vec::new();
     if active && limits.allowed {
         for (kind, key, limit, before, after, hit) in [
@@ -468,30 +687,113 @@ async fn decide(
             }
         }
     }
-    for (kind, key, t, used_now, limit) in crossed {
-        if st::record_alert(&mut tx, &member.id, &key, t, now).await? {
+    let row = Payment {
+        id,
+        org_id: org.id.clone(),
+        member_id: member_id.to_string(),
+        reference: req.reference.clone(),
+        body_hash: req.body_hash.clone(),
+        amount: req.amount,
+        currency: currency.code().to_string(),
+        capture: req.capture,
+        status: status.to_string(),
+        reason: reason.map(str::to_string),
+        day,
+        month,
+        day_used: used.day,
+        month_used: used.month,
+        captured_amount: None,
+        expires_at,
+        settled_at: None,
+        response: body.clone(),
+        created_at: now,
+    };
+    Ok(Plan {
+        body,
+        row,
+        delta,
+        crossed,
+    })
+}
+
+/// The rest of [`authorize_locking`], in `tx` with `member` locked.
+async fn decide(
+    app: &App,
+    mut tx: Tx,
+    org: &Org,
+    member: LockedMember,
+    req: &Authorize,
+) -> Result<Answer, PayError> {
+    let now_dt = app.clock.now();
+    let now = now_dt.timestamp_millis();
+    let tz = org_zone(app, org);
+    let currency = org_currency(app, org);
+    let p = spending::periods(tz, now_dt);
+    let (day, month) = (p.day_key(), p.month_key());
+    let inputs = decision_inputs(&mut tx, &org.id, &member, [&day, &month], now).await?;
+    let plan = plan(
+        app,
+        org,
+        &member.id,
+        &member.status,
+        &inputs,
+        req,
+        now_dt,
+        &p,
+    )?;
+    let inserted = if let TxConn::Postgres(t) = &mut tx.conn {
+        st::insert_payment_bumping(t, &plan.row, tz.name(), plan.delta).await?
+    } else if st::insert_payment(&mut tx, &plan.row).await? {
+        st::bump(
+            &mut tx,
+            &member.id,
+            &org.id,
+            tz.name(),
+            [&day, &month],
+            plan.delta,
+            now,
+        )
+        .await?;
+        true
+    } else {
+        false
+    };
+    if !inserted {
+        // This reference was decided already (maybe a moment ago).
+        tx.rollback().await?;
+        return replay_or_conflict(app, org, req).await;
+    }
+    for &(kind, ref key, t, used_now, limit) in &plan.crossed {
+        if st::record_alert(&mut tx, &member.id, key, t, now).await? {
             alert(
                 app,
                 &mut tx,
                 org,
                 &member,
                 currency,
-                (kind, &key, t),
+                (kind, key, t),
                 (used_now, limit),
             )
             .await?;
         }
     }
     tx.commit().await?;
-    let outcome = match reason {
-        None => status.to_string(),
-        Some(r) => format!("declined_{r}"),
-    };
-    metrics::counter!("approvald_spend_authorizations_total", "outcome" => outcome).increment(1);
+    plan.count();
     Ok(Answer {
-        body,
+        body: plan.body,
         replayed: false,
     })
+}
+
+/// The stored first answer for a reference that was decided already (maybe
+/// a moment ago), or 409.
+async fn replay_or_conflict(app: &App, org: &Org, req: &Authorize) -> Result<Answer, PayError> {
+    match replay(app, org, req).await? {
+        Some(a) => Ok(a),
+        None => Err(PayError::Conflict(
+            "a payment with this reference is being decided; retry".into(),
+        )),
+    }
 }
 
 /// The stored answer for `req.reference`, or 409 when it came with another body.

@@ -431,6 +431,184 @@ pub async fn insert_payment_bumping(
     Ok(n == 2)
 }
 
+/// What the optimistic authorize path reads, in one statement and without
+/// locks (PostgreSQL, [`snapshot`]): the bearer key (when one is asked
+/// for), the org, its authorization revision, the member, its limits and
+/// the usage of two periods.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Snapshot {
+    /// The live key whose hash was asked for (all `None` when none was, or
+    /// none matched).
+    pub key_id: Option<String>,
+    pub key_scope: Option<String>,
+    pub key_org_id: Option<String>,
+    /// The org (`None`: no such org).
+    pub org_name: Option<String>,
+    pub org_region: Option<String>,
+    pub org_locale: Option<String>,
+    pub org_created_at: Option<i64>,
+    pub org_currency: Option<String>,
+    pub org_timezone: Option<String>,
+    /// `authz_revisions.revision` of the org: every change to a member's
+    /// status or role, a role's spec or a member-level override bumps it.
+    pub revision: i64,
+    /// The member (`None`: no such member in this org).
+    pub m_id: Option<String>,
+    pub m_status: Option<String>,
+    pub m_role: Option<String>,
+    /// The role's spec, the override and the two periods' `used + held`
+    /// (`None`: no counter row).
+    #[sqlx(flatten)]
+    pub inputs: Inputs,
+}
+
+/// PostgreSQL, the optimistic authorize path's read: everything
+/// [`Snapshot`] holds, in one statement on one snapshot, locking nothing.
+/// `[day, month]` are the period keys whose counters to read (the caller's
+/// guess of the org's zone: it checks them against the zone read here).
+/// `member_id` `None` reads no member.
+pub async fn snapshot(
+    conn: &mut sqlx::PgConnection,
+    key_hash: Option<&str>,
+    org_id: &str,
+    member_id: Option<&str>,
+    [day, month]: [&str; 2],
+) -> Result<Snapshot, sqlx::Error> {
+    sqlx::query_as::<_, Snapshot>(
+        "SELECT k.id AS key_id, k.scope AS key_scope, k.org_id AS key_org_id, \
+           o.name AS org_name, o.region AS org_region, o.locale AS org_locale, \
+           o.created_at AS org_created_at, o.currency AS org_currency, o.timezone AS org_timezone, \
+           COALESCE(ar.revision, 0) AS revision, \
+           m.id AS m_id, m.status AS m_status, m.role AS m_role, \
+           r.spec AS role_spec, mp.active AS mp_active, mp.allowed AS mp_allowed, \
+           mp.per_tx AS mp_per_tx, mp.daily AS mp_daily, mp.monthly AS mp_monthly, \
+           cd.used + cd.held AS day_used, cm.used + cm.held AS month_used \
+         FROM (SELECT 1 AS one) x \
+         LEFT JOIN api_keys k ON k.hash = $1 AND k.revoked_at IS NULL \
+         LEFT JOIN orgs o ON o.id = $2 \
+         LEFT JOIN authz_revisions ar ON ar.org_id = $2 \
+         LEFT JOIN members m ON m.id = $3 AND m.org_id = $2 \
+         LEFT JOIN roles r ON r.org_id = $2 AND r.name = m.role \
+         LEFT JOIN member_payment mp ON mp.member_id = m.id \
+         LEFT JOIN spend_counters cd ON cd.member_id = m.id AND cd.period = $4 \
+         LEFT JOIN spend_counters cm ON cm.member_id = m.id AND cm.period = $5",
+    )
+    .bind(key_hash)
+    .bind(org_id)
+    .bind(member_id)
+    .bind(day)
+    .bind(month)
+    .fetch_one(conn)
+    .await
+}
+
+/// What [`insert_payment_if_unchanged`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The payment is stored and both counters bumped (committed).
+    Done,
+    /// Something the decision read has changed since, or the member has
+    /// expired holds to release: nothing written.
+    Changed,
+    /// `(org_id, reference)` is taken: nothing written.
+    ReferenceTaken,
+}
+
+/// What an optimistic decision was made against, besides the usage the
+/// payment row records (`day_used`, `month_used`).
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub status: &'a str,
+    pub role: Option<&'a str>,
+    pub revision: i64,
+}
+
+/// PostgreSQL, the optimistic authorize path's write: one statement in its
+/// own (implicit) transaction, all or nothing.
+///
+/// 1. Lock the member's row, as every writer of a member's spending does
+///    first, if its status and role and the org's authorization revision
+///    are still `seen` and it has no hold expired at the payment's
+///    `created_at` (those the locking path releases). A row lock waits for
+///    the row's current writer and checks the conditions again on the
+///    latest committed version.
+/// 2. Bump the day's and the month's counters, each only if its
+///    `used + held` is still the row's `day_used` / `month_used`: an
+///    `UPDATE` too checks its condition on the latest version, and with
+///    the member locked nobody else can move them until this commits.
+/// 3. Insert the payment if either counter was bumped. Its `status` is the
+///    row's only when both were; otherwise it is NULL, which the column
+///    refuses: the statement fails and the one bump is rolled back with it.
+///    A reference already taken fails the insert the same way (the unique
+///    constraint), undoing both bumps.
+///
+/// Nothing bumped (the member changed, or both counters moved): nothing
+/// written, no error. The two refused inserts are told apart by their
+/// error; any other error is returned.
+pub async fn insert_payment_if_unchanged(
+    conn: &mut sqlx::PgConnection,
+    p: &Payment,
+    seen: Seen<'_>,
+    d: Delta,
+) -> Result<Written, sqlx::Error> {
+    let q = sqlx::query(concat!(
+        "WITH m AS MATERIALIZED ( \
+           SELECT id FROM members \
+           WHERE id = $3 AND org_id = $2 AND status = $20 AND role IS NOT DISTINCT FROM $21 \
+             AND COALESCE((SELECT revision FROM authz_revisions WHERE org_id = $2), 0) = $22 \
+             AND NOT EXISTS (SELECT 1 FROM payments WHERE member_id = $3 AND status = 'held' \
+                             AND expires_at <= $19) \
+           FOR NO KEY UPDATE), \
+         upd AS ( \
+           UPDATE spend_counters s SET used = s.used + $23, held = s.held + $24, \
+             approved_count = s.approved_count + $25, approved_amount = s.approved_amount + $26, \
+             captured_count = s.captured_count + $27, captured_amount = s.captured_amount + $28, \
+             voided_count = s.voided_count + $29, voided_amount = s.voided_amount + $30, \
+             declined_count = s.declined_count + $31, declined_amount = s.declined_amount + $32, \
+             updated_at = $19 \
+           WHERE s.member_id = (SELECT id FROM m) AND s.period IN ($11, $12) \
+             AND s.used + s.held = CASE WHEN s.period = $11 THEN $13 ELSE $14 END \
+           RETURNING 1) \
+         INSERT INTO payments (",
+        payment_columns!(),
+        ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN n = 2 THEN $9 END, \
+                  $10, $11, $12, $13, $14, $15, $16, $17, $18, $19 \
+           FROM (SELECT COUNT(*) AS n FROM upd) bumped WHERE n > 0"
+    ));
+    let r = bind_payment!(q, p)
+        .bind(seen.status)
+        .bind(seen.role)
+        .bind(seen.revision)
+        .bind(d.used)
+        .bind(d.held)
+        .bind(d.approved_count)
+        .bind(d.approved_amount)
+        .bind(d.captured_count)
+        .bind(d.captured_amount)
+        .bind(d.voided_count)
+        .bind(d.voided_amount)
+        .bind(d.declined_count)
+        .bind(d.declined_amount)
+        .execute(conn)
+        .await;
+    match r {
+        Ok(r) if r.rows_affected() == 1 => Ok(Written::Done),
+        Ok(_) => Ok(Written::Changed),
+        Err(e) => {
+            let pg = e
+                .as_database_error()
+                .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>());
+            match pg.map(|d| (d.code(), d.column(), d.constraint())) {
+                Some(("23502", Some("status"), _)) => Ok(Written::Changed),
+                Some(("23505", _, Some("payments_org_id_reference_key"))) => {
+                    Ok(Written::ReferenceTaken)
+                }
+                _ => Err(e),
+            }
+        }
+    }
+}
+
 pub async fn payment_by_reference(
     db: &Db,
     org_id: &str,

@@ -31,6 +31,7 @@ mod spend_api;
 mod spend_cron;
 mod spend_invariant;
 mod spend_model;
+mod spend_optimistic;
 mod spend_util;
 mod webhook_receiver;
 mod webhooks;

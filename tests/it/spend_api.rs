@@ -587,6 +587,154 @@ async fn bad_input_is_a_problem_and_writes_nothing() {
     t.finish().await;
 }
 
+/// `payments/authorize` reads its key in the statement that reads the org
+/// and the member: it still answers a bad key, another org's key and a bad
+/// body as every other call does, in the same order (the key: 401, 403;
+/// the body's shape; the org boundary: 404; the fields: 422), writing
+/// nothing; a revoked key fails the very next call.
+#[tokio::test]
+async fn authorize_checks_the_key_and_the_org_boundary_first() {
+    let t = clocked().await;
+    let (org, key, _) = org_in(&t, "Asia/Shanghai", None).await;
+    let (_, key2, _) = org_in(&t, "Asia/Shanghai", None).await;
+    let m = member(&t, &org, &key).await;
+    set_limits(&t, &org, &m, 500, 1000, 3000).await;
+    authorize(&t, &org, &key, &m, 10, "k-0", true)
+        .await
+        .expect(200);
+    let operator = approvald::store::keys::create_operator(&t.app.db, false, t.app.now_ms())
+        .await
+        .unwrap();
+    let unknown = format!("apd_{}", "A".repeat(43));
+    let path = format!("/v1/orgs/{org}/payments/authorize");
+    let good = json!({"member": m, "amount": 10, "currency": "CNY", "reference": "k-1"});
+    let bad_field = json!({"member": m, "amount": 0, "currency": "CNY", "reference": "k-1"});
+    let bad_shape = json!({"member": m, "amount": "10", "currency": "CNY", "reference": "k-1"});
+    let before = spend_counts(&t).await;
+    let cases: Vec<(&str, &str, &str, Value, u16, &str)> = vec![
+        (
+            "an unknown key",
+            &path,
+            &unknown,
+            good.clone(),
+            401,
+            "unknown or revoked",
+        ),
+        (
+            "a malformed key",
+            &path,
+            "not-a-key",
+            good.clone(),
+            401,
+            "unknown or revoked",
+        ),
+        (
+            "an unknown key, a bad field",
+            &path,
+            &unknown,
+            bad_field.clone(),
+            401,
+            "unknown or revoked",
+        ),
+        (
+            "an unknown key, a bad body",
+            &path,
+            &unknown,
+            bad_shape.clone(),
+            401,
+            "unknown or revoked",
+        ),
+        (
+            "an operator key",
+            &path,
+            &operator,
+            good.clone(),
+            403,
+            "operator",
+        ),
+        (
+            "an operator key, a bad field",
+            &path,
+            &operator,
+            bad_field.clone(),
+            403,
+            "operator",
+        ),
+        ("another org's key", &path, &key2, good.clone(), 404, "org"),
+        (
+            "another org's key, a bad field",
+            &path,
+            &key2,
+            bad_field.clone(),
+            404,
+            "org",
+        ),
+        (
+            "another org's key, a bad body",
+            &path,
+            &key2,
+            bad_shape.clone(),
+            422,
+            "amount",
+        ),
+        (
+            "the platform key, no such org",
+            "/v1/orgs/nope/payments/authorize",
+            &t.platform_key,
+            good.clone(),
+            404,
+            "org",
+        ),
+        (
+            "the platform key, no such org, a bad field",
+            "/v1/orgs/nope/payments/authorize",
+            &t.platform_key,
+            bad_field.clone(),
+            422,
+            "amount",
+        ),
+    ];
+    for (what, path, k, body, status, names) in cases {
+        let r = t.post(path, k, body).await;
+        assert_eq!(r.status.as_u16(), status, "{what}: {}", r.text);
+        r.assert_problem();
+        assert!(r.text.contains(names), "{what}: {}", r.text);
+        if status == 401 {
+            assert!(
+                r.headers
+                    .get("www-authenticate")
+                    .is_some_and(|v| v.to_str().unwrap().starts_with("Bearer")),
+                "{what}: no WWW-Authenticate"
+            );
+        }
+        assert_eq!(spend_counts(&t).await, before, "{what} wrote something");
+    }
+    let r = t
+        .post_raw(
+            &path,
+            &unknown,
+            "application/json",
+            b"{\"amount\": 1,".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    // The platform key may act on the org; a revoked org key may not.
+    authorize(&t, &org, &t.platform_key, &m, 10, "k-2", true)
+        .await
+        .expect(200);
+    approvald::on_db!(&t.app.db, |p| sqlx::query(
+        "UPDATE api_keys SET revoked_at = 1 WHERE org_id = $1"
+    )
+    .bind(&org)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    let r = authorize(&t, &org, &key, &m, 10, "k-3", true).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    t.finish().await;
+}
+
 /// 80 % and 100 % of a limit: one mail per member, period and threshold,
 /// to the member and the org's admins.
 #[tokio::test]

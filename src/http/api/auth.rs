@@ -42,11 +42,7 @@ impl Caller {
     /// on any org, an org key only on its own. Anything else is 404, exactly
     /// as if the org did not exist (an org key learns nothing of others).
     pub async fn org(&self, app: &App, org_id: &str) -> Result<Org, ApiError> {
-        if let CallerScope::Org(own) = &self.scope
-            && own != org_id
-        {
-            return Err(ApiError::not_found("org"));
-        }
+        self.check_boundary(org_id)?;
         store::orgs::get(&app.db, org_id)
             .await?
             .ok_or_else(|| ApiError::not_found("org"))
@@ -98,11 +94,50 @@ impl FromRequestParts<App> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
+        Caller::authenticate(app, token).await
+    }
+}
+
+impl Caller {
+    /// The caller the live key `token` makes: 401 when there is none, 403
+    /// for an operator key.
+    pub(super) async fn authenticate(app: &App, token: &str) -> Result<Self, AuthRejection> {
         let key = store::keys::authenticate(&app.db, token)
             .await
-            .map_err(ApiError::from)?
-            .ok_or_else(unknown_key)?;
-        Ok(Caller::from_key(key.id, &key.scope, key.org_id)?)
+            .map_err(ApiError::from)?;
+        Ok(Caller::from_found(key)?)
+    }
+
+    /// The caller a key lookup's answer makes: 401 for no live key, 403 for
+    /// an operator key.
+    pub(super) fn from_found(key: Option<store::keys::ApiKey>) -> Result<Self, ApiError> {
+        let key = key.ok_or_else(unknown_key)?;
+        Caller::from_key(key.id, &key.scope, key.org_id)
+    }
+
+    /// 404 `org` when this caller may not act on `org_id` (see [`Caller::org`]).
+    pub(super) fn check_boundary(&self, org_id: &str) -> Result<(), ApiError> {
+        match &self.scope {
+            CallerScope::Org(own) if own != org_id => Err(ApiError::not_found("org")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A bearer key of the right shape, not looked up yet: for a call whose own
+/// first statement looks it up with the rest (`payments/authorize`). 401
+/// without one, as [`Caller`] answers.
+pub struct Token(pub String);
+
+impl FromRequestParts<App> for Token {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _: &App) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        if !store::keys::well_formed(token) {
+            return Err(unknown_key().into());
+        }
+        Ok(Token(token.to_string()))
     }
 }
 

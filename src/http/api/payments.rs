@@ -14,7 +14,11 @@ use serde::{Deserialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::{Caller, CallerScope, body::JsonBody};
+use super::{
+    Caller,
+    auth::{AuthRejection, Token},
+    body::JsonBody,
+};
 use crate::{
     app::App,
     domain::spending::{Currency, MAX_AMOUNT, MAX_REFERENCE},
@@ -124,19 +128,54 @@ fn json_response(status: StatusCode, body: String, replayed: bool) -> Response {
 )]
 pub async fn authorize(
     State(app): State<App>,
-    caller: Caller,
-    ApiPath(org_id): ApiPath<String>,
-    body: JsonBody<AuthorizeIn>,
-) -> ApiResult<Response> {
+    token: Token,
+    path: Result<ApiPath<String>, ApiError>,
+    body: Result<JsonBody<AuthorizeIn>, ApiError>,
+) -> Result<Response, Response> {
+    // What a bad call is told, and in which order, is what every other
+    // call's is: the key (401, 403), the path and the body's shape, the org
+    // boundary (404), the fields (422). Only a good call skips the separate
+    // key lookup: its key is read by the flow's first statement, with the
+    // org, the member and everything deciding needs.
+    let (org_id, b) = match (path, body) {
+        (Ok(ApiPath(org_id)), Ok(body)) => (org_id, body.value),
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            Caller::authenticate(&app, &token.0)
+                .await
+                .map_err(IntoResponse::into_response)?;
+            return Err(e.into_response());
+        }
+    };
+    let (currency, req) = match validate(b) {
+        Ok(v) => v,
+        Err(e) => {
+            let caller = Caller::authenticate(&app, &token.0)
+                .await
+                .map_err(IntoResponse::into_response)?;
+            caller
+                .check_boundary(&org_id)
+                .map_err(IntoResponse::into_response)?;
+            return Err(e.into_response());
+        }
+    };
+    let read = flow::read(&app, Some(&token.0), &org_id, &req)
+        .await
+        .map_err(|e| ApiError::from(e).into_response())?;
     // The org boundary as `Caller::org` draws it (an org key acts on its own
     // org only; anything else is a 404 like a missing org); whether the org
-    // exists is answered by the flow, which reads it with the member.
-    if let CallerScope::Org(own) = &caller.scope
-        && own != &org_id
-    {
-        return Err(ApiError::not_found("org"));
-    }
-    let b = body.value;
+    // exists is answered by the flow.
+    Caller::from_found(read.key.clone())
+        .map_err(|e| AuthRejection::from(e).into_response())?
+        .check_boundary(&org_id)
+        .map_err(IntoResponse::into_response)?;
+    let answer = flow::authorize_read(&app, read, &org_id, currency, &req)
+        .await
+        .map_err(|e| ApiError::from(e).into_response())?;
+    Ok(json_response(StatusCode::OK, answer.body, answer.replayed))
+}
+
+/// The body's fields, each checked: 422 naming the first bad one.
+fn validate(b: AuthorizeIn) -> Result<(Currency, Authorize), ApiError> {
     let reference = parse_reference(&b.reference)?;
     let amount = parse_amount("amount", b.amount)?;
     let currency = Currency::parse("currency", &b.currency)?;
@@ -147,20 +186,16 @@ pub async fn authorize(
     let body_hash = hex::encode(Sha256::digest(
         format!("{member}\n{amount}\n{}\n{capture}", currency.code()).as_bytes(),
     ));
-    let answer = flow::authorize_in(
-        &app,
-        &org_id,
+    Ok((
         currency,
-        &Authorize {
+        Authorize {
             member: member.to_string(),
             amount,
             reference,
             capture,
             body_hash,
         },
-    )
-    .await?;
-    Ok(json_response(StatusCode::OK, answer.body, answer.replayed))
+    ))
 }
 
 /// Optional: no body captures the whole hold.
