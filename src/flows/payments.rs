@@ -521,7 +521,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// [`authorize_read`] on the path that locks first (SQLite): the member's
-/// row is locked in the same statement that reads the org.
+/// row is locked, then the org is read in the same transaction.
 async fn authorize_locking_in(
     app: &App,
     org_id: &str,

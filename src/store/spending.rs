@@ -65,69 +65,26 @@ pub async fn lock_member(
     }
 }
 
-/// [`lock_member`] and, in the same statement on PostgreSQL, the member's
-/// org (the authorize path reads both: one round trip instead of two).
-/// `None`: no such member in this org (the org may not exist either).
+/// [`lock_member`], then the member's org (the locking authorize path over
+/// HTTP reads both: the handler does no separate org lookup). `None`: no
+/// such member in this org (the org may not exist either).
 pub async fn lock_member_with_org(
     tx: &mut Tx,
     org_id: &str,
     member_id: &str,
 ) -> Result<Option<(LockedMember, Org)>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        member: LockedMember,
-        org_name: String,
-        org_region: String,
-        org_locale: String,
-        org_created_at: i64,
-        org_currency: Option<String>,
-        org_timezone: Option<String>,
-    }
-    let row = match &mut tx.conn {
-        TxConn::Postgres(t) => {
-            sqlx::query_as::<_, Row>(
-                "SELECT m.id, m.status, m.role, m.name, m.login_id, m.email, m.locale, \
-                        o.name AS org_name, o.region AS org_region, o.locale AS org_locale, \
-                        o.created_at AS org_created_at, o.currency AS org_currency, \
-                        o.timezone AS org_timezone \
-                 FROM members m JOIN orgs o ON o.id = m.org_id \
-                 WHERE m.id = $1 AND m.org_id = $2 FOR NO KEY UPDATE OF m",
-            )
-            .bind(member_id)
-            .bind(org_id)
-            .fetch_optional(&mut **t)
-            .await?
-        }
-        TxConn::Sqlite(..) => {
-            let Some(member) = lock_member(tx, org_id, member_id).await? else {
-                return Ok(None);
-            };
-            let org = on_tx!(tx, |c| {
-                sqlx::query_as::<_, Org>(
-                "SELECT id, name, region, locale, created_at, currency, timezone FROM orgs WHERE id = $1"
-            )
-            .bind(org_id)
-            .fetch_optional(c)
-            .await
-            })?;
-            return Ok(org.map(|o| (member, o)));
-        }
+    let Some(member) = lock_member(tx, org_id, member_id).await? else {
+        return Ok(None);
     };
-    Ok(row.map(|r| {
-        (
-            r.member,
-            Org {
-                id: org_id.to_string(),
-                name: r.org_name,
-                region: r.org_region,
-                locale: r.org_locale,
-                created_at: r.org_created_at,
-                currency: r.org_currency,
-                timezone: r.org_timezone,
-            },
-        )
-    }))
+    let org = on_tx!(tx, |c| {
+        sqlx::query_as::<_, Org>(
+        "SELECT id, name, region, locale, created_at, currency, timezone FROM orgs WHERE id = $1"
+    )
+    .bind(org_id)
+    .fetch_optional(c)
+    .await
+    })?;
+    Ok(org.map(|o| (member, o)))
 }
 
 /// What deciding needs besides the member: the role's spec, the override,
