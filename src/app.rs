@@ -8,6 +8,9 @@ use crate::{config::Config, db::Db, domain::catalog::Catalog, mail::Mailer};
 pub struct AppInner {
     pub config: Config,
     pub db: Db,
+    /// PostgreSQL connections the payment authorization keeps between calls
+    /// (see [`crate::db::Warm`]).
+    pub warm: crate::db::Warm,
     pub queue: Queue,
     /// True when the queue lives in the same SQLite database as the state, so
     /// a job is written in the caller's transaction; otherwise jobs go through

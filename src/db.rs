@@ -10,11 +10,16 @@
 //! must have the same type on both engines: map `execute` results with
 //! `.map(|r| r.rows_affected())`; `fetch_*` into `FromRow` types, tuples or
 //! scalars works as is.
-use std::str::FromStr;
+use std::{
+    str::FromStr,
+    sync::{Mutex, MutexGuard},
+    time::Instant,
+};
 
 use anyhow::Context;
 use sqlx::{
     PgPool, Postgres, Sqlite, SqlitePool, Transaction,
+    pool::PoolConnection,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -99,6 +104,92 @@ async fn ping_if_idle<C: sqlx::Connection>(
         c.ping().await?;
     }
     Ok(true)
+}
+
+/// PostgreSQL connections a hot path keeps between its calls instead of
+/// giving them back to the pool: sqlx pings every connection that goes back
+/// to the pool (a round trip to PostgreSQL, and a wake-up of its backend),
+/// which for a call of two statements is a third of its round trips (the
+/// optimistic payment authorization, `flows::payments`).
+///
+/// At most `cap` are kept (half the pool: the rest of the process always
+/// has the other half). One is handed out again only if it was kept less
+/// than [`PING_AFTER_IDLE`] ago, the same rule as the pool's own
+/// [`ping_if_idle`]; older ones go back to the pool, where the next acquire
+/// pings them, and so does every kept connection the api role's sweep
+/// ([`Warm::return_idle`], every half second) finds older than that, so an
+/// idle process holds none. Only a connection between statements, with no
+/// transaction open, may be kept; one whose statement failed in the middle
+/// or was cancelled is dropped (back to the pool, pinged) as usual.
+pub struct Warm {
+    conns: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    cap: usize,
+}
+
+impl Warm {
+    /// Keep at most `cap` connections.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            conns: Mutex::new(Vec::new()),
+            cap,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<(PoolConnection<Postgres>, Instant)>> {
+        // The list is consistent after every statement: a panic elsewhere
+        // while holding the lock leaves nothing half-done.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection kept last, if it was kept less than
+    /// [`PING_AFTER_IDLE`] ago; else one from `pool`.
+    pub async fn take(&self, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let stale = {
+            let mut conns = self.lock();
+            match conns.pop() {
+                Some((c, at)) if at.elapsed() < PING_AFTER_IDLE => return Ok(c),
+                // The newest is too old: so are all the others.
+                Some(top) => {
+                    let mut stale = std::mem::take(&mut *conns);
+                    stale.push(top);
+                    stale
+                }
+                None => Vec::new(),
+            }
+        };
+        drop(stale);
+        pool.acquire().await
+    }
+
+    /// Keep `conn` (between statements, no transaction open) for the next
+    /// [`take`](Self::take); with `cap` kept already, it goes back to the
+    /// pool.
+    pub fn keep(&self, conn: PoolConnection<Postgres>) {
+        let mut conns = self.lock();
+        if conns.len() < self.cap {
+            conns.push((conn, Instant::now()));
+        }
+    }
+
+    /// Give back to the pool every connection kept [`PING_AFTER_IDLE`] or
+    /// longer.
+    pub fn return_idle(&self) {
+        let stale: Vec<_> = {
+            let mut conns = self.lock();
+            let n = conns
+                .iter()
+                .position(|(_, at)| at.elapsed() < PING_AFTER_IDLE)
+                .unwrap_or(conns.len());
+            conns.drain(..n).collect()
+        };
+        drop(stale);
+    }
+
+    /// Give every kept connection back to the pool (at shutdown).
+    pub fn return_all(&self) {
+        let all = std::mem::take(&mut *self.lock());
+        drop(all);
+    }
 }
 
 impl Db {

@@ -116,9 +116,14 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
             gap.region, gap.first_uncovered, gap.region);
     }
     let mailer = mail::Mailer::from_config(&config.mail).context("setting up mail")?;
+    let warm = db::Warm::new(match db {
+        db::Db::Postgres(_) => config.database.max_connections as usize / 2,
+        db::Db::Sqlite(_) => 0,
+    });
     Ok(App(Arc::new(app::AppInner {
         config,
         db,
+        warm,
         queue,
         queue_in_db,
         mailer,
@@ -206,6 +211,18 @@ pub async fn start(
                 Ok(())
             }));
         }
+        let (a, s) = (app.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => a.warm.return_idle(),
+                    _ = s.cancelled() => break,
+                }
+            }
+            a.warm.return_all();
+            Ok(())
+        }));
     }
 
     if role.worker() || role.scheduler() {

@@ -329,7 +329,7 @@ pub async fn read(
     // else UTC: a wrong guess only sends this call down the locking path.
     let p = spending::periods(app.spend_hints.zone(org_id).unwrap_or(Tz::UTC), now);
     let periods = [p.day_key(), p.month_key()];
-    let mut conn = pool.acquire().await?;
+    let mut conn = app.warm.take(pool).await?;
     let snap = st::snapshot(
         &mut conn,
         hash.as_deref(),
@@ -406,7 +406,8 @@ pub async fn authorize(app: &App, org: &Org, req: &Authorize) -> Result<Answer, 
 /// PostgreSQL: decide from what [`read`] saw, without having locked
 /// anything, and write with one statement that commits only if nothing the
 /// decision read has changed since ([`st::insert_payment_if_unchanged`]):
-/// two round trips in all, on one pooled connection. Otherwise (a counter
+/// two round trips in all, on one connection kept warm between calls
+/// ([`crate::db::Warm`]: no ping as it goes back). Otherwise (a counter
 /// moved, the member or the org's authorization inputs changed) nothing is
 /// written and the locking path decides again; a reference taken already
 /// replays its first answer. The locking path also takes the cases this
@@ -443,7 +444,7 @@ async fn optimistic(app: &App, r: PgRead, org: &Org, req: &Authorize) -> Result<
             };
             match st::insert_payment_if_unchanged(&mut conn, &plan.row, seen, plan.delta).await? {
                 Written::Done => {
-                    drop(conn);
+                    app.warm.keep(conn);
                     plan.count();
                     return Ok(Answer {
                         body: plan.body,
@@ -451,14 +452,14 @@ async fn optimistic(app: &App, r: PgRead, org: &Org, req: &Authorize) -> Result<
                     });
                 }
                 Written::ReferenceTaken => {
-                    drop(conn);
+                    app.warm.keep(conn);
                     return replay_or_conflict(app, org, req).await;
                 }
                 Written::Changed => app.spend_hints.lost(member_id),
             }
         }
     }
-    drop(conn);
+    app.warm.keep(conn);
     authorize_locking(app, org, req).await
 }
 

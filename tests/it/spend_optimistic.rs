@@ -4,9 +4,10 @@
 //! decision read is unchanged, and otherwise writes nothing, including the
 //! cases where one counter still matches (the statement then fails on the
 //! payment's NULL status and takes its one bump back) and where the
-//! reference was taken meanwhile (the unique constraint fails it).
+//! reference was taken meanwhile (the unique constraint fails it). And the
+//! connections that path keeps warm between calls (`db::Warm`).
 //!
-//! The statement exists on PostgreSQL only, so this test runs it on a fresh
+//! Both exist on PostgreSQL only, so these tests run on a fresh
 //! PostgreSQL database on both profiles (PostgreSQL is there for every run
 //! of the suite: `scripts/test` starts it); the flows around it are tested
 //! through the API and `flows::payments::authorize` (`spend_api`,
@@ -211,4 +212,74 @@ fn payment_at(id: &str, reference: &str, day_used: i64, month_used: i64) -> Paym
         month_used,
         ..payment(id, reference)
     }
+}
+
+/// `db::Warm` (the connections the optimistic path keeps between calls, to
+/// spare the ping sqlx sends when one goes back to the pool): a kept
+/// connection is handed out again only within a second, at most `cap` are
+/// kept, and the sweep gives the older ones back to the pool.
+#[tokio::test]
+async fn warm_connections_are_reused_only_while_fresh() {
+    use approvald::db::Warm;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&crate::harness::fresh_pg_database().await)
+        .await
+        .unwrap();
+    async fn pid(c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>) -> i32 {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap()
+    }
+    /// Connections the pool holds idle, once the ones given back (in
+    /// spawned tasks) have arrived.
+    async fn idle(pool: &sqlx::PgPool, want: usize) -> usize {
+        for _ in 0..100 {
+            if pool.num_idle() == want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        pool.num_idle()
+    }
+    let warm = Warm::new(2);
+    let mut a = warm.take(&pool).await.unwrap();
+    let pid_a = pid(&mut a).await;
+    warm.keep(a);
+    let mut again = warm.take(&pool).await.unwrap();
+    assert_eq!(
+        pid(&mut again).await,
+        pid_a,
+        "the kept connection is reused"
+    );
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        others.push(warm.take(&pool).await.unwrap());
+    }
+    warm.keep(again);
+    for c in others {
+        warm.keep(c);
+    }
+    assert_eq!(idle(&pool, 1).await, 1, "a third connection is not kept");
+    warm.return_idle();
+    assert_eq!(idle(&pool, 1).await, 1, "fresh ones stay kept");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    warm.return_idle();
+    assert_eq!(idle(&pool, 3).await, 3, "the sweep gives old ones back");
+    // An old kept connection is not handed out again: it goes back to the
+    // pool (pinged at its next acquire) and the call gets a pooled one.
+    let b = warm.take(&pool).await.unwrap();
+    warm.keep(b);
+    assert_eq!(idle(&pool, 2).await, 2);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let c = warm.take(&pool).await.unwrap();
+    assert_eq!(
+        idle(&pool, 2).await,
+        2,
+        "the old one went back, one is in use"
+    );
+    warm.keep(c);
+    warm.return_all();
+    assert_eq!(idle(&pool, 3).await, 3);
 }
