@@ -120,7 +120,9 @@ async fn ping_if_idle<C: sqlx::Connection>(
 /// ([`Warm::return_idle`], every half second) finds older than that, so an
 /// idle process holds none. Only a connection between statements, with no
 /// transaction open, may be kept; one whose statement failed in the middle
-/// or was cancelled is dropped (back to the pool, pinged) as usual.
+/// or was cancelled is dropped (back to the pool, pinged) as usual. A call
+/// that needs another connection from the pool after this one gives this
+/// one back rather than keeping it, or it would only be missing there.
 pub struct Warm {
     conns: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
     cap: usize,

@@ -452,14 +452,16 @@ async fn optimistic(app: &App, r: PgRead, org: &Org, req: &Authorize) -> Result<
                     });
                 }
                 Written::ReferenceTaken => {
-                    app.warm.keep(conn);
+                    drop(conn);
                     return replay_or_conflict(app, org, req).await;
                 }
                 Written::Changed => app.spend_hints.lost(member_id),
             }
         }
     }
-    app.warm.keep(conn);
+    // Back to the pool, not kept: the locking path takes a connection from
+    // the pool, and a kept one would only be missing there.
+    drop(conn);
     authorize_locking(app, org, req).await
 }
 
