@@ -319,6 +319,50 @@ macro_rules! bind_payment {
     };
 }
 
+/// Binds a [`Delta`]'s ten amounts and counts, in [`counter_insert!`] order.
+macro_rules! bind_delta {
+    ($q:expr, $d:expr) => {
+        $q.bind($d.used)
+            .bind($d.held)
+            .bind($d.approved_count)
+            .bind($d.approved_amount)
+            .bind($d.captured_count)
+            .bind($d.captured_amount)
+            .bind($d.voided_count)
+            .bind($d.voided_amount)
+            .bind($d.declined_count)
+            .bind($d.declined_amount)
+    };
+}
+
+/// `INSERT INTO spend_counters (...)`: the key, the zone, a [`Delta`]'s ten
+/// columns and `updated_at`; the rows follow.
+macro_rules! counter_insert {
+    () => {
+        "INSERT INTO spend_counters (member_id, period, org_id, zone, used, held, approved_count, \
+         approved_amount, captured_count, captured_amount, voided_count, voided_amount, \
+         declined_count, declined_amount, updated_at) "
+    };
+}
+
+/// A counter row that exists already gets the new row's amounts added.
+macro_rules! counter_add_on_conflict {
+    () => {
+        " ON CONFLICT (member_id, period) DO UPDATE SET \
+           used = spend_counters.used + excluded.used, \
+           held = spend_counters.held + excluded.held, \
+           approved_count = spend_counters.approved_count + excluded.approved_count, \
+           approved_amount = spend_counters.approved_amount + excluded.approved_amount, \
+           captured_count = spend_counters.captured_count + excluded.captured_count, \
+           captured_amount = spend_counters.captured_amount + excluded.captured_amount, \
+           voided_count = spend_counters.voided_count + excluded.voided_count, \
+           voided_amount = spend_counters.voided_amount + excluded.voided_amount, \
+           declined_count = spend_counters.declined_count + excluded.declined_count, \
+           declined_amount = spend_counters.declined_amount + excluded.declined_amount, \
+           updated_at = excluded.updated_at"
+    };
+}
+
 /// Insert a decision; false when `(org_id, reference)` is taken (a
 /// concurrent or earlier call with the same reference won).
 pub async fn insert_payment(tx: &mut Tx, p: &Payment) -> Result<bool, sqlx::Error> {
@@ -351,37 +395,13 @@ pub async fn insert_payment_bumping(
         "WITH ins AS (INSERT INTO payments (",
         payment_columns!(),
         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-         ON CONFLICT (org_id, reference) DO NOTHING RETURNING member_id, org_id, day, month, created_at) \
-         INSERT INTO spend_counters (member_id, period, org_id, zone, used, held, approved_count, approved_amount, \
-                                     captured_count, captured_amount, voided_count, voided_amount, \
-                                     declined_count, declined_amount, updated_at) \
-         SELECT ins.member_id, p.period, ins.org_id, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, ins.created_at \
-         FROM ins CROSS JOIN LATERAL (VALUES (ins.day), (ins.month)) p (period) \
-         ON CONFLICT (member_id, period) DO UPDATE SET \
-           used = spend_counters.used + excluded.used, \
-           held = spend_counters.held + excluded.held, \
-           approved_count = spend_counters.approved_count + excluded.approved_count, \
-           approved_amount = spend_counters.approved_amount + excluded.approved_amount, \
-           captured_count = spend_counters.captured_count + excluded.captured_count, \
-           captured_amount = spend_counters.captured_amount + excluded.captured_amount, \
-           voided_count = spend_counters.voided_count + excluded.voided_count, \
-           voided_amount = spend_counters.voided_amount + excluded.voided_amount, \
-           declined_count = spend_counters.declined_count + excluded.declined_count, \
-           declined_amount = spend_counters.declined_amount + excluded.declined_amount, \
-           updated_at = excluded.updated_at"
+         ON CONFLICT (org_id, reference) DO NOTHING RETURNING member_id, org_id, day, month, created_at) ",
+        counter_insert!(),
+        "SELECT ins.member_id, p.period, ins.org_id, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, ins.created_at \
+         FROM ins CROSS JOIN LATERAL (VALUES (ins.day), (ins.month)) p (period)",
+        counter_add_on_conflict!()
     ));
-    let n = bind_payment!(q, p)
-        .bind(zone)
-        .bind(d.used)
-        .bind(d.held)
-        .bind(d.approved_count)
-        .bind(d.approved_amount)
-        .bind(d.captured_count)
-        .bind(d.captured_amount)
-        .bind(d.voided_count)
-        .bind(d.voided_amount)
-        .bind(d.declined_count)
-        .bind(d.declined_amount)
+    let n = bind_delta!(bind_payment!(q, p).bind(zone), d)
         .execute(&mut **tx)
         .await?
         .rows_affected();
@@ -532,22 +552,15 @@ pub async fn insert_payment_if_unchanged(
                   $10, $11, $12, $13, $14, $15, $16, $17, $18, $19 \
            FROM (SELECT COUNT(*) AS n FROM upd) bumped WHERE n > 0"
     ));
-    let r = bind_payment!(q, p)
-        .bind(seen.status)
-        .bind(seen.role)
-        .bind(seen.revision)
-        .bind(d.used)
-        .bind(d.held)
-        .bind(d.approved_count)
-        .bind(d.approved_amount)
-        .bind(d.captured_count)
-        .bind(d.captured_amount)
-        .bind(d.voided_count)
-        .bind(d.voided_amount)
-        .bind(d.declined_count)
-        .bind(d.declined_amount)
-        .execute(conn)
-        .await;
+    let r = bind_delta!(
+        bind_payment!(q, p)
+            .bind(seen.status)
+            .bind(seen.role)
+            .bind(seen.revision),
+        d
+    )
+    .execute(conn)
+    .await;
     match r {
         Ok(r) if r.rows_affected() == 1 => Ok(Written::Done),
         Ok(_) => Ok(Written::Changed),
@@ -638,44 +651,22 @@ pub async fn bump(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     on_tx!(tx, |c| {
-        sqlx::query(
-        "INSERT INTO spend_counters (member_id, period, org_id, zone, used, held, approved_count, approved_amount, \
-                                     captured_count, captured_amount, voided_count, voided_amount, \
-                                     declined_count, declined_amount, updated_at) \
-         VALUES ($1, $2, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16), \
-                ($1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-         ON CONFLICT (member_id, period) DO UPDATE SET \
-           used = spend_counters.used + excluded.used, \
-           held = spend_counters.held + excluded.held, \
-           approved_count = spend_counters.approved_count + excluded.approved_count, \
-           approved_amount = spend_counters.approved_amount + excluded.approved_amount, \
-           captured_count = spend_counters.captured_count + excluded.captured_count, \
-           captured_amount = spend_counters.captured_amount + excluded.captured_amount, \
-           voided_count = spend_counters.voided_count + excluded.voided_count, \
-           voided_amount = spend_counters.voided_amount + excluded.voided_amount, \
-           declined_count = spend_counters.declined_count + excluded.declined_count, \
-           declined_amount = spend_counters.declined_amount + excluded.declined_amount, \
-           updated_at = excluded.updated_at"
-    )
-    .bind(member_id)
-    .bind(periods[0])
-    .bind(periods[1])
-    .bind(org_id)
-    .bind(zone)
-    .bind(d.used)
-    .bind(d.held)
-    .bind(d.approved_count)
-    .bind(d.approved_amount)
-    .bind(d.captured_count)
-    .bind(d.captured_amount)
-    .bind(d.voided_count)
-    .bind(d.voided_amount)
-    .bind(d.declined_count)
-    .bind(d.declined_amount)
-    .bind(now)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected())
+        let q = sqlx::query(concat!(
+            counter_insert!(),
+            "VALUES ($1, $2, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16), \
+                    ($1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            counter_add_on_conflict!()
+        ))
+        .bind(member_id)
+        .bind(periods[0])
+        .bind(periods[1])
+        .bind(org_id)
+        .bind(zone);
+        bind_delta!(q, d)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
     })?;
     Ok(())
 }
