@@ -26,6 +26,9 @@ pub struct AppInner {
     /// Read-only connections for the authz check's key-and-revision read
     /// on the calling task (SQLite on disk only; `db::inline`).
     pub inline: Option<crate::db::inline::InlineReaders>,
+    /// The thread that runs a submission's whole write, several per commit
+    /// (SQLite on disk with the queue in it only; `db::writer`).
+    pub writer: Option<crate::db::writer::Writer>,
     /// What the optimistic payment authorization path has learnt
     /// (`flows::payments`).
     pub spend_hints: crate::flows::payments::SpendHints,

@@ -64,6 +64,12 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         Some(pool) => db::inline::InlineReaders::open(pool, db::inline::default_count()).await,
         None => None,
     };
+    // Only where the queue lives in the same SQLite file: a submission's
+    // review job is one of the rows its unit writes.
+    let writer = match db.sqlite_pool() {
+        Some(pool) if config.queue.url == "sqlite" => db::writer::Writer::open(pool).await,
+        _ => None,
+    };
     store::audit::chain_enabled();
     store::audit::finish_migration(&db)
         .await
@@ -132,6 +138,7 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         clock,
         authz: Default::default(),
         inline,
+        writer,
         spend_hints: Default::default(),
     })))
 }

@@ -122,7 +122,7 @@ impl InlineReaders {
 }
 
 /// The main database's file, when it has one and is in WAL mode.
-async fn wal_file(pool: &SqlitePool) -> Result<Option<PathBuf>, sqlx::Error> {
+pub(super) async fn wal_file(pool: &SqlitePool) -> Result<Option<PathBuf>, sqlx::Error> {
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(pool)
         .await?;

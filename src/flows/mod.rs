@@ -5,3 +5,4 @@ pub mod authz;
 pub mod members;
 pub mod payments;
 pub mod requests;
+pub mod submit;

@@ -73,6 +73,35 @@ pub fn schedule(rt: Runtime, app: &App) -> Runtime {
     )
 }
 
+/// The SQLite queue's row for `new` (a job without a dedupe key), written
+/// on the writer's connection (`db::writer`) in the caller's unit of work.
+/// After the commit the caller wakes the queue's workers
+/// ([`approvald_workers::store::sqlite::notify_pushed`]).
+pub fn push_sync(
+    c: &rusqlite::Connection,
+    new: &approvald_workers::store::NewJob,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    use approvald_workers::store::sqlite::{attempts_bound, new_job_id, sql::INSERT_JOB};
+    if new.dedupe_key.is_some() {
+        // A dedupe key takes the queue's claim protocol: not on this path.
+        return Err(rusqlite::Error::InvalidQuery);
+    }
+    crate::db::writer::execute(
+        c,
+        INSERT_JOB,
+        &[
+            &new_job_id(),
+            &new.queue,
+            &new.payload,
+            &new.run_at_ms,
+            &attempts_bound(new.max_attempts),
+            &now_ms,
+        ],
+    )?;
+    Ok(())
+}
+
 /// Write `job` in `tx`. Once `tx` commits, the idle workers of the job's
 /// queue in this process (SQLite queue) or the outbox relay (Redis queue)
 /// wake at once instead of at their next poll; nothing else is woken.

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     audit::{Break, Entry, GENESIS, Problem, Report},
-    db::{Db, Tx},
+    db::{Db, Tx, writer},
     on_db, on_tx,
 };
 
@@ -56,7 +56,55 @@ pub struct Operation<'a> {
 /// request id, when there is one, comes from the task-local the HTTP layer
 /// sets.
 pub async fn operation(tx: &mut Tx, op: Operation<'_>) -> Result<(), sqlx::Error> {
-    let e = Entry {
+    let e = operation_entry(op, crate::audit::request_id());
+    append(tx, e).await.map(|_| ())
+}
+
+/// [`operation`] on the writer's connection (`db::writer`), with the HTTP
+/// request id taken on the caller's task (the writer's thread has none).
+pub fn operation_sync(
+    c: &rusqlite::Connection,
+    op: Operation<'_>,
+    request_id: Option<String>,
+) -> rusqlite::Result<()> {
+    let mut e = operation_entry(op, request_id);
+    if chain_enabled() {
+        let (seq, prev): (i64, Option<String>) =
+            writer::query_opt(c, BUMP_HEAD, &[&e.org_id, &GENESIS], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        link(&mut e, seq, prev).map_err(|m| rusqlite::Error::ToSqlConversionFailure(m.into()))?;
+    }
+    let detail = crate::audit::canonical(&e.detail);
+    writer::execute(
+        c,
+        INSERT_ROW,
+        &[
+            &e.id,
+            &e.org_id,
+            &e.kind,
+            &e.actor,
+            &e.action,
+            &e.target,
+            &detail,
+            &e.ip,
+            &e.user_agent,
+            &e.success,
+            &e.at,
+            &e.seq,
+            &e.hash,
+            &e.prev_hash,
+            &e.request_id,
+            &e.method,
+            &e.reason,
+        ],
+    )?;
+    Ok(())
+}
+
+fn operation_entry(op: Operation<'_>, request_id: Option<String>) -> Entry {
+    Entry {
         seq: None,
         hash: None,
         prev_hash: None,
@@ -68,14 +116,13 @@ pub async fn operation(tx: &mut Tx, op: Operation<'_>) -> Result<(), sqlx::Error
         action: op.action.to_string(),
         target: op.target.map(str::to_string),
         detail: op.detail,
-        request_id: crate::audit::request_id(),
+        request_id,
         ip: None,
         user_agent: None,
         method: None,
         success: None,
         reason: None,
-    };
-    append(tx, e).await.map(|_| ())
+    }
 }
 
 /// A sign-in reported by an upstream app.
@@ -121,67 +168,70 @@ pub async fn login(db: &Db, l: Login<'_>) -> Result<String, sqlx::Error> {
     Ok(id)
 }
 
+/// Creates the head on an org's first entry; otherwise bumps it and locks
+/// it until the transaction ends. RETURNING gives the new seq and the
+/// previous entry's hash (not updated yet: the row insert moves it).
+const BUMP_HEAD: &str = "INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 1, $2) \
+     ON CONFLICT (org_id) DO UPDATE SET seq = audit_heads.seq + 1 RETURNING seq, hash";
+const INSERT_ROW: &str = "INSERT INTO audit_log (id, org_id, type, actor, action, target, detail, ip, user_agent, \
+     success, at, seq, hash, prev_hash, request_id, method, reason) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+
 /// Take the next link of `e.org_id`'s chain and write `e` as it; returns the
 /// entry's id.
 async fn append(tx: &mut Tx, mut e: Entry) -> Result<String, sqlx::Error> {
     if chain_enabled() {
-        // Creates the head on an org's first entry; otherwise bumps it and
-        // locks it until the transaction ends. RETURNING gives the new seq
-        // and the previous entry's hash (not updated yet).
-        let (seq, prev): (i64, Option<String>) = on_tx!(tx, |c| sqlx::query_as(
-            "INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 1, $2) \
-             ON CONFLICT (org_id) DO UPDATE SET seq = audit_heads.seq + 1 \
-             RETURNING seq, hash"
-        )
-        .bind(&e.org_id)
-        .bind(GENESIS)
-        .fetch_one(c)
-        .await)?;
-        let prev = prev.ok_or_else(|| {
-            sqlx::Error::Protocol(format!(
-                "the audit chain of {} is not hashed yet (its pre-chain rows are hashed when approvald starts); restart approvald",
-                e.org_id
-            ))
-        })?;
-        // The head's hash becomes this entry's when the row is inserted
-        // below (trigger `audit_log_moves_head`, migration 0015).
-        let hash = e.hash_after(&prev);
-        e.seq = Some(seq);
-        e.prev_hash = Some(prev);
-        e.hash = Some(hash);
+        let (seq, prev): (i64, Option<String>) = on_tx!(tx, |c| sqlx::query_as(BUMP_HEAD)
+            .bind(&e.org_id)
+            .bind(GENESIS)
+            .fetch_one(c)
+            .await)?;
+        link(&mut e, seq, prev).map_err(sqlx::Error::Protocol)?;
     }
     insert_row(tx, &e).await?;
     Ok(e.id)
 }
 
+/// Make `e` the link after the head [`BUMP_HEAD`] returned. The head's hash
+/// becomes this entry's when the row is inserted (trigger
+/// `audit_log_moves_head`, migration 0015).
+fn link(e: &mut Entry, seq: i64, prev: Option<String>) -> Result<(), String> {
+    let prev = prev.ok_or_else(|| {
+        format!(
+            "the audit chain of {} is not hashed yet (its pre-chain rows are hashed when approvald starts); restart approvald",
+            e.org_id
+        )
+    })?;
+    e.hash = Some(e.hash_after(&prev));
+    e.seq = Some(seq);
+    e.prev_hash = Some(prev);
+    Ok(())
+}
+
 async fn insert_row(tx: &mut Tx, e: &Entry) -> Result<(), sqlx::Error> {
     let detail = crate::audit::canonical(&e.detail);
     on_tx!(tx, |c| {
-        sqlx::query(
-        "INSERT INTO audit_log (id, org_id, type, actor, action, target, detail, ip, user_agent, success, at, \
-                                seq, hash, prev_hash, request_id, method, reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-    )
-    .bind(&e.id)
-    .bind(&e.org_id)
-    .bind(&e.kind)
-    .bind(&e.actor)
-    .bind(&e.action)
-    .bind(&e.target)
-    .bind(&detail)
-    .bind(&e.ip)
-    .bind(&e.user_agent)
-    .bind(e.success)
-    .bind(e.at)
-    .bind(e.seq)
-    .bind(&e.hash)
-    .bind(&e.prev_hash)
-    .bind(&e.request_id)
-    .bind(&e.method)
-    .bind(&e.reason)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected())
+        sqlx::query(INSERT_ROW)
+            .bind(&e.id)
+            .bind(&e.org_id)
+            .bind(&e.kind)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(&detail)
+            .bind(&e.ip)
+            .bind(&e.user_agent)
+            .bind(e.success)
+            .bind(e.at)
+            .bind(e.seq)
+            .bind(&e.hash)
+            .bind(&e.prev_hash)
+            .bind(&e.request_id)
+            .bind(&e.method)
+            .bind(&e.reason)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
     })?;
     Ok(())
 }

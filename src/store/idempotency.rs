@@ -5,9 +5,16 @@
 //! duplicate blocks on the primary key `(org_id, key)` (PostgreSQL) or on the
 //! write lock (SQLite), then finds the committed row and replays it.
 use crate::{
-    db::{Db, Tx},
+    db::{Db, Tx, inline::InlineReaders, writer},
     on_db, on_tx,
 };
+
+const GET: &str =
+    "SELECT body_hash, status, response FROM idempotency_keys WHERE org_id = $1 AND key = $2";
+const RESERVE: &str = "INSERT INTO idempotency_keys (org_id, key, body_hash, status, response, created_at) \
+     VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (org_id, key) DO NOTHING";
+const COMPLETE: &str =
+    "UPDATE idempotency_keys SET status = $1, response = $2 WHERE org_id = $3 AND key = $4";
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Stored {
@@ -18,13 +25,11 @@ pub struct Stored {
 
 /// The stored answer for `(org_id, key)`, if one was committed.
 pub async fn get(db: &Db, org_id: &str, key: &str) -> Result<Option<Stored>, sqlx::Error> {
-    on_db!(db, |c| sqlx::query_as::<_, Stored>(
-        "SELECT body_hash, status, response FROM idempotency_keys WHERE org_id = $1 AND key = $2"
-    )
-    .bind(org_id)
-    .bind(key)
-    .fetch_optional(c)
-    .await)
+    on_db!(db, |c| sqlx::query_as::<_, Stored>(GET)
+        .bind(org_id)
+        .bind(key)
+        .fetch_optional(c)
+        .await)
 }
 
 /// Claim `(org_id, key)` in `tx`. False: another transaction holds it
@@ -36,17 +41,14 @@ pub async fn reserve(
     body_hash: &str,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    let n = on_tx!(tx, |c| sqlx::query(
-        "INSERT INTO idempotency_keys (org_id, key, body_hash, status, response, created_at) \
-         VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (org_id, key) DO NOTHING"
-    )
-    .bind(org_id)
-    .bind(key)
-    .bind(body_hash)
-    .bind(now)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    let n = on_tx!(tx, |c| sqlx::query(RESERVE)
+        .bind(org_id)
+        .bind(key)
+        .bind(body_hash)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
     Ok(n == 1)
 }
 
@@ -58,15 +60,61 @@ pub async fn complete(
     status: u16,
     response: &str,
 ) -> Result<(), sqlx::Error> {
-    on_tx!(tx, |c| sqlx::query(
-        "UPDATE idempotency_keys SET status = $1, response = $2 WHERE org_id = $3 AND key = $4"
-    )
-    .bind(i64::from(status))
-    .bind(response)
-    .bind(org_id)
-    .bind(key)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    on_tx!(tx, |c| sqlx::query(COMPLETE)
+        .bind(i64::from(status))
+        .bind(response)
+        .bind(org_id)
+        .bind(key)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// [`get`], on the calling task when an inline connection is free (see
+/// `db::inline`), else on the pool.
+pub async fn get_fast(
+    db: &Db,
+    inline: Option<&InlineReaders>,
+    org_id: &str,
+    key: &str,
+) -> Result<Option<Stored>, sqlx::Error> {
+    let found = inline.and_then(|r| {
+        r.read(|c| {
+            writer::query_opt(c, GET, &[&org_id, &key], |row| {
+                Ok(Stored {
+                    body_hash: row.get(0)?,
+                    status: row.get(1)?,
+                    response: row.get(2)?,
+                })
+            })
+        })
+    });
+    match found {
+        Some(found) => Ok(found),
+        None => get(db, org_id, key).await,
+    }
+}
+
+/// [`reserve`] on the writer's connection (`db::writer`).
+pub fn reserve_sync(
+    c: &rusqlite::Connection,
+    org_id: &str,
+    key: &str,
+    body_hash: &str,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    Ok(writer::execute(c, RESERVE, &[&org_id, &key, &body_hash, &now])? == 1)
+}
+
+/// [`complete`] on the writer's connection (`db::writer`).
+pub fn complete_sync(
+    c: &rusqlite::Connection,
+    org_id: &str,
+    key: &str,
+    status: u16,
+    response: &str,
+) -> rusqlite::Result<()> {
+    writer::execute(c, COMPLETE, &[&i64::from(status), &response, &org_id, &key])?;
     Ok(())
 }

@@ -262,12 +262,40 @@ pub async fn authenticate(db: &Db, key: &str) -> Result<Option<ApiKey>, sqlx::Er
         return Ok(None);
     }
     let h = hash(key);
-    on_db!(db, |c| sqlx::query_as::<_, ApiKey>(
-        "SELECT id, scope, org_id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL"
-    )
-    .bind(&h)
-    .fetch_optional(c)
-    .await)
+    on_db!(db, |c| sqlx::query_as::<_, ApiKey>(LIVE_KEY)
+        .bind(&h)
+        .fetch_optional(c)
+        .await)
+}
+
+const LIVE_KEY: &str =
+    "SELECT id, scope, org_id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL";
+
+/// [`authenticate`], on the calling task when an inline connection is free
+/// (see `db::inline`), else on the pool.
+pub async fn authenticate_fast(
+    db: &Db,
+    inline: Option<&InlineReaders>,
+    key: &str,
+) -> Result<Option<ApiKey>, sqlx::Error> {
+    if !well_formed(key) {
+        return Ok(None);
+    }
+    let found = inline.and_then(|r| {
+        r.read(|c| {
+            crate::db::writer::query_opt(c, LIVE_KEY, &[&hash(key)], |row| {
+                Ok(ApiKey {
+                    id: row.get(0)?,
+                    scope: row.get(1)?,
+                    org_id: row.get(2)?,
+                })
+            })
+        })
+    });
+    match found {
+        Some(found) => Ok(found),
+        None => authenticate(db, key).await,
+    }
 }
 
 #[cfg(test)]

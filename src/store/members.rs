@@ -214,3 +214,32 @@ pub async fn revoke_review_tokens(
     .map(|r| r.rows_affected())
     })
 }
+
+const FIND_STATUS: &str = "SELECT id, status FROM members WHERE org_id = $1 AND (id = $2 OR login_id = $2) \
+     ORDER BY created_at LIMIT 1";
+
+/// The id and status of the member `reference` names (as [`find`] finds
+/// it), on the calling task when an inline connection is free (see
+/// `db::inline`), else on the pool.
+pub async fn find_status(
+    db: &Db,
+    inline: Option<&crate::db::inline::InlineReaders>,
+    org_id: &str,
+    reference: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    let found = inline.and_then(|r| {
+        r.read(|c| {
+            crate::db::writer::query_opt(c, FIND_STATUS, &[&org_id, &reference], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+        })
+    });
+    match found {
+        Some(found) => Ok(found),
+        None => on_db!(db, |c| sqlx::query_as::<_, (String, String)>(FIND_STATUS)
+            .bind(org_id)
+            .bind(reference)
+            .fetch_optional(c)
+            .await),
+    }
+}

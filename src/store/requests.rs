@@ -1,6 +1,6 @@
 //! `requests` and `request_events`: permission requests and their history.
 use crate::{
-    db::{Db, Tx},
+    db::{Db, Tx, writer},
     on_db, on_tx,
 };
 
@@ -52,26 +52,28 @@ pub struct NewRequest<'a> {
     pub now: i64,
 }
 
+const INSERT: &str = "INSERT INTO requests (id, org_id, number, kind, requester_id, remark, documents, status, sla_days, sla_due_at, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, 'submitted', $8, $9, $10, $10)";
+const ADD_EVENT: &str = "INSERT INTO request_events (id, request_id, at, type, actor, detail) VALUES ($1, $2, $3, $4, $5, $6)";
+const SET_PARAMS: &str = "UPDATE requests SET params = $2 WHERE id = $1";
+
 /// Insert with status `submitted`.
 pub async fn insert(tx: &mut Tx, r: &NewRequest<'_>) -> Result<(), sqlx::Error> {
     on_tx!(tx, |c| {
-        sqlx::query(
-        "INSERT INTO requests (id, org_id, number, kind, requester_id, remark, documents, status, sla_days, sla_due_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'submitted', $8, $9, $10, $10)"
-    )
-    .bind(r.id)
-    .bind(r.org_id)
-    .bind(r.number)
-    .bind(r.kind)
-    .bind(r.requester_id)
-    .bind(r.remark)
-    .bind(r.documents)
-    .bind(r.sla_days)
-    .bind(r.sla_due_at)
-    .bind(r.now)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected())
+        sqlx::query(INSERT)
+            .bind(r.id)
+            .bind(r.org_id)
+            .bind(r.number)
+            .bind(r.kind)
+            .bind(r.requester_id)
+            .bind(r.remark)
+            .bind(r.documents)
+            .bind(r.sla_days)
+            .bind(r.sla_due_at)
+            .bind(r.now)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
     })?;
     Ok(())
 }
@@ -100,18 +102,16 @@ pub async fn add_event(
     let id = uuid::Uuid::now_v7().to_string();
     let detail = detail.to_string();
     on_tx!(tx, |c| {
-        sqlx::query(
-        "INSERT INTO request_events (id, request_id, at, type, actor, detail) VALUES ($1, $2, $3, $4, $5, $6)"
-    )
-    .bind(&id)
-    .bind(request_id)
-    .bind(at)
-    .bind(kind)
-    .bind(actor)
-    .bind(&detail)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected())
+        sqlx::query(ADD_EVENT)
+            .bind(&id)
+            .bind(request_id)
+            .bind(at)
+            .bind(kind)
+            .bind(actor)
+            .bind(&detail)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
     })?;
     Ok(())
 }
@@ -270,14 +270,12 @@ pub async fn active_reviewers(
 /// Store a request's kind-specific `params` (a JSON object), in its
 /// submitting transaction.
 pub async fn set_params(tx: &mut Tx, id: &str, params: &str) -> Result<(), sqlx::Error> {
-    on_tx!(tx, |c| sqlx::query(
-        "UPDATE requests SET params = $2 WHERE id = $1"
-    )
-    .bind(id)
-    .bind(params)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    on_tx!(tx, |c| sqlx::query(SET_PARAMS)
+        .bind(id)
+        .bind(params)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
     Ok(())
 }
 
@@ -309,4 +307,50 @@ pub async fn close_assignments(
     .execute(c)
     .await
     .map(|r| r.rows_affected()))
+}
+
+/// [`insert`] on the writer's connection (`db::writer`).
+pub fn insert_sync(c: &rusqlite::Connection, r: &NewRequest<'_>) -> rusqlite::Result<()> {
+    writer::execute(
+        c,
+        INSERT,
+        &[
+            &r.id,
+            &r.org_id,
+            &r.number,
+            &r.kind,
+            &r.requester_id,
+            &r.remark,
+            &r.documents,
+            &r.sla_days,
+            &r.sla_due_at,
+            &r.now,
+        ],
+    )?;
+    Ok(())
+}
+
+/// [`set_params`] on the writer's connection (`db::writer`).
+pub fn set_params_sync(c: &rusqlite::Connection, id: &str, params: &str) -> rusqlite::Result<()> {
+    writer::execute(c, SET_PARAMS, &[&id, &params])?;
+    Ok(())
+}
+
+/// [`add_event`] on the writer's connection (`db::writer`).
+pub fn add_event_sync(
+    c: &rusqlite::Connection,
+    request_id: &str,
+    kind: &str,
+    actor: Option<&str>,
+    detail: &serde_json::Value,
+    at: i64,
+) -> rusqlite::Result<()> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let detail = detail.to_string();
+    writer::execute(
+        c,
+        ADD_EVENT,
+        &[&id, &request_id, &at, &kind, &actor, &detail],
+    )?;
+    Ok(())
 }

@@ -72,18 +72,30 @@ pub async fn emit(
 
 /// The enabled endpoints (the org's own and the platform-wide ones) that
 /// take `event_type`, in creation order.
+const ENDPOINTS: &str = "SELECT id, events FROM webhook_endpoints \
+     WHERE (org_id = $1 OR org_id IS NULL) AND enabled AND deleted_at IS NULL ORDER BY created_at, id";
+
+/// Does any endpoint want `event_type` events of `org_id`? (On the
+/// writer's connection, `db::writer`: a caller that gets true writes
+/// through the pool, where [`emit_request`] records the event.)
+pub fn wanted_sync(
+    c: &rusqlite::Connection,
+    org_id: &str,
+    event_type: &str,
+) -> rusqlite::Result<bool> {
+    let endpoints =
+        crate::db::writer::query_all(c, ENDPOINTS, &[&org_id], |r| r.get::<_, String>(1))?;
+    Ok(endpoints.iter().any(|events| wants(events, event_type)))
+}
+
 async fn wanting(tx: &mut Tx, org_id: &str, event_type: &str) -> anyhow::Result<Vec<String>> {
     if !EVENT_TYPES.contains(&event_type) {
         anyhow::bail!("unknown webhook event type {event_type:?}");
     }
-    let endpoints: Vec<(String, String)> = on_tx!(tx, |c| sqlx::query_as(
-        "SELECT id, events FROM webhook_endpoints \
-         WHERE (org_id = $1 OR org_id IS NULL) AND enabled AND deleted_at IS NULL \
-         ORDER BY created_at, id"
-    )
-    .bind(org_id)
-    .fetch_all(c)
-    .await)
+    let endpoints: Vec<(String, String)> = on_tx!(tx, |c| sqlx::query_as(ENDPOINTS)
+        .bind(org_id)
+        .fetch_all(c)
+        .await)
     .context("reading webhook endpoints")?;
     Ok(endpoints
         .into_iter()

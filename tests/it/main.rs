@@ -5,6 +5,7 @@ mod api_idempotency;
 mod api_isolation;
 mod api_lifecycle;
 mod api_members;
+mod api_submit_writer;
 mod api_util;
 mod audit_chain;
 mod authz;

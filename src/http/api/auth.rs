@@ -43,7 +43,7 @@ impl Caller {
     /// as if the org did not exist (an org key learns nothing of others).
     pub async fn org(&self, app: &App, org_id: &str) -> Result<Org, ApiError> {
         self.check_boundary(org_id)?;
-        store::orgs::get(&app.db, org_id)
+        store::orgs::get_fast(&app.db, app.inline.as_ref(), org_id)
             .await?
             .ok_or_else(|| ApiError::not_found("org"))
     }
@@ -102,7 +102,7 @@ impl Caller {
     /// The caller the live key `token` makes: 401 when there is none, 403
     /// for an operator key.
     pub(super) async fn authenticate(app: &App, token: &str) -> Result<Self, AuthRejection> {
-        let key = store::keys::authenticate(&app.db, token)
+        let key = store::keys::authenticate_fast(&app.db, app.inline.as_ref(), token)
             .await
             .map_err(ApiError::from)?;
         Ok(Caller::from_found(key)?)

@@ -296,10 +296,10 @@ async fn validate<'a>(app: &'a App, org: &Org, b: Submit) -> ApiResult<Valid<'a>
             let m = if r.is_empty() || r.len() > 64 {
                 None
             } else {
-                store::members::find(&app.db, &org.id, r).await?
+                store::members::find_status(&app.db, app.inline.as_ref(), &org.id, r).await?
             };
             match m {
-                Some(m) if m.status == store::members::ACTIVE => Some(m.id),
+                Some((id, status)) if status == store::members::ACTIVE => Some(id),
                 _ => {
                     return Err(ApiError::invalid(format!(
                         "requester: {r:?} is not an active member of this org"
@@ -372,7 +372,8 @@ pub async fn submit(
     // A retry replays the first answer even if what it named has changed
     // since (a requester disabled in between, say).
     if let Some(k) = &key
-        && let Some(stored) = idempotency::get(&app.db, &org.id, k).await?
+        && let Some(stored) =
+            idempotency::get_fast(&app.db, app.inline.as_ref(), &org.id, k).await?
     {
         return replay(stored, &hash);
     }
@@ -400,90 +401,112 @@ pub async fn submit(
         })?
         .timestamp_millis();
 
+    let s = flows::submit::Submission {
+        org_id: org.id,
+        actor: caller.actor(),
+        id: new_id(),
+        kind: v.kind.key.clone(),
+        requester_id: v.requester_id,
+        remark: v.remark,
+        documents: v.documents,
+        params: v.params,
+        sla_days: i64::from(v.kind.sla_days),
+        sla_due_at: due,
+        now,
+        idempotency: key.map(|k| (k, hash)),
+    };
+    if let Some(writer) = &app.writer {
+        // The embedded profile: the whole write on the SQLite writer's
+        // thread (`flows::submit`).
+        match flows::submit::write_embedded(&app, writer, s.clone(), submitted_answer).await? {
+            flows::submit::Embedded::Written { number, answer } => {
+                return Ok(accepted(&s, &number, answer));
+            }
+            flows::submit::Embedded::KeyTaken => return replay_committed(&app, &s).await,
+            // An endpoint wants the event: the pool path below records it.
+            flows::submit::Embedded::WebhooksWanted => {}
+        }
+    }
+
     let mut tx = app.db.begin().await?;
-    if let Some(k) = &key
-        && !idempotency::reserve(&mut tx, &org.id, k, &hash, now).await?
+    if let Some((k, hash)) = &s.idempotency
+        && !idempotency::reserve(&mut tx, &s.org_id, k, hash, now).await?
     {
         // A concurrent duplicate committed first: answer what it answered.
         tx.rollback().await?;
-        return match idempotency::get(&app.db, &org.id, k).await? {
-            Some(stored) => replay(stored, &hash),
-            None => Err(ApiError::conflict(
-                "a request with this Idempotency-Key is in progress; retry",
-            )),
-        };
+        return replay_committed(&app, &s).await;
     }
-    let seq = store::orgs::next_request_seq(&mut tx, &org.id).await?;
-    let number = request_number(seq);
-    let id = new_id();
-    store::requests::insert(
-        &mut tx,
-        &store::requests::NewRequest {
-            id: &id,
-            org_id: &org.id,
-            number: &number,
-            kind: &v.kind.key,
-            requester_id: v.requester_id.as_deref(),
-            remark: &v.remark,
-            documents: &v.documents,
-            sla_days: i64::from(v.kind.sla_days),
-            sla_due_at: due,
-            now,
-        },
-    )
-    .await?;
-    if let Some(params) = &v.params {
-        store::requests::set_params(&mut tx, &id, params).await?;
+    let number = request_number(store::orgs::next_request_seq(&mut tx, &s.org_id).await?);
+    store::requests::insert(&mut tx, &s.new_request(&number)).await?;
+    if let Some(params) = &s.params {
+        store::requests::set_params(&mut tx, &s.id, params).await?;
     }
-    let actor = caller.actor();
-    store::requests::add_event(
-        &mut tx,
-        &id,
-        "submitted",
-        Some(&actor),
-        &json!({ "kind": v.kind.key, "number": number, "requester": v.requester_id }),
-        now,
-    )
-    .await?;
-    audit::operation(
-        &mut tx,
-        audit::Operation {
-            org_id: &org.id,
-            actor: &actor,
-            action: "request.submit",
-            target: Some(&id),
-            detail: json!({ "kind": v.kind.key, "number": number }),
-            at: now,
-        },
-    )
-    .await?;
+    let detail = s.event_detail(&number);
+    store::requests::add_event(&mut tx, &s.id, "submitted", Some(&s.actor), &detail, now).await?;
+    audit::operation(&mut tx, s.audit(&number)).await?;
     jobs::enqueue(
         &app,
         &mut tx,
         &ReviewJob {
-            request_id: id.clone(),
+            request_id: s.id.clone(),
         },
         PushOptions::default(),
     )
     .await?;
-    crate::webhooks::emit_request(&app, &mut tx, &org.id, &id, "request.submitted", now).await?;
-    let answer = serde_json::to_string(&Submitted {
-        id: &id,
-        number: &number,
-        status: RequestStatus::Submitted.as_str(),
-        kind: &v.kind.key,
-        sla_due_at: time(due),
-        created_at: time(now),
-    })
-    .map_err(anyhow::Error::from)?;
-    if let Some(k) = &key {
-        idempotency::complete(&mut tx, &org.id, k, StatusCode::ACCEPTED.as_u16(), &answer).await?;
+    crate::webhooks::emit_request(&app, &mut tx, &s.org_id, &s.id, "request.submitted", now)
+        .await?;
+    let answer = submitted_answer(&s, &number).map_err(anyhow::Error::from)?;
+    if let Some((k, _)) = &s.idempotency {
+        idempotency::complete(
+            &mut tx,
+            &s.org_id,
+            k,
+            StatusCode::ACCEPTED.as_u16(),
+            &answer,
+        )
+        .await?;
     }
     tx.commit().await?;
-    metrics::counter!("approvald_requests_submitted_total", "kind" => v.kind.key.clone())
-        .increment(1);
-    tracing::info!(request_id = %id, number = %number, kind = %v.kind.key, org_id = %org.id, "request submitted");
-    Ok(json_response(StatusCode::ACCEPTED, answer))
+    Ok(accepted(&s, &number, answer))
+}
+
+/// The answer of the submission that holds `s`'s Idempotency-Key (it
+/// committed first), or 409 while it is in progress.
+async fn replay_committed(app: &App, s: &flows::submit::Submission) -> ApiResult<Response> {
+    let Some((k, hash)) = &s.idempotency else {
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "an Idempotency-Key conflict without a key"
+        )));
+    };
+    match idempotency::get(&app.db, &s.org_id, k).await? {
+        Some(stored) => replay(stored, hash),
+        None => Err(ApiError::conflict(
+            "a request with this Idempotency-Key is in progress; retry",
+        )),
+    }
+}
+
+/// The 202 of a committed submission, counted and logged.
+fn accepted(s: &flows::submit::Submission, number: &str, answer: String) -> Response {
+    metrics::counter!("approvald_requests_submitted_total", "kind" => s.kind.clone()).increment(1);
+    tracing::info!(request_id = %s.id, number = %number, kind = %s.kind, org_id = %s.org_id, "request submitted");
+    json_response(StatusCode::ACCEPTED, answer)
+}
+
+/// The body of the 202 (stored for replays) of submission `s`, numbered
+/// `number`.
+fn submitted_answer(
+    s: &flows::submit::Submission,
+    number: &str,
+) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&Submitted {
+        id: &s.id,
+        number,
+        status: RequestStatus::Submitted.as_str(),
+        kind: &s.kind,
+        sla_due_at: time(s.sla_due_at),
+        created_at: time(s.now),
+    })
 }
 
 #[derive(Serialize, ToSchema)]

@@ -232,11 +232,13 @@ pub fn notify_pushed(pool: &SqlitePool, queue: &str) {
     wake(&db_key(pool), queue);
 }
 
-fn new_job_id() -> String {
+/// A new job's id (time-ordered).
+pub fn new_job_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-fn attempts_bound(max_attempts: u32) -> i64 {
+/// `max_attempts` as stored (at least one attempt).
+pub fn attempts_bound(max_attempts: u32) -> i64 {
     i64::from(max_attempts.max(1))
 }
 
