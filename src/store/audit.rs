@@ -56,7 +56,14 @@ pub struct Operation<'a> {
 /// request id, when there is one, comes from the task-local the HTTP layer
 /// sets.
 pub async fn operation(tx: &mut Tx, op: Operation<'_>) -> Result<(), sqlx::Error> {
-    let e = Entry {
+    append(tx, operation_entry(op)).await.map(|_| ())
+}
+
+/// The `operation` entry [`operation`] appends, not chained yet (`seq`,
+/// `hash` and `prev_hash` empty): for a statement that appends it itself
+/// (`store::submit_pg`).
+pub fn operation_entry(op: Operation<'_>) -> Entry {
+    Entry {
         seq: None,
         hash: None,
         prev_hash: None,
@@ -74,8 +81,7 @@ pub async fn operation(tx: &mut Tx, op: Operation<'_>) -> Result<(), sqlx::Error
         method: None,
         success: None,
         reason: None,
-    };
-    append(tx, e).await.map(|_| ())
+    }
 }
 
 /// A sign-in reported by an upstream app.
