@@ -1,0 +1,360 @@
+//! `POST /v1/orgs/{org}/requests` on PostgreSQL (with the outbox) in four
+//! round trips (issue 17): one statement reads the key, the org, the stored
+//! `Idempotency-Key` answer, the requester and the webhook endpoints
+//! ([`st::read`]); then one transaction of two statements: [`st::reserve`]
+//! (the key, the request number, the audit chain's next link) and
+//! [`st::write`] (the request, its event, the audit entry, the review
+//! job's outbox row, the key's answer), and the commit. The connection is
+//! kept warm between calls ([`crate::db::Warm`]: no ping as it goes back).
+//!
+//! Every answer is the general path's (`submit_as`), in the same order:
+//! 401/403 (the key), 404 (the org boundary, the org), 400 (the
+//! `Idempotency-Key` header), the stored answer or 422 (key reused), 422
+//! (the fields, the requester), then 202, or the stored answer / 409 when a
+//! concurrent duplicate holds the key. When an endpoint wants
+//! `request.submitted`, the transaction is a [`crate::db::Tx`] from the
+//! pool and the event is written as `webhooks::emit_request` writes it.
+use anyhow::Context;
+use approvald_workers::PushOptions;
+use axum::{
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::{
+    Submit, Submitted, Valid, body_hash, due_at, idempotency_key, json_response, replay,
+    requester_ref, validate_found,
+};
+use crate::{
+    app::App,
+    audit::GENESIS,
+    db::TxConn,
+    domain::request::{RequestStatus, request_number},
+    http::{
+        ApiError, ApiResult,
+        api::{
+            auth::{AuthRejection, Caller},
+            body::JsonBody,
+            new_id, time,
+        },
+    },
+    jobs::{relay, review::ReviewJob},
+    store::{
+        audit, idempotency, keys,
+        orgs::Org,
+        submit_pg::{self as st, Seen},
+    },
+};
+
+const EVENT: &str = "request.submitted";
+
+/// The submit of the bearer key `token` (not looked up yet) on `pool`.
+pub(super) async fn submit(
+    app: &App,
+    pool: &PgPool,
+    token: &str,
+    org_id: &str,
+    headers: &HeaderMap,
+    body: JsonBody<Submit>,
+) -> Result<Response, Response> {
+    let idem = idempotency_key(headers);
+    let key_hash = keys::well_formed(token).then(|| keys::hash(token));
+    let mut conn = app.warm.take(pool).await.map_err(into_response)?;
+    let seen = st::read(
+        &mut conn,
+        key_hash.as_deref(),
+        org_id,
+        idem.as_ref().ok().and_then(Option::as_deref),
+        requester_ref(&body.value),
+    )
+    .await
+    .map_err(into_response)?;
+    let hash = body_hash(&body.bytes);
+    let checked = check(app, seen, org_id, idem, &hash, body.value);
+    let Ready {
+        caller,
+        org,
+        key,
+        v,
+        hooks,
+    } = match checked {
+        Checked::Submit(r) => *r,
+        Checked::Answer(resp) => {
+            app.warm.keep(conn);
+            return Ok(resp);
+        }
+    };
+    let now_dt = app.clock.now();
+    let now = now_dt.timestamp_millis();
+    let due = due_at(app, &org, v.kind, now_dt).map_err(IntoResponse::into_response)?;
+    let s = Submitting {
+        caller: &caller,
+        org: &org,
+        key: key.as_deref(),
+        hash: &hash,
+        v: &v,
+        now,
+        due,
+    };
+    let done = if hooks.is_empty() {
+        let mut t = conn.begin().await.map_err(into_response)?;
+        match steps(app, &mut t, &s)
+            .await
+            .map_err(IntoResponse::into_response)?
+        {
+            Some(done) => {
+                t.commit().await.map_err(into_response)?;
+                app.warm.keep(conn);
+                relay::nudge();
+                done
+            }
+            None => {
+                t.rollback().await.map_err(into_response)?;
+                app.warm.keep(conn);
+                return taken(app, &org.id, &s).await;
+            }
+        }
+    } else {
+        // Back to the pool: the transaction takes its own from there.
+        drop(conn);
+        let mut tx = app.db.begin().await.map_err(into_response)?;
+        let TxConn::Postgres(t) = &mut tx.conn else {
+            return Err(
+                ApiError::internal(anyhow::anyhow!("not a PostgreSQL transaction")).into_response(),
+            );
+        };
+        match steps(app, t, &s)
+            .await
+            .map_err(IntoResponse::into_response)?
+        {
+            Some(done) => {
+                crate::webhooks::emit_request_to(
+                    app, &mut tx, &org.id, &done.id, EVENT, now, &hooks,
+                )
+                .await
+                .map_err(|e| ApiError::from(e).into_response())?;
+                tx.after_commit("outbox", relay::nudge);
+                tx.commit().await.map_err(into_response)?;
+                done
+            }
+            None => {
+                tx.rollback().await.map_err(into_response)?;
+                return taken(app, &org.id, &s).await;
+            }
+        }
+    };
+    metrics::counter!("approvald_requests_submitted_total", "kind" => v.kind.key.clone())
+        .increment(1);
+    tracing::info!(request_id = %done.id, number = %done.number, kind = %v.kind.key, org_id = %org.id, "request submitted");
+    Ok(json_response(StatusCode::ACCEPTED, done.answer))
+}
+
+fn into_response(e: sqlx::Error) -> Response {
+    ApiError::from(e).into_response()
+}
+
+/// What the read decided: answer at once (a replay, or a refusal), or go
+/// on and submit.
+enum Checked<'a> {
+    Answer(Response),
+    Submit(Box<Ready<'a>>),
+}
+
+/// A submission that passed every check.
+struct Ready<'a> {
+    caller: Caller,
+    org: Org,
+    /// The `Idempotency-Key`, if sent.
+    key: Option<String>,
+    v: Valid<'a>,
+    /// The enabled endpoints that want `request.submitted`.
+    hooks: Vec<String>,
+}
+
+/// The general path's checks, in its order, on what [`st::read`] saw.
+fn check<'a>(
+    app: &'a App,
+    seen: Seen,
+    org_id: &str,
+    idem: ApiResult<Option<String>>,
+    hash: &str,
+    b: Submit,
+) -> Checked<'a> {
+    let key = seen.key_id.clone().map(|id| keys::ApiKey {
+        id,
+        scope: seen.key_scope.clone().unwrap_or_default(),
+        org_id: seen.key_org_id.clone(),
+    });
+    let caller = match Caller::from_found(key) {
+        Ok(c) => c,
+        Err(e) => return Checked::Answer(AuthRejection::from(e).into_response()),
+    };
+    let rest = || -> ApiResult<Checked<'a>> {
+        caller.check_boundary(org_id)?;
+        let org = seen_org(&seen, org_id).ok_or_else(|| ApiError::not_found("org"))?;
+        let key = idem?;
+        // A retry replays the first answer even if what it named has
+        // changed since (a requester disabled in between, say).
+        if key.is_some()
+            && let Some(stored) = seen.stored()
+        {
+            return replay(stored, hash).map(Checked::Answer);
+        }
+        let found = seen.m_id.clone().zip(seen.m_status.clone());
+        let v = validate_found(app, b, found)?;
+        let hooks = match (&seen.hook_ids, &seen.hook_events) {
+            (Some(ids), Some(events)) => ids
+                .iter()
+                .zip(events)
+                .filter(|(_, e)| crate::webhooks::wants(e, EVENT))
+                .map(|(id, _)| id.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Checked::Submit(Box::new(Ready {
+            caller: caller.clone(),
+            org,
+            key,
+            v,
+            hooks,
+        })))
+    };
+    rest().unwrap_or_else(|e| Checked::Answer(e.into_response()))
+}
+
+fn seen_org(s: &Seen, org_id: &str) -> Option<Org> {
+    Some(Org {
+        id: org_id.to_string(),
+        name: s.org_name.clone()?,
+        region: s.org_region.clone()?,
+        locale: s.org_locale.clone()?,
+        created_at: s.org_created_at?,
+        currency: s.org_currency.clone(),
+        timezone: s.org_timezone.clone(),
+    })
+}
+
+/// A checked submission, ready to write.
+struct Submitting<'a> {
+    caller: &'a Caller,
+    org: &'a Org,
+    key: Option<&'a str>,
+    hash: &'a str,
+    v: &'a Valid<'a>,
+    now: i64,
+    due: i64,
+}
+
+/// A written submission.
+struct Done {
+    id: String,
+    number: String,
+    answer: String,
+}
+
+/// The two statements of the transaction on `conn`. `None`: the key is
+/// taken by a concurrent duplicate that committed first; nothing written.
+async fn steps(app: &App, conn: &mut PgConnection, s: &Submitting<'_>) -> ApiResult<Option<Done>> {
+    let Submitting {
+        caller,
+        org,
+        v,
+        now,
+        due,
+        ..
+    } = *s;
+    let chain = audit::chain_enabled();
+    let r = st::reserve(conn, &org.id, s.key.zip(Some(s.hash)), now, chain, GENESIS).await?;
+    if !r.reserved {
+        return Ok(None);
+    }
+    let seq = r.seq.ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!("org {} vanished while submitting", org.id))
+    })?;
+    let number = request_number(seq);
+    let id = new_id();
+    let actor = caller.actor();
+    let mut entry = audit::operation_entry(audit::Operation {
+        org_id: &org.id,
+        actor: &actor,
+        action: "request.submit",
+        target: Some(&id),
+        detail: json!({ "kind": v.kind.key, "number": number }),
+        at: now,
+    });
+    if chain {
+        // As `audit::append` chains an entry: hashed before its seq is set.
+        let prev = r.prev_hash.ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "the audit chain of {} is not hashed yet (its pre-chain rows are hashed when approvald starts); restart approvald",
+                org.id
+            ))
+        })?;
+        entry.hash = Some(entry.hash_after(&prev));
+        entry.seq = r.audit_seq;
+        entry.prev_hash = Some(prev);
+    }
+    let job = app
+        .queue
+        .new_job(
+            &ReviewJob {
+                request_id: id.clone(),
+            },
+            &PushOptions::default(),
+        )
+        .context("encoding job")?;
+    let answer = serde_json::to_string(&Submitted {
+        id: &id,
+        number: &number,
+        status: RequestStatus::Submitted.as_str(),
+        kind: &v.kind.key,
+        sla_due_at: time(due),
+        created_at: time(now),
+    })
+    .map_err(anyhow::Error::from)?;
+    let event_detail =
+        json!({ "kind": v.kind.key, "number": number, "requester": v.requester_id }).to_string();
+    st::write(
+        conn,
+        &st::Submission {
+            id: &id,
+            org_id: &org.id,
+            number: &number,
+            kind: &v.kind.key,
+            requester_id: v.requester_id.as_deref(),
+            remark: &v.remark,
+            documents: &v.documents,
+            params: v.params.as_deref(),
+            sla_days: i64::from(v.kind.sla_days),
+            sla_due_at: due,
+            now,
+            event_id: &new_id(),
+            actor: &actor,
+            event_detail: &event_detail,
+            audit: &entry,
+            job: &job,
+            outbox_id: &new_id(),
+            outbox_at: app.now_ms(),
+            idem: s.key,
+            status: i64::from(StatusCode::ACCEPTED.as_u16()),
+            answer: &answer,
+        },
+    )
+    .await?;
+    Ok(Some(Done { id, number, answer }))
+}
+
+/// A concurrent duplicate committed first: answer what it answered.
+async fn taken(app: &App, org_id: &str, s: &Submitting<'_>) -> Result<Response, Response> {
+    let key = s.key.unwrap_or_default();
+    let answer = match idempotency::get(&app.db, org_id, key).await {
+        Ok(Some(stored)) => replay(stored, s.hash),
+        Ok(None) => Err(ApiError::conflict(
+            "a request with this Idempotency-Key is in progress; retry",
+        )),
+        Err(e) => Err(e.into()),
+    };
+    answer.map_err(IntoResponse::into_response)
+}
