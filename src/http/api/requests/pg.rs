@@ -1,11 +1,11 @@
-//! `POST /v1/orgs/{org}/requests` on PostgreSQL (with the outbox) in four
+//! `POST /v1/orgs/{org}/requests` on PostgreSQL (with the outbox) in five
 //! round trips (issue 17): one statement reads the key, the org, the stored
 //! `Idempotency-Key` answer, the requester and the webhook endpoints
-//! ([`st::read`]); then one transaction of two statements: [`st::reserve`]
-//! (the key, the request number, the audit chain's next link) and
-//! [`st::write`] (the request, its event, the audit entry, the review
-//! job's outbox row, the key's answer), and the commit. The connection is
-//! kept warm between calls ([`crate::db::Warm`]: no ping as it goes back).
+//! ([`st::read`]); then `BEGIN`, two statements, [`st::reserve`] (the key,
+//! the request number, the audit chain's next link) and [`st::write`] (the
+//! request, its event, the audit entry, the review job's outbox row, the
+//! key's answer), and `COMMIT`. The connection is kept warm between calls
+//! ([`crate::db::Warm`]: no ping as it goes back, none before it is used).
 //!
 //! Every answer is the general path's (`submit_as`), in the same order:
 //! 401/403 (the key), 404 (the org boundary, the org), 400 (the
