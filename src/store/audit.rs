@@ -103,7 +103,11 @@ pub fn operation_sync(
     Ok(())
 }
 
-fn operation_entry(op: Operation<'_>, request_id: Option<String>) -> Entry {
+/// The `operation` entry [`operation`] appends, not chained yet (`seq`,
+/// `hash` and `prev_hash` empty), with the HTTP request id `request_id`:
+/// for a caller that appends it itself ([`operation_sync`],
+/// `store::submit_pg`).
+pub fn operation_entry(op: Operation<'_>, request_id: Option<String>) -> Entry {
     Entry {
         seq: None,
         hash: None,
@@ -195,7 +199,7 @@ async fn append(tx: &mut Tx, mut e: Entry) -> Result<String, sqlx::Error> {
 /// Make `e` the link after the head [`BUMP_HEAD`] returned. The head's hash
 /// becomes this entry's when the row is inserted (trigger
 /// `audit_log_moves_head`, migration 0015).
-fn link(e: &mut Entry, seq: i64, prev: Option<String>) -> Result<(), String> {
+pub fn link(e: &mut Entry, seq: i64, prev: Option<String>) -> Result<(), String> {
     let prev = prev.ok_or_else(|| {
         format!(
             "the audit chain of {} is not hashed yet (its pre-chain rows are hashed when approvald starts); restart approvald",

@@ -12,4 +12,5 @@ pub mod requests;
 pub mod reviewers;
 pub mod roles;
 pub mod spending;
+pub mod submit_pg;
 pub mod tokens;

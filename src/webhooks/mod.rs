@@ -178,9 +178,25 @@ pub async fn emit_request(
     // The payload (the request with its events) costs a few reads: only
     // when an endpoint wants the event.
     let endpoints = wanting(tx, org_id, event_type).await?;
+    emit_request_to(app, tx, org_id, request_id, event_type, now_ms, &endpoints).await
+}
+
+/// [`emit_request`] to `endpoints`, the enabled endpoints that want
+/// `event_type` as read by the caller (the PostgreSQL submit reads them
+/// with everything else it reads, before its transaction); none: nothing
+/// is read or written.
+pub async fn emit_request_to(
+    app: &App,
+    tx: &mut Tx,
+    org_id: &str,
+    request_id: &str,
+    event_type: &str,
+    now_ms: i64,
+    endpoints: &[String],
+) -> anyhow::Result<()> {
     if endpoints.is_empty() {
         return Ok(());
     }
     let payload = request_payload(tx, org_id, request_id).await?;
-    record(app, tx, org_id, event_type, payload, now_ms, &endpoints).await
+    record(app, tx, org_id, event_type, payload, now_ms, endpoints).await
 }

@@ -8,14 +8,16 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Caller, body::JsonBody, json_column, new_id, opt_time, page, time};
+use super::{Caller, auth::Token, body::JsonBody, json_column, new_id, opt_time, page, time};
 use crate::{
     app::App,
+    db::Db,
     domain::{
         calendar::Region,
         catalog::{PermissionKind, Scope},
@@ -33,6 +35,8 @@ use crate::{
     jobs::{self, review::ReviewJob},
     store::{self, audit, idempotency, orgs::Org, requests::Request},
 };
+
+mod pg;
 
 pub const MAX_REMARK: usize = 2000;
 pub const MAX_DOCUMENTS: usize = 10;
@@ -281,6 +285,25 @@ struct Valid<'a> {
 pub const MAX_PARAMS: usize = 4096;
 
 async fn validate<'a>(app: &'a App, org: &Org, b: Submit) -> ApiResult<Valid<'a>> {
+    let found = match requester_ref(&b) {
+        Some(r) => store::members::find_status(&app.db, app.inline.as_ref(), &org.id, r).await?,
+        None => None,
+    };
+    validate_found(app, b, found)
+}
+
+/// The requester reference worth looking up: the body's `requester`,
+/// trimmed, if it is 1-64 bytes (anything else names no member).
+fn requester_ref(b: &Submit) -> Option<&str> {
+    b.requester
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty() && r.len() <= 64)
+}
+
+/// [`validate`] with the requester already looked up: `found` is the
+/// `(id, status)` of the member [`requester_ref`] names, if any.
+fn validate_found(app: &App, b: Submit, found: Option<(String, String)>) -> ApiResult<Valid<'_>> {
     let kind = app.catalog.kind(&b.kind).ok_or_else(|| {
         ApiError::invalid(format!(
             "kind: {:?} is not in the catalog (GET /v1/catalog lists the kinds)",
@@ -293,12 +316,7 @@ async fn validate<'a>(app: &'a App, org: &Org, b: Submit) -> ApiResult<Valid<'a>
         None => None,
         Some(r) => {
             let r = r.trim();
-            let m = if r.is_empty() || r.len() > 64 {
-                None
-            } else {
-                store::members::find_status(&app.db, app.inline.as_ref(), &org.id, r).await?
-            };
-            match m {
+            match found {
                 Some((id, status)) if status == store::members::ACTIVE => Some(id),
                 _ => {
                     return Err(ApiError::invalid(format!(
@@ -361,8 +379,64 @@ async fn validate<'a>(app: &'a App, org: &Org, b: Submit) -> ApiResult<Valid<'a>
 )]
 pub async fn submit(
     State(app): State<App>,
+    token: Token,
+    path: Result<ApiPath<String>, ApiError>,
+    headers: HeaderMap,
+    body: Result<JsonBody<Submit>, ApiError>,
+) -> Result<Response, Response> {
+    // What a bad call is told, and in which order, is what the `Caller`
+    // extractor made it: the key (401, 403), then the path and the body.
+    let (org_id, body) = match (path, body) {
+        (Ok(ApiPath(org_id)), Ok(body)) => (org_id, body),
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            Caller::authenticate(&app, &token.0)
+                .await
+                .map_err(IntoResponse::into_response)?;
+            return Err(e.into_response());
+        }
+    };
+    // PostgreSQL with the outbox: the key is read with everything else the
+    // submit reads, in few round trips (see `pg`).
+    if let (Db::Postgres(pool), false) = (&app.db, app.queue_in_db) {
+        return pg::submit(&app, pool, &token.0, &org_id, &headers, body).await;
+    }
+    let caller = Caller::authenticate(&app, &token.0)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    submit_as(app, caller, org_id, headers, body)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+/// The SLA due time of a `kind` request of `org` submitted at `now`, in
+/// the org's region's calendar.
+fn due_at(app: &App, org: &Org, kind: &PermissionKind, now: DateTime<Utc>) -> ApiResult<i64> {
+    let calendar = Region::parse(&org.region)
+        .ok()
+        .and_then(|r| app.calendars.get(&r))
+        .ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "org {} has region {:?}, which has no calendar",
+                org.id,
+                org.region
+            ))
+        })?;
+    Ok(calendar
+        .due(now, kind.sla_days)
+        .map_err(|e| {
+            ApiError::internal(anyhow::anyhow!(
+                "computing the SLA due time in {}: {e}",
+                org.region
+            ))
+        })?
+        .timestamp_millis())
+}
+
+/// The submit of an authenticated `caller`, on either engine.
+async fn submit_as(
+    app: App,
     caller: Caller,
-    ApiPath(org_id): ApiPath<String>,
+    org_id: String,
     headers: HeaderMap,
     body: JsonBody<Submit>,
 ) -> ApiResult<Response> {
@@ -381,25 +455,7 @@ pub async fn submit(
 
     let now_dt = app.clock.now();
     let now = now_dt.timestamp_millis();
-    let calendar = Region::parse(&org.region)
-        .ok()
-        .and_then(|r| app.calendars.get(&r))
-        .ok_or_else(|| {
-            ApiError::internal(anyhow::anyhow!(
-                "org {} has region {:?}, which has no calendar",
-                org.id,
-                org.region
-            ))
-        })?;
-    let due = calendar
-        .due(now_dt, v.kind.sla_days)
-        .map_err(|e| {
-            ApiError::internal(anyhow::anyhow!(
-                "computing the SLA due time in {}: {e}",
-                org.region
-            ))
-        })?
-        .timestamp_millis();
+    let due = due_at(&app, &org, v.kind, now_dt)?;
 
     let s = flows::submit::Submission {
         org_id: org.id,
