@@ -60,15 +60,21 @@ async fn redis_restarted_empty_reconciler_restores_jobs_and_timers() {
     ));
     wait_count(&done, N / 2, Duration::from_secs(120)).await;
     // Restart while review jobs are waiting (the workers may keep pace with
-    // the submitters for a while): only a lost backlog proves the reconciler.
+    // the submitters for a while) and mails wait for their retry (the
+    // submitters may outrun the workers, which then have queued none yet):
+    // only a lost backlog of both proves the reconciler. After the last
+    // submit the workers still drain a backlog, so both can hold then too.
     let waiting_since = Instant::now();
-    while c
-        .scalar("SELECT COUNT(*) FROM requests WHERE status = 'submitted'")
-        .await
-        < 20
-        && done.load(Ordering::Relaxed) < N
-        && waiting_since.elapsed() < Duration::from_secs(60)
-    {
+    loop {
+        let waiting = c
+            .scalar("SELECT COUNT(*) FROM requests WHERE status = 'submitted'")
+            .await;
+        let mails = c
+            .scalar("SELECT COUNT(*) FROM emails WHERE status = 'pending'")
+            .await;
+        if (waiting >= 20 && mails > 0) || waiting_since.elapsed() > Duration::from_secs(60) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let submitted_before = done.load(Ordering::Relaxed);
