@@ -52,6 +52,15 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
                 metrics_exporter_prometheus::Matcher::Full("approvald_decision_seconds".into()),
                 &decision,
             )
+            .and_then(|b| {
+                // A count of submissions per commit, not seconds.
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "approvald_sqlite_group_commit_units".into(),
+                    ),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+                )
+            })
             .and_then(|b| b.set_buckets(&secs))
             .expect("valid buckets")
             .install_recorder()
