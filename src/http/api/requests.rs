@@ -432,6 +432,33 @@ fn due_at(app: &App, org: &Org, kind: &PermissionKind, now: DateTime<Utc>) -> Ap
         .timestamp_millis())
 }
 
+/// What `caller` submits for `org`, checked (`v`), with its SLA due time
+/// from now in the org's calendar: what either write path writes.
+fn submission(
+    app: &App,
+    caller: &Caller,
+    org: Org,
+    idempotency: Option<(String, String)>,
+    v: Valid<'_>,
+) -> ApiResult<flows::submit::Submission> {
+    let now_dt = app.clock.now();
+    let sla_due_at = due_at(app, &org, v.kind, now_dt)?;
+    Ok(flows::submit::Submission {
+        org_id: org.id,
+        actor: caller.actor(),
+        id: new_id(),
+        kind: v.kind.key.clone(),
+        requester_id: v.requester_id,
+        remark: v.remark,
+        documents: v.documents,
+        params: v.params,
+        sla_days: i64::from(v.kind.sla_days),
+        sla_due_at,
+        now: now_dt.timestamp_millis(),
+        idempotency,
+    })
+}
+
 /// The submit of an authenticated `caller`, on either engine.
 async fn submit_as(
     app: App,
@@ -453,24 +480,8 @@ async fn submit_as(
     }
     let v = validate(&app, &org, body.value).await?;
 
-    let now_dt = app.clock.now();
-    let now = now_dt.timestamp_millis();
-    let due = due_at(&app, &org, v.kind, now_dt)?;
-
-    let s = flows::submit::Submission {
-        org_id: org.id,
-        actor: caller.actor(),
-        id: new_id(),
-        kind: v.kind.key.clone(),
-        requester_id: v.requester_id,
-        remark: v.remark,
-        documents: v.documents,
-        params: v.params,
-        sla_days: i64::from(v.kind.sla_days),
-        sla_due_at: due,
-        now,
-        idempotency: key.map(|k| (k, hash)),
-    };
+    let s = submission(&app, &caller, org, key.map(|k| (k, hash)), v)?;
+    let now = s.now;
     if let Some(writer) = &app.writer {
         // The embedded profile: the whole write on the SQLite writer's
         // thread (`flows::submit`).

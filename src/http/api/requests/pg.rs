@@ -23,8 +23,8 @@ use axum::{
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::{
-    Submit, Valid, accepted, body_hash, due_at, idempotency_key, replay, replay_committed,
-    requester_ref, submitted_answer, validate_found,
+    Submit, Valid, accepted, body_hash, idempotency_key, replay, replay_committed, requester_ref,
+    submission, submitted_answer, validate_found,
 };
 use crate::{
     app::App,
@@ -86,23 +86,9 @@ pub(super) async fn submit(
             return Ok(resp);
         }
     };
-    let now_dt = app.clock.now();
-    let now = now_dt.timestamp_millis();
-    let due = due_at(app, &org, v.kind, now_dt).map_err(IntoResponse::into_response)?;
-    let s = flows::submit::Submission {
-        org_id: org.id,
-        actor: caller.actor(),
-        id: new_id(),
-        kind: v.kind.key.clone(),
-        requester_id: v.requester_id,
-        remark: v.remark,
-        documents: v.documents,
-        params: v.params,
-        sla_days: i64::from(v.kind.sla_days),
-        sla_due_at: due,
-        now,
-        idempotency: key.map(|k| (k, hash)),
-    };
+    let s = submission(app, &caller, org, key.map(|k| (k, hash)), v)
+        .map_err(IntoResponse::into_response)?;
+    let now = s.now;
     let done = if hooks.is_empty() {
         let mut t = conn.begin().await.map_err(into_response)?;
         match steps(app, &mut t, &s)
