@@ -119,6 +119,7 @@ pub async fn write_embedded(
     )?;
     // Task-local on this task; the writer's thread has none.
     let http_request_id = crate::audit::request_id();
+    let window = jobs::dedupe_window_ms(app);
     let unit = move |c: &Connection| -> Result<(String, String), UnitError> {
         if crate::webhooks::wanted_sync(c, &s.org_id, "request.submitted")? {
             return Err(UnitError::WebhooksWanted);
@@ -142,7 +143,7 @@ pub async fn write_embedded(
             s.now,
         )?;
         audit::operation_sync(c, s.audit(&number), http_request_id)?;
-        jobs::push_sync(c, &job, s.now)?;
+        jobs::push_sync(c, &job, s.now, window)?;
         let body = answer(&s, &number)?;
         if let Some((key, _)) = &s.idempotency {
             idempotency::complete_sync(c, &s.org_id, key, 202, &body)?;

@@ -73,25 +73,39 @@ pub fn schedule(rt: Runtime, app: &App) -> Runtime {
     )
 }
 
-/// The SQLite queue's row for `new` (a job without a dedupe key), written
-/// on the writer's connection (`db::writer`) in the caller's unit of work.
-/// After the commit the caller wakes the queue's workers
-/// ([`approvald_workers::store::sqlite::notify_pushed`]).
+/// The SQLite queue's row for `new`, written on the writer's connection
+/// (`db::writer`) in the caller's unit of work, honouring its dedupe key
+/// as `push_in_tx` does (the key is claimed for `dedupe_window_ms`; a key
+/// already held pushes nothing). After the commit the caller wakes the
+/// queue's workers ([`approvald_workers::store::sqlite::notify_pushed`]).
 pub fn push_sync(
     c: &rusqlite::Connection,
     new: &approvald_workers::store::NewJob,
     now_ms: i64,
+    dedupe_window_ms: i64,
 ) -> rusqlite::Result<()> {
-    use approvald_workers::store::sqlite::{attempts_bound, new_job_id, sql::INSERT_JOB};
-    if new.dedupe_key.is_some() {
-        // A dedupe key takes the queue's claim protocol: not on this path.
-        return Err(rusqlite::Error::InvalidQuery);
+    use approvald_workers::store::sqlite::{
+        attempts_bound, new_job_id,
+        sql::{CLAIM_DEDUPE, INSERT_JOB},
+    };
+    let id = new_job_id();
+    if let Some(key) = &new.dedupe_key {
+        let expires = now_ms.saturating_add(dedupe_window_ms);
+        let won: Option<String> = crate::db::writer::query_opt(
+            c,
+            CLAIM_DEDUPE,
+            &[&new.queue, key, &id, &expires, &now_ms],
+            |r| r.get(0),
+        )?;
+        if won.as_deref() != Some(id.as_str()) {
+            return Ok(());
+        }
     }
     crate::db::writer::execute(
         c,
         INSERT_JOB,
         &[
-            &new_job_id(),
+            &id,
             &new.queue,
             &new.payload,
             &new.run_at_ms,
@@ -100,6 +114,11 @@ pub fn push_sync(
         ],
     )?;
     Ok(())
+}
+
+/// The SQLite queue's dedupe window, in milliseconds (for [`push_sync`]).
+pub fn dedupe_window_ms(app: &App) -> i64 {
+    app.queue.config().dedupe_window.as_millis() as i64
 }
 
 /// Write `job` in `tx`. Once `tx` commits, the idle workers of the job's
@@ -119,7 +138,7 @@ pub async fn enqueue<J: Job>(
                 "queue.url = sqlite needs a SQLite database (config validation prevents this)"
             );
         };
-        let window = app.queue.config().dedupe_window.as_millis() as i64;
+        let window = dedupe_window_ms(app);
         approvald_workers::store::sqlite::push_in_tx(t, &new, now, window)
             .await
             .with_context(|| format!("enqueueing {} job", J::NAME))?;

@@ -70,6 +70,17 @@ pub fn region_tz(app: &App, region: &str) -> chrono_tz::Tz {
         .unwrap_or(chrono_tz::UTC)
 }
 
+/// A mail ready to render and send: its row, its template and locale, what
+/// fills the template (the link included), and whether this attempt is
+/// already counted.
+struct Ready {
+    row: EmailRow,
+    template: Template,
+    locale: Locale,
+    ctx: MailContext,
+    counted: bool,
+}
+
 /// One attempt at sending mail `email_id`.
 pub async fn deliver(
     app: &App,
@@ -77,6 +88,157 @@ pub async fn deliver(
     attempt: u32,
     max_attempts: u32,
 ) -> Result<(), JobError> {
+    let on_writer = match &app.writer {
+        Some(w) => prepare_on_writer(app, w, email_id).await?,
+        None => None,
+    };
+    let ready = match on_writer {
+        Some(r) => r,
+        None => match prepare(app, email_id).await? {
+            Some(r) => r,
+            None => return Ok(()),
+        },
+    };
+    send(app, ready, attempt, max_attempts).await
+}
+
+/// What a request's mail says about it, in `locale` (and the zone its
+/// times are shown in).
+fn request_context(
+    app: &App,
+    ctx: &mut MailContext,
+    v: &decisions::RequestView,
+    locale: Locale,
+) -> chrono_tz::Tz {
+    let tz = region_tz(app, &v.region);
+    ctx.org_name = Some(v.org_name.clone());
+    ctx.request_number = Some(v.number.clone());
+    ctx.kind_title = Some(
+        app.catalog
+            .kind(&v.kind)
+            .map(|k| k.titles.get(locale).to_string())
+            .unwrap_or_else(|| v.kind.clone()),
+    );
+    ctx.requester_name = v.requester_name.clone();
+    ctx.remark = Some(v.remark.clone()).filter(|r| !r.is_empty());
+    ctx.due_at = Some(format_time(v.sla_due_at, tz, locale));
+    ctx.decided_by = v.decided_by.clone();
+    ctx.decided_at = v.decided_at.map(|t| format_time(t, tz, locale));
+    ctx.comment = v.decision_comment.clone().filter(|c| !c.is_empty());
+    tz
+}
+
+fn new_context(row: &EmailRow) -> (MailContext, Locale, serde_json::Value) {
+    let locale = Locale::or_en(&row.locale);
+    let params: serde_json::Value = serde_json::from_str(&row.params).unwrap_or_else(|_| json!({}));
+    let ctx = MailContext {
+        recipient_name: row.recipient_name.clone(),
+        ..MailContext::default()
+    };
+    (ctx, locale, params)
+}
+
+fn link_ttl_ms(app: &App) -> i64 {
+    (app.config.review.token_ttl_hours as i64).saturating_mul(3_600_000)
+}
+
+fn set_link(
+    app: &App,
+    ctx: &mut MailContext,
+    issued: &tokens::Issued,
+    tz: chrono_tz::Tz,
+    locale: Locale,
+) {
+    ctx.link = Some(format!(
+        "{}/review/{}",
+        app.config.public_url(),
+        issued.token
+    ));
+    ctx.link_expires_at = Some(format_time(issued.expires_at, tz, locale));
+}
+
+/// The embedded profile's common case, on the SQLite writer's thread
+/// (`db::writer`) in one unit: a pending mail about a request, read with
+/// its request, its link token issued (a review-link mail to a reviewer who
+/// may still review an open request) and the attempt counted, instead of
+/// about a dozen hand-overs to the pool's connection threads. `None` when
+/// it wrote nothing and [`prepare`] must look (anything else: a finished
+/// or unknown mail, one without a request, a link no longer wanted).
+///
+/// The attempt is counted before the mail is rendered (the pool path
+/// counts it after): a mail whose template fails to render is failed for
+/// good either way, with one attempt more on its row here.
+async fn prepare_on_writer(
+    app: &App,
+    writer: &crate::db::writer::Writer,
+    email_id: &str,
+) -> anyhow::Result<Option<Ready>> {
+    let now = app.now_ms();
+    let ttl = link_ttl_ms(app);
+    let (app2, id) = (app.clone(), email_id.to_string());
+    let unit = move |c: &rusqlite::Connection| -> anyhow::Result<Option<_>> {
+        let Some(row) = emails::get_sync(c, &id)? else {
+            return Ok(None);
+        };
+        let (Some(template), Some(rid)) = (Template::parse(&row.template), row.request_id.clone())
+        else {
+            return Ok(None);
+        };
+        if row.is_final() {
+            return Ok(None);
+        }
+        let Some(view) = decisions::view_sync(c, &rid)? else {
+            return Ok(None);
+        };
+        let issued = if template.has_review_link() {
+            let Some(reviewer) = reviewer_of(&row) else {
+                return Ok(None);
+            };
+            if view.status != "in_review" {
+                return Ok(None);
+            }
+            let needed = crate::jobs::review::authority_for(
+                &app2,
+                &view.kind,
+                &view.org_id,
+                view.requester_id.as_deref(),
+            );
+            match tokens::issue_sync(c, &rid, &reviewer, &needed, now, ttl)? {
+                Some(issued) => Some(issued),
+                None => return Ok(None),
+            }
+        } else {
+            None
+        };
+        emails::count_attempt_sync(c, &id)?;
+        Ok(Some((row, template, view, issued)))
+    };
+    let Some((row, template, view, issued)) = writer
+        .run(unit)
+        .await
+        .context("preparing the mail on the SQLite writer")?
+    else {
+        return Ok(None);
+    };
+    let (mut ctx, locale, params) = new_context(&row);
+    let tz = request_context(app, &mut ctx, &view, locale);
+    ctx.apply_params(&params);
+    if let Some(issued) = &issued {
+        set_link(app, &mut ctx, issued, tz, locale);
+    }
+    Ok(Some(Ready {
+        row,
+        template,
+        locale,
+        ctx,
+        counted: true,
+    }))
+}
+
+/// Read mail `email_id` and what it needs through the pool, issuing its
+/// link token when it has one. `None`: nothing to send (finished before,
+/// or skipped now).
+async fn prepare(app: &App, email_id: &str) -> Result<Option<Ready>, JobError> {
     let Some(row) = emails::get(&app.db, email_id).await? else {
         return Err(JobError::permanent(anyhow::anyhow!(
             "email {email_id} does not exist"
@@ -84,39 +246,24 @@ pub async fn deliver(
     };
     if row.is_final() {
         tracing::debug!(email_id, status = %row.status, "mail already finished; nothing to do");
-        return Ok(());
+        return Ok(None);
     }
     let Some(template) = Template::parse(&row.template) else {
-        return fail(app, &row, &format!("unknown template {:?}", row.template)).await;
+        return fail(app, &row, &format!("unknown template {:?}", row.template))
+            .await
+            .map(|()| None);
     };
-    let locale = Locale::or_en(&row.locale);
-    let params: serde_json::Value = serde_json::from_str(&row.params).unwrap_or_else(|_| json!({}));
-    let mut ctx = MailContext {
-        recipient_name: row.recipient_name.clone(),
-        ..MailContext::default()
-    };
+    let (mut ctx, locale, params) = new_context(&row);
     let mut status = None;
     let mut tz = chrono_tz::UTC;
     let mut view = None;
     if let Some(rid) = &row.request_id {
         let Some(v) = decisions::view(&app.db, rid).await? else {
-            return fail(app, &row, "the request no longer exists").await;
+            return fail(app, &row, "the request no longer exists")
+                .await
+                .map(|()| None);
         };
-        tz = region_tz(app, &v.region);
-        ctx.org_name = Some(v.org_name.clone());
-        ctx.request_number = Some(v.number.clone());
-        ctx.kind_title = Some(
-            app.catalog
-                .kind(&v.kind)
-                .map(|k| k.titles.get(locale).to_string())
-                .unwrap_or_else(|| v.kind.clone()),
-        );
-        ctx.requester_name = v.requester_name.clone();
-        ctx.remark = Some(v.remark.clone()).filter(|r| !r.is_empty());
-        ctx.due_at = Some(format_time(v.sla_due_at, tz, locale));
-        ctx.decided_by = v.decided_by.clone();
-        ctx.decided_at = v.decided_at.map(|t| format_time(t, tz, locale));
-        ctx.comment = v.decision_comment.clone().filter(|c| !c.is_empty());
+        tz = request_context(app, &mut ctx, &v, locale);
         status = Some(v.status.clone());
         view = Some(v);
     } else if let Some(org_id) = params.get("org_id").and_then(|v| v.as_str()) {
@@ -141,7 +288,8 @@ pub async fn deliver(
                 &row,
                 "a review-link mail needs a request and a reviewer",
             )
-            .await;
+            .await
+            .map(|()| None);
         };
         if status.as_deref() != Some("in_review") {
             let why = format!(
@@ -153,9 +301,8 @@ pub async fn deliver(
             tx.commit().await.context("commit")?;
             count(&row.template, "skipped");
             tracing::info!(email_id, template = %template, "mail skipped: {why}");
-            return Ok(());
+            return Ok(None);
         }
-        let ttl = (app.config.review.token_ttl_hours as i64).saturating_mul(3_600_000);
         // Only to someone who may still review it (not a demoted admin, not
         // a reviewer who left the group), re-derived now.
         let needed = match &view {
@@ -168,8 +315,15 @@ pub async fn deliver(
             None => crate::store::reviewers::Authority::Nobody,
         };
         let mut tx = app.db.begin().await.context("begin")?;
-        let Some(issued) =
-            tokens::issue(&mut tx, rid, &reviewer, &needed, app.now_ms(), ttl).await?
+        let Some(issued) = tokens::issue(
+            &mut tx,
+            rid,
+            &reviewer,
+            &needed,
+            app.now_ms(),
+            link_ttl_ms(app),
+        )
+        .await?
         else {
             // Cancelled or decided since the check above, or the reviewer
             // was removed, disabled or lost the authority to review it.
@@ -178,17 +332,30 @@ pub async fn deliver(
             tx.commit().await.context("commit")?;
             count(&row.template, "skipped");
             tracing::info!(email_id, template = %template, "mail skipped: {why}");
-            return Ok(());
+            return Ok(None);
         };
         tx.commit().await.context("committing link token")?;
-        ctx.link = Some(format!(
-            "{}/review/{}",
-            app.config.public_url(),
-            issued.token
-        ));
-        ctx.link_expires_at = Some(format_time(issued.expires_at, tz, locale));
+        set_link(app, &mut ctx, &issued, tz, locale);
     }
+    Ok(Some(Ready {
+        row,
+        template,
+        locale,
+        ctx,
+        counted: false,
+    }))
+}
 
+/// Render, send and record one attempt of a prepared mail.
+async fn send(app: &App, ready: Ready, attempt: u32, max_attempts: u32) -> Result<(), JobError> {
+    let Ready {
+        row,
+        template,
+        locale,
+        ctx,
+        counted,
+    } = ready;
+    let email_id = row.id.as_str();
     let rendered = match render(template, locale, &ctx) {
         Ok(r) => r,
         Err(e) => return fail(app, &row, &format!("{e:#}")).await,
@@ -197,7 +364,9 @@ pub async fn deliver(
         Ok(m) => m,
         Err(e) => return fail(app, &row, &format!("{e:#}")).await,
     };
-    emails::count_attempt(&app.db, &row.id).await?;
+    if !counted {
+        emails::count_attempt(&app.db, &row.id).await?;
+    }
     let to = mask_email(&row.recipient);
     let sent = app.mailer.send(&row.id, &msg).await;
     if let Err(e) = &sent
@@ -208,7 +377,20 @@ pub async fn deliver(
     }
     match sent {
         Ok(()) => {
-            emails::mark_sent(&app.db, &row.id, app.now_ms()).await?;
+            let now = app.now_ms();
+            match &app.writer {
+                Some(w) => {
+                    let id = row.id.clone();
+                    w.run(move |c| -> anyhow::Result<bool> {
+                        Ok(emails::mark_sent_sync(c, &id, now)?)
+                    })
+                    .await
+                    .context("marking email sent")?;
+                }
+                None => {
+                    emails::mark_sent(&app.db, &row.id, now).await?;
+                }
+            }
             count(&row.template, "sent");
             tracing::info!(email_id, template = %template, to = %to, attempt, "mail sent");
             transport_works(app).await;

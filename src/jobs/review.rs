@@ -10,9 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     app::App,
-    db::Tx,
+    db::{
+        Tx,
+        writer::{execute, query_all, query_opt},
+    },
     domain::{
-        catalog::{Policy, Reviewers, Scope},
+        catalog::{PermissionKind, Policy, Reviewers, Scope},
         ids::Locale,
         request::RequestStatus,
     },
@@ -43,17 +46,52 @@ pub struct RequestInfo {
     pub region: String,
 }
 
+const LOAD_REQUEST: &str = "SELECT r.id, r.org_id, r.number, r.kind, r.requester_id, r.documents, r.status, r.sla_due_at, \
+            r.created_at, o.name AS org_name, o.region \
+     FROM requests r JOIN orgs o ON o.id = r.org_id WHERE r.id = $1";
+const MEMBER_STATUS: &str = "SELECT status FROM members WHERE id = $1 AND org_id = $2";
+const ACTIVE_GRANT: &str = "SELECT id FROM grants WHERE org_id = $1 AND kind = $2 AND member_id = $3 AND status = 'active'";
+/// An older open request for the same thing (this one is then a duplicate).
+const OLDER_OPEN: &str = "SELECT number FROM requests WHERE org_id = $1 AND kind = $2 AND id <> $3 \
+       AND status IN ('submitted', 'in_review') AND COALESCE(requester_id, '') = $4 \
+       AND (created_at < $5 OR (created_at = $5 AND id < $3)) \
+     ORDER BY created_at LIMIT 1";
+const PLATFORM_REVIEWERS: &str = "SELECT 'platform' AS kind, r.id, r.email, r.name, r.locale FROM reviewers r \
+     JOIN reviewer_groups g ON g.reviewer_id = r.id \
+     WHERE g.grp = $1 AND r.status = 'active' ORDER BY r.created_at, r.id LIMIT 50";
+const ORG_ADMIN_REVIEWERS: &str = "SELECT 'member' AS kind, id, email, name, locale FROM members \
+     WHERE org_id = $1 AND status = 'active' AND kind IN ('super_admin', 'admin') \
+       AND id <> $2 ORDER BY created_at, id LIMIT 50";
+const MOVE_TO_REVIEW: &str = "UPDATE requests SET status = 'in_review', reminder_at = $2, updated_at = $3 \
+     WHERE id = $1 AND status = 'submitted'";
+const ASSIGN_REVIEWER: &str = "INSERT INTO request_reviewers (request_id, reviewer_kind, reviewer_id, email, name, locale, assigned_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
+
 pub async fn load_request(app: &App, id: &str) -> anyhow::Result<Option<RequestInfo>> {
     Ok(on_db!(&app.db, |p| {
-        sqlx::query_as::<_, RequestInfo>(
-        "SELECT r.id, r.org_id, r.number, r.kind, r.requester_id, r.documents, r.status, r.sla_due_at, \
-                r.created_at, o.name AS org_name, o.region \
-         FROM requests r JOIN orgs o ON o.id = r.org_id WHERE r.id = $1"
-    )
-    .bind(id)
-    .fetch_optional(p)
-    .await
+        sqlx::query_as::<_, RequestInfo>(LOAD_REQUEST)
+            .bind(id)
+            .fetch_optional(p)
+            .await
     })?)
+}
+
+impl RequestInfo {
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get("id")?,
+            org_id: r.get("org_id")?,
+            number: r.get("number")?,
+            kind: r.get("kind")?,
+            requester_id: r.get("requester_id")?,
+            documents: r.get("documents")?,
+            status: r.get("status")?,
+            sla_due_at: r.get("sla_due_at")?,
+            created_at: r.get("created_at")?,
+            org_name: r.get("org_name")?,
+            region: r.get("region")?,
+        })
+    }
 }
 
 /// A person asked to review.
@@ -67,6 +105,16 @@ pub struct ReviewerRow {
 }
 
 impl ReviewerRow {
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            kind: r.get("kind")?,
+            id: r.get("id")?,
+            email: r.get("email")?,
+            name: r.get("name")?,
+            locale: r.get("locale")?,
+        })
+    }
+
     pub fn recipient(&self) -> Recipient {
         Recipient {
             email: self.email.clone(),
@@ -90,7 +138,15 @@ impl Job for ReviewJob {
     type Context = App;
 
     async fn run(self, app: App, _info: JobInfo) -> Result<(), JobError> {
-        crate::audit::in_job(Self::NAME, review(&app, &self.request_id)).await
+        crate::audit::in_job(Self::NAME, async {
+            if let Some(w) = &app.writer
+                && review_on_writer(&app, w, &self.request_id).await?
+            {
+                return Ok(());
+            }
+            review(&app, &self.request_id).await
+        })
+        .await
     }
 }
 
@@ -103,13 +159,11 @@ async fn auto_reject_reason(app: &App, req: &RequestInfo) -> anyhow::Result<Opti
         )));
     };
     if let Some(member) = &req.requester_id {
-        let status: Option<String> = on_db!(&app.db, |p| sqlx::query_scalar(
-            "SELECT status FROM members WHERE id = $1 AND org_id = $2"
-        )
-        .bind(member)
-        .bind(&req.org_id)
-        .fetch_optional(p)
-        .await)?;
+        let status: Option<String> = on_db!(&app.db, |p| sqlx::query_scalar(MEMBER_STATUS)
+            .bind(member)
+            .bind(&req.org_id)
+            .fetch_optional(p)
+            .await)?;
         if status.as_deref() != Some("active") {
             return Ok(Some(crate::jobs::decide::INACTIVE_MEMBER_REASON.into()));
         }
@@ -118,51 +172,54 @@ async fn auto_reject_reason(app: &App, req: &RequestInfo) -> anyhow::Result<Opti
             "this permission is requested for a member; name the requester".into(),
         ));
     }
-    let docs: Vec<serde_json::Value> = serde_json::from_str(&req.documents).unwrap_or_default();
-    for needed in &kind.documents {
-        let present = docs
-            .iter()
-            .any(|d| d.get("type").and_then(|t| t.as_str()) == Some(needed.as_str()));
-        if !present {
-            return Ok(Some(format!("required document missing: {needed}")));
-        }
+    if let Some(needed) = missing_document(kind, &req.documents) {
+        return Ok(Some(format!("required document missing: {needed}")));
     }
-    let member_key = if kind.scope == Scope::Member {
-        req.requester_id.clone().unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let member_key = grant_member(kind, req);
     let granted: Option<String> = on_db!(&app.db, |p| {
-        sqlx::query_scalar(
-        "SELECT id FROM grants WHERE org_id = $1 AND kind = $2 AND member_id = $3 AND status = 'active'"
-    )
-    .bind(&req.org_id)
-    .bind(&req.kind)
-    .bind(&member_key)
-    .fetch_optional(p)
-    .await
+        sqlx::query_scalar(ACTIVE_GRANT)
+            .bind(&req.org_id)
+            .bind(&req.kind)
+            .bind(&member_key)
+            .fetch_optional(p)
+            .await
     })?;
     if granted.is_some() {
         return Ok(Some("this permission is already granted".into()));
     }
     // An older open request for the same thing: this one is a duplicate.
-    let dup: Option<String> = on_db!(&app.db, |p| sqlx::query_scalar(
-        "SELECT number FROM requests WHERE org_id = $1 AND kind = $2 AND id <> $3 \
-           AND status IN ('submitted', 'in_review') AND COALESCE(requester_id, '') = $4 \
-           AND (created_at < $5 OR (created_at = $5 AND id < $3)) \
-         ORDER BY created_at LIMIT 1"
-    )
-    .bind(&req.org_id)
-    .bind(&req.kind)
-    .bind(&req.id)
-    .bind(req.requester_id.clone().unwrap_or_default())
-    .bind(req.created_at)
-    .fetch_optional(p)
-    .await)?;
+    let dup: Option<String> = on_db!(&app.db, |p| sqlx::query_scalar(OLDER_OPEN)
+        .bind(&req.org_id)
+        .bind(&req.kind)
+        .bind(&req.id)
+        .bind(req.requester_id.clone().unwrap_or_default())
+        .bind(req.created_at)
+        .fetch_optional(p)
+        .await)?;
     if let Some(number) = dup {
         return Ok(Some(format!("duplicate of open request {number}")));
     }
     Ok(None)
+}
+
+/// The first document type `kind` needs that `documents` (the request's
+/// JSON array) lacks.
+fn missing_document<'k>(kind: &'k PermissionKind, documents: &str) -> Option<&'k str> {
+    let docs: Vec<serde_json::Value> = serde_json::from_str(documents).unwrap_or_default();
+    kind.documents.iter().map(String::as_str).find(|needed| {
+        !docs
+            .iter()
+            .any(|d| d.get("type").and_then(|t| t.as_str()) == Some(*needed))
+    })
+}
+
+/// Whose grant of `kind` would make `req` pointless (`""`: the org's).
+fn grant_member(kind: &PermissionKind, req: &RequestInfo) -> String {
+    if kind.scope == Scope::Member {
+        req.requester_id.clone().unwrap_or_default()
+    } else {
+        String::new()
+    }
 }
 
 /// What a reviewer of a `kind` request in `org_id` must be now: the rule
@@ -188,17 +245,13 @@ pub async fn find_reviewers(
 ) -> anyhow::Result<Vec<ReviewerRow>> {
     let rows = match who {
         Reviewers::Platform(group) => on_db!(&app.db, |p| sqlx::query_as::<_, ReviewerRow>(
-            "SELECT 'platform' AS kind, r.id, r.email, r.name, r.locale FROM reviewers r \
-             JOIN reviewer_groups g ON g.reviewer_id = r.id \
-             WHERE g.grp = $1 AND r.status = 'active' ORDER BY r.created_at, r.id LIMIT 50"
+            PLATFORM_REVIEWERS
         )
         .bind(group)
         .fetch_all(p)
         .await)?,
         Reviewers::OrgAdmins => on_db!(&app.db, |p| sqlx::query_as::<_, ReviewerRow>(
-            "SELECT 'member' AS kind, id, email, name, locale FROM members \
-             WHERE org_id = $1 AND status = 'active' AND kind IN ('super_admin', 'admin') \
-               AND id <> $2 ORDER BY created_at, id LIMIT 50"
+            ORG_ADMIN_REVIEWERS
         )
         .bind(&req.org_id)
         .bind(req.requester_id.clone().unwrap_or_default())
@@ -262,6 +315,66 @@ async fn still_active(
     Ok(out)
 }
 
+/// What moving a request into review writes besides its status, the same
+/// on both write paths.
+struct Assignment<'a> {
+    req: &'a RequestInfo,
+    kind: &'a PermissionKind,
+    reviewers: Vec<ReviewerRow>,
+    now: i64,
+}
+
+impl Assignment<'_> {
+    fn names(&self) -> Vec<&str> {
+        self.reviewers.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    fn audit<'s>(&'s self, actor: &'s str) -> crate::store::audit::Operation<'s> {
+        crate::store::audit::Operation {
+            org_id: &self.req.org_id,
+            actor,
+            action: "request.in_review",
+            target: Some(&self.req.id),
+            detail: serde_json::json!({
+                "before": {"status": "submitted"},
+                "after": {"status": "in_review", "reviewers": self.names()},
+            }),
+            at: self.now,
+        }
+    }
+
+    /// The request's events: `in_review`, and `no_reviewers` when nobody
+    /// could be assigned (the SLA escalation raises it).
+    fn events(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let by = self.kind.reviewers.as_string();
+        let mut out = vec![(
+            "in_review",
+            serde_json::json!({"reviewers": self.names(), "by": by}),
+        )];
+        if self.reviewers.is_empty() {
+            tracing::warn!(request_id = %self.req.id, reviewers = %by, "no reviewer available; the SLA escalation will raise it");
+            out.push(("no_reviewers", serde_json::json!({"by": by})));
+        }
+        out
+    }
+
+    /// The link mail to reviewer `r`.
+    fn mail(&self, r: &ReviewerRow) -> EmailSpec {
+        let to = r.recipient();
+        let params = serde_json::json!({"kind_title": self.kind.titles.get(to.locale)});
+        EmailSpec {
+            template: Template::ReviewRequested,
+            request_id: Some(self.req.id.clone()),
+            to,
+            params,
+        }
+    }
+
+    fn logged(&self) {
+        tracing::info!(request_id = %self.req.id, number = %self.req.number, kind = %self.req.kind, reviewers = self.reviewers.len(), "request in review");
+    }
+}
+
 async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
     let Some(req) = load_request(app, request_id).await? else {
         return Err(JobError::permanent(anyhow::anyhow!(
@@ -298,97 +411,173 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
     let now = app.now_ms();
     let reminder_at = sla::reminder_at(app, req.created_at.min(now), req.sla_due_at);
     let mut tx = app.db.begin().await.context("begin")?;
-    let moved = on_tx!(&mut tx, |c| sqlx::query(
-        "UPDATE requests SET status = 'in_review', reminder_at = $2, updated_at = $3 \
-         WHERE id = $1 AND status = 'submitted'"
-    )
-    .bind(&req.id)
-    .bind(reminder_at)
-    .bind(now)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))
+    let moved = on_tx!(&mut tx, |c| sqlx::query(MOVE_TO_REVIEW)
+        .bind(&req.id)
+        .bind(reminder_at)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
     .context("moving request to in_review")?;
     if moved == 0 {
         tx.rollback().await.ok();
         return Ok(());
     }
-    let reviewers = still_active(&mut tx, reviewers).await?;
-    let names: Vec<&str> = reviewers.iter().map(|r| r.name.as_str()).collect();
-    crate::store::audit::operation(
-        &mut tx,
-        crate::store::audit::Operation {
-            org_id: &req.org_id,
-            actor: &crate::audit::current_actor(),
-            action: "request.in_review",
-            target: Some(&req.id),
-            detail: serde_json::json!({
-                "before": {"status": "submitted"},
-                "after": {"status": "in_review", "reviewers": names},
-            }),
-            at: now,
-        },
-    )
-    .await
-    .context("auditing")?;
-    add_event(
-        app,
-        &mut tx,
-        &req.id,
-        "in_review",
-        Some("system"),
-        serde_json::json!({"reviewers": names, "by": kind.reviewers.as_string()}),
-    )
-    .await?;
-    if reviewers.is_empty() {
-        tracing::warn!(request_id, reviewers = %kind.reviewers.as_string(), "no reviewer available; the SLA escalation will raise it");
-        add_event(
-            app,
-            &mut tx,
-            &req.id,
-            "no_reviewers",
-            Some("system"),
-            serde_json::json!({"by": kind.reviewers.as_string()}),
-        )
-        .await?;
-    }
-    let title_params = |loc: Locale| serde_json::json!({"kind_title": kind.titles.get(loc)});
-    for r in &reviewers {
-        on_tx!(&mut tx, |c| sqlx::query(
-            "INSERT INTO request_reviewers (request_id, reviewer_kind, reviewer_id, email, name, locale, assigned_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
-        )
-        .bind(&req.id)
-        .bind(&r.kind)
-        .bind(&r.id)
-        .bind(&r.email)
-        .bind(&r.name)
-        .bind(&r.locale)
-        .bind(now)
-        .execute(c)
+    let a = Assignment {
+        req: &req,
+        kind: &kind,
+        reviewers: still_active(&mut tx, reviewers).await?,
+        now,
+    };
+    crate::store::audit::operation(&mut tx, a.audit(&crate::audit::current_actor()))
         .await
-        .map(|r| r.rows_affected()))
+        .context("auditing")?;
+    for (event, detail) in a.events() {
+        add_event(app, &mut tx, &req.id, event, Some("system"), detail).await?;
+    }
+    for r in &a.reviewers {
+        on_tx!(&mut tx, |c| sqlx::query(ASSIGN_REVIEWER)
+            .bind(&req.id)
+            .bind(&r.kind)
+            .bind(&r.id)
+            .bind(&r.email)
+            .bind(&r.name)
+            .bind(&r.locale)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))
         .context("assigning reviewer")?;
-        let recipient = r.recipient();
-        let params = title_params(recipient.locale);
-        crate::mail::queue_email(
-            app,
-            &mut tx,
-            EmailSpec {
-                template: Template::ReviewRequested,
-                request_id: Some(req.id.clone()),
-                to: recipient,
-                params,
-            },
-        )
-        .await?;
+        crate::mail::queue_email(app, &mut tx, a.mail(r)).await?;
     }
     sla::arm_timers(app, &mut tx, &req.id, reminder_at, req.sla_due_at).await?;
     crate::webhooks::emit_request(app, &mut tx, &req.org_id, &req.id, "request.in_review", now)
         .await?;
     tx.commit().await.context("commit")?;
-    tracing::info!(request_id, number = %req.number, kind = %req.kind, reviewers = reviewers.len(), "request in review");
+    a.logged();
     Ok(())
+}
+
+/// The review of the embedded profile's common case, as one unit of work
+/// on the SQLite writer's thread (`db::writer`, as a submission is):
+/// a `submitted` request of a manual kind that nothing refuses and no
+/// webhook endpoint watches goes into review with the same rows as
+/// [`review`] writes, its reads and writes in one transaction instead of
+/// about twenty hand-overs to the pool's connection threads. Returns false
+/// when it wrote nothing and [`review`] must run (anything else: a missing
+/// request, one no longer submitted, an automatic decision, a webhook).
+///
+/// The writer's transaction holds SQLite's write lock from its first
+/// statement, so the reviewers it reads as active stay so until it
+/// commits: no lock-taking no-op updates as [`still_active`] needs on
+/// PostgreSQL.
+async fn review_on_writer(
+    app: &App,
+    writer: &crate::db::writer::Writer,
+    request_id: &str,
+) -> anyhow::Result<bool> {
+    let actor = crate::audit::current_actor();
+    let now = app.now_ms();
+    let (app2, id) = (app.clone(), request_id.to_string());
+    let unit = move |c: &rusqlite::Connection| -> anyhow::Result<bool> {
+        let app = &app2;
+        let Some(req) = query_opt(c, LOAD_REQUEST, &[&id], RequestInfo::from_sqlite)? else {
+            return Ok(false);
+        };
+        let Some(kind) = app.catalog.kind(&req.kind) else {
+            return Ok(false);
+        };
+        if req.status != RequestStatus::Submitted.as_str()
+            || kind.policy != Policy::Manual
+            || missing_document(kind, &req.documents).is_some()
+        {
+            return Ok(false);
+        }
+        match &req.requester_id {
+            Some(member) => {
+                let status: Option<String> =
+                    query_opt(c, MEMBER_STATUS, &[member, &req.org_id], |r| r.get(0))?;
+                if status.as_deref() != Some("active") {
+                    return Ok(false);
+                }
+            }
+            None if kind.scope == Scope::Member => return Ok(false),
+            None => {}
+        }
+        let member_key = grant_member(kind, &req);
+        let requester = req.requester_id.clone().unwrap_or_default();
+        if query_opt(
+            c,
+            ACTIVE_GRANT,
+            &[&req.org_id, &req.kind, &member_key],
+            |_| Ok(()),
+        )?
+        .is_some()
+            || query_opt(
+                c,
+                OLDER_OPEN,
+                &[&req.org_id, &req.kind, &req.id, &requester, &req.created_at],
+                |_| Ok(()),
+            )?
+            .is_some()
+            || crate::webhooks::wanted_sync(c, &req.org_id, "request.in_review")?
+        {
+            return Ok(false);
+        }
+        let reviewers = match &kind.reviewers {
+            Reviewers::Platform(group) => {
+                query_all(c, PLATFORM_REVIEWERS, &[group], ReviewerRow::from_sqlite)?
+            }
+            Reviewers::OrgAdmins => query_all(
+                c,
+                ORG_ADMIN_REVIEWERS,
+                &[&req.org_id, &requester],
+                ReviewerRow::from_sqlite,
+            )?,
+        };
+        let reminder_at = sla::reminder_at(app, req.created_at.min(now), req.sla_due_at);
+        if execute(c, MOVE_TO_REVIEW, &[&req.id, &reminder_at, &now])? == 0 {
+            return Ok(false);
+        }
+        let a = Assignment {
+            req: &req,
+            kind,
+            reviewers,
+            now,
+        };
+        crate::store::audit::operation_sync(c, a.audit(&actor), None)?;
+        for (event, detail) in a.events() {
+            crate::store::requests::add_event_sync(
+                c,
+                &req.id,
+                event,
+                Some("system"),
+                &detail,
+                now,
+            )?;
+        }
+        for r in &a.reviewers {
+            execute(
+                c,
+                ASSIGN_REVIEWER,
+                &[&req.id, &r.kind, &r.id, &r.email, &r.name, &r.locale, &now],
+            )?;
+            crate::mail::queue_email_sync(app, c, a.mail(r), now)?;
+        }
+        sla::arm_timers_sync(app, c, &req.id, reminder_at, req.sla_due_at, now)?;
+        a.logged();
+        Ok(true)
+    };
+    let done = writer
+        .run(unit)
+        .await
+        .context("reviewing on the SQLite writer")?;
+    if done && let Some(pool) = app.db.sqlite_pool() {
+        for queue in [crate::jobs::notify::NotifyJob::NAME, sla::SlaJob::NAME] {
+            approvald_workers::store::sqlite::notify_pushed(pool, queue);
+        }
+    }
+    Ok(done)
 }
 
 /// Push a review job for `request_id` again (the reconciler and `approvald

@@ -6,6 +6,7 @@
 //! The database is the truth: every transition is a conditional update, so a
 //! timer that fires twice, a sweep racing a timer, or two schedulers at once
 //! still remind once and escalate once.
+use anyhow::Context as _;
 use approvald_workers::{Job, JobError, JobInfo, PushOptions};
 use serde::{Deserialize, Serialize};
 
@@ -67,17 +68,43 @@ pub async fn arm_timers(
     reminder_at: i64,
     due_ms: i64,
 ) -> anyhow::Result<()> {
+    for (job, opts) in timers(request_id, reminder_at, due_ms) {
+        jobs::enqueue(app, tx, &job, opts).await?;
+    }
+    Ok(())
+}
+
+/// [`arm_timers`] on the SQLite writer's connection (`db::writer`); the
+/// caller wakes the SLA workers after the commit.
+pub fn arm_timers_sync(
+    app: &App,
+    c: &rusqlite::Connection,
+    request_id: &str,
+    reminder_at: i64,
+    due_ms: i64,
+    now: i64,
+) -> anyhow::Result<()> {
+    let window = jobs::dedupe_window_ms(app);
+    for (job, opts) in timers(request_id, reminder_at, due_ms) {
+        let new = app.queue.new_job(&job, &opts).context("encoding SLA job")?;
+        jobs::push_sync(c, &new, now, window).context("enqueueing SLA job")?;
+    }
+    Ok(())
+}
+
+/// The reminder and deadline jobs of a request (one dedupe key per stage
+/// and deadline: arming again for the same deadline adds nothing).
+fn timers(request_id: &str, reminder_at: i64, due_ms: i64) -> [(SlaJob, PushOptions); 2] {
     let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
-    for (stage, when) in [(Stage::Reminder, reminder_at), (Stage::Due, due_ms)] {
+    [(Stage::Reminder, reminder_at), (Stage::Due, due_ms)].map(|(stage, when)| {
         let key = format!("sla:{request_id}:{stage:?}:{due_ms}");
         let job = SlaJob {
             request_id: request_id.to_string(),
             stage,
             due_ms,
         };
-        jobs::enqueue(app, tx, &job, PushOptions::at(at(when)).dedupe(key)).await?;
-    }
-    Ok(())
+        (job, PushOptions::at(at(when)).dedupe(key))
+    })
 }
 
 async fn assigned_reviewers(app: &App, request_id: &str) -> anyhow::Result<Vec<ReviewerRow>> {

@@ -190,64 +190,144 @@ impl EmailSpec {
     }
 }
 
+/// The `emails` row of a new logical mail (both write paths bind it).
+const INSERT_EMAIL: &str = "INSERT INTO emails (id, dedupe_key, message_id, request_id, template, recipient, recipient_name, locale, \
+                         reviewer_kind, reviewer_id, params, status, attempts, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12) \
+     ON CONFLICT (dedupe_key) DO NOTHING";
+
+/// An `emails` row about to be written: its id, dedupe key and Message-ID
+/// fixed, its params encoded.
+struct NewEmail {
+    id: String,
+    dedupe: String,
+    message_id: String,
+    params: String,
+    spec: EmailSpec,
+}
+
+impl NewEmail {
+    fn new(app: &App, spec: EmailSpec) -> anyhow::Result<Self> {
+        let dedupe = spec.dedupe_key()?;
+        if !spec.params.is_object() && !spec.params.is_null() {
+            anyhow::bail!("mail params must be a JSON object, got {}", spec.params);
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let message_id = app.mailer.message_id(&id);
+        let params = if spec.params.is_null() {
+            "{}".to_string()
+        } else {
+            spec.params.to_string()
+        };
+        Ok(Self {
+            id,
+            dedupe,
+            message_id,
+            params,
+            spec,
+        })
+    }
+
+    fn reviewer(&self) -> (Option<&str>, Option<&str>) {
+        match &self.spec.to.reviewer {
+            Some(r) => (Some(r.kind.as_str()), Some(r.id.as_str())),
+            None => (None, None),
+        }
+    }
+
+    fn job(&self) -> (NotifyJob, PushOptions) {
+        (
+            NotifyJob {
+                email_id: self.id.clone(),
+            },
+            PushOptions::default().dedupe(format!("notify:{}", self.id)),
+        )
+    }
+
+    fn log(&self, inserted: bool) {
+        let to = mask_email(&self.spec.to.email);
+        if inserted {
+            tracing::debug!(email_id = %self.id, template = %self.spec.template, to = %to, "mail queued");
+        } else {
+            tracing::debug!(template = %self.spec.template, to = %to, "mail already queued; not queued again");
+        }
+    }
+}
+
 /// Write one logical mail and its `notify` job in `tx`. Returns whether it
 /// is new (false: this mail was already queued, nothing was written). Its
 /// notify job wakes the workers when `tx` commits.
 pub async fn queue_email(app: &App, tx: &mut Tx, spec: EmailSpec) -> anyhow::Result<bool> {
-    let dedupe = spec.dedupe_key()?;
-    if !spec.params.is_object() && !spec.params.is_null() {
-        anyhow::bail!("mail params must be a JSON object, got {}", spec.params);
-    }
-    let id = uuid::Uuid::now_v7().to_string();
-    let message_id = app.mailer.message_id(&id);
+    let e = NewEmail::new(app, spec)?;
     let now = app.now_ms();
-    let params = if spec.params.is_null() {
-        "{}".to_string()
-    } else {
-        spec.params.to_string()
-    };
-    let (rk, rid) = match &spec.to.reviewer {
-        Some(r) => (Some(r.kind.as_str()), Some(r.id.as_str())),
-        None => (None, None),
-    };
-    let inserted = on_tx!(tx, |c| sqlx::query(
-        "INSERT INTO emails (id, dedupe_key, message_id, request_id, template, recipient, recipient_name, locale, \
-                             reviewer_kind, reviewer_id, params, status, attempts, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12) \
-         ON CONFLICT (dedupe_key) DO NOTHING"
-    )
-    .bind(&id)
-    .bind(&dedupe)
-    .bind(&message_id)
-    .bind(&spec.request_id)
-    .bind(spec.template.as_str())
-    .bind(&spec.to.email)
-    .bind(&spec.to.name)
-    .bind(spec.to.locale.as_str())
-    .bind(rk)
-    .bind(rid)
-    .bind(&params)
-    .bind(now)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))
+    let (rk, rid) = e.reviewer();
+    let inserted = on_tx!(tx, |c| sqlx::query(INSERT_EMAIL)
+        .bind(&e.id)
+        .bind(&e.dedupe)
+        .bind(&e.message_id)
+        .bind(&e.spec.request_id)
+        .bind(e.spec.template.as_str())
+        .bind(&e.spec.to.email)
+        .bind(&e.spec.to.name)
+        .bind(e.spec.to.locale.as_str())
+        .bind(rk)
+        .bind(rid)
+        .bind(&e.params)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
     .context("writing email row")?
         == 1;
-    if !inserted {
-        tracing::debug!(template = %spec.template, to = %mask_email(&spec.to.email), "mail already queued; not queued again");
-        return Ok(false);
+    e.log(inserted);
+    if inserted {
+        let (job, opts) = e.job();
+        crate::jobs::enqueue(app, tx, &job, opts).await?;
     }
-    crate::jobs::enqueue(
-        app,
-        tx,
-        &NotifyJob {
-            email_id: id.clone(),
-        },
-        PushOptions::default().dedupe(format!("notify:{id}")),
+    Ok(inserted)
+}
+
+/// [`queue_email`] on the SQLite writer's connection (`db::writer`), at
+/// `now`. The caller wakes the notify workers after the commit.
+pub fn queue_email_sync(
+    app: &App,
+    c: &rusqlite::Connection,
+    spec: EmailSpec,
+    now: i64,
+) -> anyhow::Result<bool> {
+    let e = NewEmail::new(app, spec)?;
+    let (rk, rid) = e.reviewer();
+    let inserted = crate::db::writer::execute(
+        c,
+        INSERT_EMAIL,
+        &[
+            &e.id,
+            &e.dedupe,
+            &e.message_id,
+            &e.spec.request_id,
+            &e.spec.template.as_str(),
+            &e.spec.to.email,
+            &e.spec.to.name,
+            &e.spec.to.locale.as_str(),
+            &rk,
+            &rid,
+            &e.params,
+            &now,
+        ],
     )
-    .await?;
-    tracing::debug!(email_id = %id, template = %spec.template, to = %mask_email(&spec.to.email), "mail queued");
-    Ok(true)
+    .context("writing email row")?
+        == 1;
+    e.log(inserted);
+    if inserted {
+        let (job, opts) = e.job();
+        let new = app
+            .queue
+            .new_job(&job, &opts)
+            .context("encoding notify job")?;
+        crate::jobs::push_sync(c, &new, now, crate::jobs::dedupe_window_ms(app))
+            .context("enqueueing notify job")?;
+    }
+    Ok(inserted)
 }
 
 /// A message captured by the memory transport.

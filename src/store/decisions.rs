@@ -559,18 +559,48 @@ pub struct RequestView {
     pub requester_login: Option<String>,
 }
 
+const VIEW: &str = "SELECT r.id, r.org_id, r.number, r.kind, r.requester_id, r.remark, r.documents, r.status, r.decided_by, \
+            r.decided_at, r.decision_comment, r.sla_due_at, r.extended_at, r.created_at, r.updated_at, \
+            o.name AS org_name, o.region, m.name AS requester_name, m.login_id AS requester_login \
+     FROM requests r JOIN orgs o ON o.id = r.org_id LEFT JOIN members m ON m.id = r.requester_id \
+     WHERE r.id = $1";
+
 pub async fn view(db: &Db, request_id: &str) -> anyhow::Result<Option<RequestView>> {
-    on_db!(db, |p| sqlx::query_as::<_, RequestView>(
-        "SELECT r.id, r.org_id, r.number, r.kind, r.requester_id, r.remark, r.documents, r.status, r.decided_by, \
-                r.decided_at, r.decision_comment, r.sla_due_at, r.extended_at, r.created_at, r.updated_at, \
-                o.name AS org_name, o.region, m.name AS requester_name, m.login_id AS requester_login \
-         FROM requests r JOIN orgs o ON o.id = r.org_id LEFT JOIN members m ON m.id = r.requester_id \
-         WHERE r.id = $1"
-    )
-    .bind(request_id)
-    .fetch_optional(p)
-    .await)
+    on_db!(db, |p| sqlx::query_as::<_, RequestView>(VIEW)
+        .bind(request_id)
+        .fetch_optional(p)
+        .await)
     .context("loading request")
+}
+
+/// [`view`] on a rusqlite connection (the SQLite writer's, `db::writer`).
+pub fn view_sync(
+    c: &rusqlite::Connection,
+    request_id: &str,
+) -> rusqlite::Result<Option<RequestView>> {
+    crate::db::writer::query_opt(c, VIEW, &[&request_id], |r| {
+        Ok(RequestView {
+            id: r.get("id")?,
+            org_id: r.get("org_id")?,
+            number: r.get("number")?,
+            kind: r.get("kind")?,
+            requester_id: r.get("requester_id")?,
+            remark: r.get("remark")?,
+            documents: r.get("documents")?,
+            status: r.get("status")?,
+            decided_by: r.get("decided_by")?,
+            decided_at: r.get("decided_at")?,
+            decision_comment: r.get("decision_comment")?,
+            sla_due_at: r.get("sla_due_at")?,
+            extended_at: r.get("extended_at")?,
+            created_at: r.get("created_at")?,
+            updated_at: r.get("updated_at")?,
+            org_name: r.get("org_name")?,
+            region: r.get("region")?,
+            requester_name: r.get("requester_name")?,
+            requester_login: r.get("requester_login")?,
+        })
+    })
 }
 
 /// The name and locale of a reviewer who is still active (`None` for a

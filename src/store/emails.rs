@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 use crate::{
-    db::{Db, Tx},
+    db::{Db, Tx, writer},
     on_db, on_tx,
 };
 
@@ -35,16 +35,53 @@ impl EmailRow {
     }
 }
 
+const GET: &str = "SELECT id, dedupe_key, message_id, request_id, template, recipient, recipient_name, locale, reviewer_kind, \
+            reviewer_id, params, status, attempts, last_error, created_at, sent_at \
+     FROM emails WHERE id = $1";
+const COUNT_ATTEMPT: &str =
+    "UPDATE emails SET attempts = attempts + 1 WHERE id = $1 AND status = 'pending'";
+const MARK_SENT: &str = "UPDATE emails SET status = 'sent', sent_at = $2, last_error = NULL WHERE id = $1 AND status = 'pending'";
+
 pub async fn get(db: &Db, id: &str) -> anyhow::Result<Option<EmailRow>> {
-    on_db!(db, |p| sqlx::query_as::<_, EmailRow>(
-        "SELECT id, dedupe_key, message_id, request_id, template, recipient, recipient_name, locale, reviewer_kind, \
-                reviewer_id, params, status, attempts, last_error, created_at, sent_at \
-         FROM emails WHERE id = $1"
-    )
-    .bind(id)
-    .fetch_optional(p)
-    .await)
+    on_db!(db, |p| sqlx::query_as::<_, EmailRow>(GET)
+        .bind(id)
+        .fetch_optional(p)
+        .await)
     .context("loading email")
+}
+
+/// [`get`] on a rusqlite connection (the SQLite writer's, `db::writer`).
+pub fn get_sync(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<EmailRow>> {
+    writer::query_opt(c, GET, &[&id], |r| {
+        Ok(EmailRow {
+            id: r.get("id")?,
+            dedupe_key: r.get("dedupe_key")?,
+            message_id: r.get("message_id")?,
+            request_id: r.get("request_id")?,
+            template: r.get("template")?,
+            recipient: r.get("recipient")?,
+            recipient_name: r.get("recipient_name")?,
+            locale: r.get("locale")?,
+            reviewer_kind: r.get("reviewer_kind")?,
+            reviewer_id: r.get("reviewer_id")?,
+            params: r.get("params")?,
+            status: r.get("status")?,
+            attempts: r.get("attempts")?,
+            last_error: r.get("last_error")?,
+            created_at: r.get("created_at")?,
+            sent_at: r.get("sent_at")?,
+        })
+    })
+}
+
+/// [`count_attempt`] on the SQLite writer's connection.
+pub fn count_attempt_sync(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<()> {
+    writer::execute(c, COUNT_ATTEMPT, &[&id]).map(drop)
+}
+
+/// [`mark_sent`] on the SQLite writer's connection.
+pub fn mark_sent_sync(c: &rusqlite::Connection, id: &str, now: i64) -> rusqlite::Result<bool> {
+    Ok(writer::execute(c, MARK_SENT, &[&id, &now])? == 1)
 }
 
 /// Every mail of a request, oldest first (tests, support).
@@ -62,27 +99,23 @@ pub async fn for_request(db: &Db, request_id: &str) -> anyhow::Result<Vec<EmailR
 
 /// Count one more delivery attempt.
 pub async fn count_attempt(db: &Db, id: &str) -> anyhow::Result<()> {
-    on_db!(db, |p| sqlx::query(
-        "UPDATE emails SET attempts = attempts + 1 WHERE id = $1 AND status = 'pending'"
-    )
-    .bind(id)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected()))
+    on_db!(db, |p| sqlx::query(COUNT_ATTEMPT)
+        .bind(id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
     .context("counting email attempt")?;
     Ok(())
 }
 
 /// pending -> sent. Returns whether this call moved it.
 pub async fn mark_sent(db: &Db, id: &str, now: i64) -> anyhow::Result<bool> {
-    Ok(on_db!(db, |p| sqlx::query(
-        "UPDATE emails SET status = 'sent', sent_at = $2, last_error = NULL WHERE id = $1 AND status = 'pending'"
-    )
-    .bind(id)
-    .bind(now)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected()))
+    Ok(on_db!(db, |p| sqlx::query(MARK_SENT)
+        .bind(id)
+        .bind(now)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
     .context("marking email sent")?
         == 1)
 }

@@ -124,6 +124,38 @@ pub async fn holds(db: &Db, reviewer: &ReviewerRef, needed: &Authority) -> anyho
     Ok(n > 0)
 }
 
+const LOCK_GROUP_REVIEWER: &str = "UPDATE reviewers SET status = status WHERE id = $1 AND status = 'active' \
+       AND EXISTS (SELECT 1 FROM reviewer_groups g WHERE g.reviewer_id = $1 AND g.grp = $2)";
+const LOCK_ORG_ADMIN: &str = "UPDATE members SET updated_at = updated_at WHERE id = $1 AND org_id = $2 \
+       AND status = 'active' AND kind IN ('super_admin', 'admin') AND id <> $3";
+
+/// [`lock_if_holds`] on the SQLite writer's connection (`db::writer`),
+/// whose transaction already holds the database's write lock.
+pub fn holds_sync(
+    c: &rusqlite::Connection,
+    reviewer: &ReviewerRef,
+    needed: &Authority,
+) -> rusqlite::Result<bool> {
+    let n = match (reviewer.kind, needed) {
+        (ReviewerKind::Platform, Authority::PlatformGroup(group)) => {
+            crate::db::writer::execute(c, LOCK_GROUP_REVIEWER, &[&reviewer.id, group])?
+        }
+        (
+            ReviewerKind::Member,
+            Authority::OrgAdmin {
+                org_id,
+                requester_id,
+            },
+        ) => crate::db::writer::execute(
+            c,
+            LOCK_ORG_ADMIN,
+            &[&reviewer.id, org_id, &requester_id.as_deref().unwrap_or("")],
+        )?,
+        _ => 0,
+    };
+    Ok(n > 0)
+}
+
 /// [`holds`] inside a transaction that acts on it (a decision, a link being
 /// issued): the reviewer's row is locked with a no-op conditional update, so
 /// a demotion, disable or removal committing meanwhile either happened
@@ -135,15 +167,12 @@ pub async fn lock_if_holds(
 ) -> anyhow::Result<bool> {
     let n = match (reviewer.kind, needed) {
         (ReviewerKind::Platform, Authority::PlatformGroup(group)) => on_tx!(tx, |c| {
-            sqlx::query(
-                "UPDATE reviewers SET status = status WHERE id = $1 AND status = 'active' \
-                   AND EXISTS (SELECT 1 FROM reviewer_groups g WHERE g.reviewer_id = $1 AND g.grp = $2)",
-            )
-            .bind(&reviewer.id)
-            .bind(group)
-            .execute(c)
-            .await
-            .map(|r| r.rows_affected())
+            sqlx::query(LOCK_GROUP_REVIEWER)
+                .bind(&reviewer.id)
+                .bind(group)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
         }),
         (
             ReviewerKind::Member,
@@ -152,16 +181,13 @@ pub async fn lock_if_holds(
                 requester_id,
             },
         ) => on_tx!(tx, |c| {
-            sqlx::query(
-                "UPDATE members SET updated_at = updated_at WHERE id = $1 AND org_id = $2 \
-                   AND status = 'active' AND kind IN ('super_admin', 'admin') AND id <> $3",
-            )
-            .bind(&reviewer.id)
-            .bind(org_id)
-            .bind(requester_id.as_deref().unwrap_or(""))
-            .execute(c)
-            .await
-            .map(|r| r.rows_affected())
+            sqlx::query(LOCK_ORG_ADMIN)
+                .bind(&reviewer.id)
+                .bind(org_id)
+                .bind(requester_id.as_deref().unwrap_or(""))
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
         }),
         _ => Ok(0),
     }

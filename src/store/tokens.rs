@@ -43,6 +43,29 @@ pub struct Issued {
     pub expires_at: i64,
 }
 
+const LOCK_OPEN_REQUEST: &str =
+    "UPDATE requests SET updated_at = updated_at WHERE id = $1 AND status = 'in_review'";
+const REVOKE_EARLIER: &str = "UPDATE review_tokens SET revoked_at = $4 \
+     WHERE request_id = $1 AND reviewer_kind = $2 AND reviewer_id = $3 AND used_at IS NULL AND revoked_at IS NULL";
+const INSERT_TOKEN: &str = "INSERT INTO review_tokens (token_hash, request_id, reviewer_kind, reviewer_id, csrf, created_at, expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+impl Issued {
+    /// A fresh token valid `ttl_ms` from `now`, and its form's CSRF secret.
+    fn new(now: i64, ttl_ms: i64) -> (Self, String) {
+        let token = new_secret();
+        let hash = hash_token(&token);
+        (
+            Self {
+                token,
+                hash,
+                expires_at: now + ttl_ms,
+            },
+            new_secret(),
+        )
+    }
+}
+
 /// Issue a new link token for `reviewer` on `request_id`, valid `ttl_ms`,
 /// and revoke that reviewer's earlier unused tokens for the request, so the
 /// newest mail's link is the only live one.
@@ -61,55 +84,76 @@ pub async fn issue(
     now: i64,
     ttl_ms: i64,
 ) -> anyhow::Result<Option<Issued>> {
-    let open = on_tx!(tx, |c| sqlx::query(
-        "UPDATE requests SET updated_at = updated_at WHERE id = $1 AND status = 'in_review'"
-    )
-    .bind(request_id)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))
+    let open = on_tx!(tx, |c| sqlx::query(LOCK_OPEN_REQUEST)
+        .bind(request_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
     .context("locking request")?;
     // Checked only on an open request, so a closed one locks no reviewer.
     let reviewer_live = open > 0 && super::reviewers::lock_if_holds(tx, reviewer, needed).await?;
     if open == 0 || !reviewer_live {
         return Ok(None);
     }
-    on_tx!(tx, |c| sqlx::query(
-        "UPDATE review_tokens SET revoked_at = $4 \
-         WHERE request_id = $1 AND reviewer_kind = $2 AND reviewer_id = $3 AND used_at IS NULL AND revoked_at IS NULL"
-    )
-    .bind(request_id)
-    .bind(reviewer.kind.as_str())
-    .bind(&reviewer.id)
-    .bind(now)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))
+    on_tx!(tx, |c| sqlx::query(REVOKE_EARLIER)
+        .bind(request_id)
+        .bind(reviewer.kind.as_str())
+        .bind(&reviewer.id)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
     .context("revoking earlier link tokens")?;
-    let token = new_secret();
-    let hash = hash_token(&token);
-    let csrf = new_secret();
-    let expires_at = now + ttl_ms;
-    on_tx!(tx, |c| sqlx::query(
-        "INSERT INTO review_tokens (token_hash, request_id, reviewer_kind, reviewer_id, csrf, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)"
-    )
-    .bind(&hash)
-    .bind(request_id)
-    .bind(reviewer.kind.as_str())
-    .bind(&reviewer.id)
-    .bind(&csrf)
-    .bind(now)
-    .bind(expires_at)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))
+    let (issued, csrf) = Issued::new(now, ttl_ms);
+    on_tx!(tx, |c| sqlx::query(INSERT_TOKEN)
+        .bind(&issued.hash)
+        .bind(request_id)
+        .bind(reviewer.kind.as_str())
+        .bind(&reviewer.id)
+        .bind(&csrf)
+        .bind(now)
+        .bind(issued.expires_at)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
     .context("storing link token")?;
-    Ok(Some(Issued {
-        token,
-        hash,
-        expires_at,
-    }))
+    Ok(Some(issued))
+}
+
+/// [`issue`] on the SQLite writer's connection (`db::writer`), whose
+/// transaction already holds the database's write lock (the no-op updates
+/// still say whether the request is open and the reviewer holds `needed`).
+pub fn issue_sync(
+    c: &rusqlite::Connection,
+    request_id: &str,
+    reviewer: &ReviewerRef,
+    needed: &super::reviewers::Authority,
+    now: i64,
+    ttl_ms: i64,
+) -> rusqlite::Result<Option<Issued>> {
+    use crate::db::writer::execute;
+    if execute(c, LOCK_OPEN_REQUEST, &[&request_id])? == 0
+        || !super::reviewers::holds_sync(c, reviewer, needed)?
+    {
+        return Ok(None);
+    }
+    let kind = reviewer.kind.as_str();
+    execute(c, REVOKE_EARLIER, &[&request_id, &kind, &reviewer.id, &now])?;
+    let (issued, csrf) = Issued::new(now, ttl_ms);
+    execute(
+        c,
+        INSERT_TOKEN,
+        &[
+            &issued.hash,
+            &request_id,
+            &kind,
+            &reviewer.id,
+            &csrf,
+            &now,
+            &issued.expires_at,
+        ],
+    )?;
+    Ok(Some(issued))
 }
 
 /// A stored token.

@@ -27,6 +27,7 @@ mod review_bad_tokens;
 mod review_browser;
 mod review_decide;
 mod review_util;
+mod review_writer;
 mod sla;
 mod spend_api;
 mod spend_cron;
