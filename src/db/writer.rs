@@ -18,6 +18,7 @@
 //! with the pool's busy timeout), so it coexists with the sqlx pool's
 //! writers (jobs, the rest of the API) and with other processes.
 use std::{
+    collections::VecDeque,
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
     sync::mpsc,
@@ -30,6 +31,12 @@ use tokio::sync::oneshot;
 /// Most units per transaction: bounds how long one commit keeps the lock
 /// (a submit is about 100 µs of work), so the pool's writers get their turn.
 const MAX_BATCH: usize = 64;
+/// Most background units (a job's write, [`Writer::run_background`]) per
+/// transaction: behind a burst the jobs' units pile up, and each one a
+/// transaction takes makes every caller waiting for it (an HTTP request)
+/// wait longer; the rest wait for the next transaction, which comes at
+/// once.
+const MAX_BACKGROUND: usize = 16;
 
 /// Why a unit's write did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +58,12 @@ trait Unit: Send {
     /// Hand the answer over, once the transaction ended (`Err`: it did not
     /// commit).
     fn deliver(self: Box<Self>, committed: Result<(), String>);
+    /// A job's unit, which a caller in a hurry goes ahead of.
+    fn background(&self) -> bool;
 }
 
 struct Call<T, E, F> {
+    background: bool,
     f: Option<F>,
     out: Option<Result<T, E>>,
     reply: oneshot::Sender<Result<T, E>>,
@@ -86,6 +96,10 @@ where
         // The caller may have gone (its HTTP request dropped): the write
         // stands, as a committed sqlx transaction would.
         let _ = self.reply.send(out);
+    }
+
+    fn background(&self) -> bool {
+        self.background
     }
 }
 
@@ -144,9 +158,30 @@ impl Writer {
         E: Send + From<WriteError> + 'static,
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
+        self.call(false, f).await
+    }
+
+    /// [`Writer::run`] for a background job's write: a transaction takes at
+    /// most 16 of these, and every other waiting unit first.
+    pub async fn run_background<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: Send + From<WriteError> + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.call(true, f).await
+    }
+
+    async fn call<T, E, F>(&self, background: bool, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: Send + From<WriteError> + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Box::new(Call {
+                background,
                 f: Some(f),
                 out: None,
                 reply,
@@ -174,20 +209,49 @@ fn open_conn(file: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Run what arrives: every waiting unit of a caller in a hurry (up to
+/// [`MAX_BATCH`]), then the oldest background units (up to
+/// [`MAX_BACKGROUND`]), in one transaction; again at once while any are
+/// held back.
 fn serve(conn: &Connection, rx: &mpsc::Receiver<Box<dyn Unit>>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(u) => batch.push(u),
-                Err(_) => break,
-            }
-        }
+    let mut held: VecDeque<Box<dyn Unit>> = VecDeque::new();
+    while let Some(mut batch) = next_batch(rx, &mut held) {
         metrics::histogram!("approvald_sqlite_group_commit_units").record(batch.len() as f64);
         let committed = run_batch(conn, &mut batch);
         for u in batch {
             u.deliver(committed.clone());
         }
+    }
+}
+
+/// The next transaction's units (never empty); `None` once every handle is
+/// gone and nothing is held back. Waits only when nothing is held back.
+fn next_batch(
+    rx: &mpsc::Receiver<Box<dyn Unit>>,
+    held: &mut VecDeque<Box<dyn Unit>>,
+) -> Option<Vec<Box<dyn Unit>>> {
+    let mut batch: Vec<Box<dyn Unit>> = Vec::new();
+    if held.is_empty() {
+        sort(rx.recv().ok()?, &mut batch, held);
+    }
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(u) => sort(u, &mut batch, held),
+            Err(_) => break,
+        }
+    }
+    let n = held.len().min(MAX_BACKGROUND);
+    batch.extend(held.drain(..n));
+    Some(batch)
+}
+
+/// A hurried caller's unit into this batch, a background one to the back
+/// of the held ones.
+fn sort(u: Box<dyn Unit>, batch: &mut Vec<Box<dyn Unit>>, held: &mut VecDeque<Box<dyn Unit>>) {
+    if u.background() {
+        held.push_back(u);
+    } else {
+        batch.push(u);
     }
 }
 
@@ -319,6 +383,52 @@ mod tests {
             .fetch_one(pool)
             .await
             .unwrap()
+    }
+
+    struct Fake(bool);
+
+    impl Unit for Fake {
+        fn run(&mut self, _: &Connection) -> bool {
+            true
+        }
+        fn deliver(self: Box<Self>, _: Result<(), String>) {}
+        fn background(&self) -> bool {
+            self.0
+        }
+    }
+
+    fn ids(batch: &[Box<dyn Unit>], held: &VecDeque<Box<dyn Unit>>) -> (Vec<bool>, usize) {
+        (batch.iter().map(|u| u.background()).collect(), held.len())
+    }
+
+    #[test]
+    fn callers_in_a_hurry_go_first_and_background_units_take_turns() {
+        let (tx, rx) = mpsc::channel::<Box<dyn Unit>>();
+        let mut held = VecDeque::new();
+        // 40 job units, then 2 HTTP callers' units.
+        for _ in 0..40 {
+            tx.send(Box::new(Fake(true))).unwrap();
+        }
+        tx.send(Box::new(Fake(false))).unwrap();
+        tx.send(Box::new(Fake(false))).unwrap();
+        let b = next_batch(&rx, &mut held).unwrap();
+        let (kinds, left) = ids(&b, &held);
+        assert_eq!(&kinds[..2], &[false, false], "the callers first");
+        assert_eq!(kinds.len(), 2 + MAX_BACKGROUND, "then at most 16 job units");
+        assert_eq!(left, 40 - MAX_BACKGROUND);
+        // The held ones run next, without a wait.
+        let b = next_batch(&rx, &mut held).unwrap();
+        assert_eq!(b.len(), MAX_BACKGROUND);
+        tx.send(Box::new(Fake(false))).unwrap();
+        let b = next_batch(&rx, &mut held).unwrap();
+        let (kinds, left) = ids(&b, &held);
+        assert_eq!(kinds, [vec![false], vec![true; 8]].concat());
+        assert_eq!(left, 0);
+        drop(tx);
+        assert!(
+            next_batch(&rx, &mut held).is_none(),
+            "done once the handles are gone"
+        );
     }
 
     #[tokio::test]

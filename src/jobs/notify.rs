@@ -214,7 +214,7 @@ async fn prepare_on_writer(
         Ok(Some((row, template, view, issued)))
     };
     let Some((row, template, view, issued)) = writer
-        .run(unit)
+        .run_background(unit)
         .await
         .context("preparing the mail on the SQLite writer")?
     else {
@@ -381,7 +381,7 @@ async fn send(app: &App, ready: Ready, attempt: u32, max_attempts: u32) -> Resul
             match &app.writer {
                 Some(w) => {
                     let id = row.id.clone();
-                    w.run(move |c| -> anyhow::Result<bool> {
+                    w.run_background(move |c| -> anyhow::Result<bool> {
                         Ok(emails::mark_sent_sync(c, &id, now)?)
                     })
                     .await
