@@ -569,7 +569,7 @@ async fn review_on_writer(
         Ok(true)
     };
     let done = writer
-        .run(unit)
+        .run_background(unit)
         .await
         .context("reviewing on the SQLite writer")?;
     if done && let Some(pool) = app.db.sqlite_pool() {
