@@ -32,6 +32,9 @@ pub struct AppInner {
     /// What the optimistic payment authorization path has learnt
     /// (`flows::payments`).
     pub spend_hints: crate::flows::payments::SpendHints,
+    /// The orgs whose optimistic submit (PostgreSQL) lost a race lately
+    /// (`flows::submit`).
+    pub submit_lost: crate::flows::contention::LostLately,
 }
 
 /// Cheap to clone.

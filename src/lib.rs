@@ -140,6 +140,7 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         inline,
         writer,
         spend_hints: Default::default(),
+        submit_lost: Default::default(),
     })))
 }
 

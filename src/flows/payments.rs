@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     sync::{Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{Postgres, pool::PoolConnection};
 
+use super::contention::LostLately;
 use crate::{
     app::App,
     db::{Db, Tx, TxConn},
@@ -468,7 +469,7 @@ async fn optimistic(app: &App, r: PgRead, org: &Org, req: &Authorize) -> Result<
 /// After an optimistic write lost a race for a member, that member's
 /// authorizations take the lock at once for this long: a member whose
 /// writes queue on its row would lose again.
-pub const CONTENTION_WINDOW: Duration = Duration::from_millis(100);
+pub const CONTENTION_WINDOW: Duration = super::contention::WINDOW;
 
 /// What the optimistic path has learnt in this process (in [`App`]): the
 /// zone of each org it has seen (to read the right periods' counters in
@@ -478,11 +479,11 @@ pub const CONTENTION_WINDOW: Duration = Duration::from_millis(100);
 #[derive(Default)]
 pub struct SpendHints {
     zones: Mutex<HashMap<String, Tz>>,
-    lost: Mutex<HashMap<String, Instant>>,
+    lost: LostLately,
 }
 
 impl SpendHints {
-    /// Most entries of each map; past it a map starts again empty.
+    /// Most zones kept; past it the map starts again empty.
     const MAX: usize = 10_000;
 
     fn zone(&self, org_id: &str) -> Option<Tz> {
@@ -500,24 +501,15 @@ impl SpendHints {
     }
 
     fn lost_lately(&self, member_id: &str) -> bool {
-        lock(&self.lost)
-            .get(member_id)
-            .is_some_and(|t| t.elapsed() < CONTENTION_WINDOW)
+        self.lost.lately(member_id)
     }
 
     fn lost(&self, member_id: &str) {
-        let mut map = lock(&self.lost);
-        if map.len() >= Self::MAX {
-            map.retain(|_, t| t.elapsed() < CONTENTION_WINDOW);
-            if map.len() >= Self::MAX {
-                map.clear();
-            }
-        }
-        map.insert(member_id.to_string(), Instant::now());
+        self.lost.lost(member_id);
     }
 }
 
-/// The maps are consistent after every statement: a panic elsewhere while
+/// The map is consistent after every statement: a panic elsewhere while
 /// holding the lock leaves nothing half-done.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -207,6 +207,127 @@ async fn concurrent_submits_stay_numbered_chained_and_deduplicated() {
     t.finish().await;
 }
 
+/// PostgreSQL with the outbox (the production profile): a submit writes in
+/// ONE statement numbered and linked from what its read saw
+/// (`store::submit_pg::write_if_unchanged`). Two submits into one org that
+/// read the same counter and audit head race there: the winner writes,
+/// the loser's statement writes nothing (not even its Idempotency-Key's
+/// row, which it had inserted) and the transaction writes it instead. The
+/// race is forced: a transaction holds the org's row until both statements
+/// wait for it, so both have read before either writes. Both land, numbered
+/// 1 and 2, each key with its own answer, and the chain verifies. (The
+/// embedded profile writes on the SQLite writer's thread, under the lock:
+/// nothing to race; `api_submit_writer` covers it.)
+#[tokio::test]
+async fn racing_one_statement_submits_fall_back_and_stay_chained() {
+    let t = TestApp::spawn().await;
+    let approvald::db::Db::Postgres(pool) = &t.app.db else {
+        t.finish().await;
+        return;
+    };
+    let (org, key, _) = t.create_org("Racing", "cn").await;
+    let head_before = seqs(&t, &org).await.len() as i64;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orgs WHERE id = $1 FOR UPDATE")
+        .bind(&org)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let call = |n: usize| {
+        let (t, org, key) = (&t, &org, &key);
+        async move {
+            let r = t
+                .client
+                .post(format!("{}/v1/orgs/{org}/requests", t.base))
+                .bearer_auth(key)
+                .header("idempotency-key", format!("race-{n}"))
+                .json(&json!({"kind": "ftp_access", "remark": format!("race {n}")}))
+                .send()
+                .await
+                .expect("request");
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            assert_eq!(status, 202, "call {n}: {text}");
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let waiting = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            if n >= 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the two submits never both waited for the org's row ({n} waiting)"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        holder.commit().await.unwrap();
+    };
+    let (a, b, ()) = tokio::join!(call(0), call(1), waiting);
+    let mut numbers = vec![a["number"].clone(), b["number"].clone()];
+    numbers.sort_by_key(|v| v.to_string());
+    assert_eq!(numbers, vec![json!("R000001"), json!("R000002")]);
+    for (n, answer) in [a, b].iter().enumerate() {
+        let stored: String = on_db!(&t.app.db, |p| {
+            sqlx::query_scalar(
+            "SELECT response FROM idempotency_keys WHERE org_id = $1 AND key = $2 AND status = 202"
+        )
+        .bind(&org)
+        .bind(format!("race-{n}"))
+        .fetch_one(p)
+        .await
+        })
+        .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&stored).unwrap(),
+            *answer,
+            "key race-{n} holds its own answer"
+        );
+    }
+    assert_eq!(t.count("request_events WHERE type = 'submitted'").await, 2);
+    let scrape = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        scrape.contains("approvald_submit_optimistic_total{outcome=\"lost\"}"),
+        "the loser fell back: {scrape}"
+    );
+    // The review jobs append entries too: verify once they are done.
+    t.drain().await;
+    let s = seqs(&t, &org).await;
+    assert_eq!(s, (1..=s.len() as i64).collect::<Vec<_>>(), "gap-free");
+    let submits: i64 = on_db!(&t.app.db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE org_id = $1 AND action = 'request.submit' AND seq > $2"
+    )
+    .bind(&org)
+    .bind(head_before)
+    .fetch_one(p)
+    .await)
+    .unwrap();
+    assert_eq!(
+        submits, 2,
+        "one audit entry per request, after the head both read"
+    );
+    let r = verify(&t, &org).await;
+    assert!(r.ok, "{}", r.summary);
+    t.finish().await;
+}
+
 /// Each tampering, on an org of its own with seq 1..=8, is reported at the
 /// seq it touched.
 #[tokio::test]

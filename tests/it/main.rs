@@ -35,5 +35,6 @@ mod spend_invariant;
 mod spend_model;
 mod spend_optimistic;
 mod spend_util;
+mod submit_optimistic;
 mod webhook_receiver;
 mod webhooks;

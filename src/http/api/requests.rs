@@ -1,6 +1,5 @@
 //! Permission requests: submit (one transaction with its review job,
 //! `Idempotency-Key` replay), history list, one request with its events, cancel.
-use approvald_workers::PushOptions;
 use axum::{
     Json,
     body::Body,
@@ -22,7 +21,7 @@ use crate::{
         calendar::Region,
         catalog::{PermissionKind, Scope},
         ids::{Invalid, parse_text},
-        request::{RequestStatus, request_number},
+        request::RequestStatus,
     },
     flows::{
         self,
@@ -32,8 +31,7 @@ use crate::{
         ApiError, ApiResult,
         extract::{ApiPath, ApiQuery},
     },
-    jobs::{self, review::ReviewJob},
-    store::{self, audit, idempotency, orgs::Org, requests::Request},
+    store::{self, idempotency, orgs::Org, requests::Request},
 };
 
 mod pg;
@@ -481,60 +479,22 @@ async fn submit_as(
     let v = validate(&app, &org, body.value).await?;
 
     let s = submission(&app, &caller, org, key.map(|k| (k, hash)), v)?;
-    let now = s.now;
-    if let Some(writer) = &app.writer {
-        // The embedded profile: the whole write on the SQLite writer's
-        // thread (`flows::submit`).
-        match flows::submit::write_embedded(&app, writer, s.clone(), submitted_answer).await? {
-            flows::submit::Embedded::Written { number, answer } => {
-                return Ok(accepted(&s, &number, answer));
-            }
-            flows::submit::Embedded::KeyTaken => return replay_committed(&app, &s).await,
-            // An endpoint wants the event: the pool path below records it.
-            flows::submit::Embedded::WebhooksWanted => {}
-        }
-    }
-
-    let mut tx = app.db.begin().await?;
-    if let Some((k, hash)) = &s.idempotency
-        && !idempotency::reserve(&mut tx, &s.org_id, k, hash, now).await?
+    match flows::submit::write(&app, &s, submitted_answer)
+        .await
+        .map_err(written)?
     {
+        flows::submit::Written::Done { number, answer } => Ok(accepted(&s, &number, answer)),
         // A concurrent duplicate committed first: answer what it answered.
-        tx.rollback().await?;
-        return replay_committed(&app, &s).await;
+        flows::submit::Written::KeyTaken => replay_committed(&app, &s).await,
     }
-    let number = request_number(store::orgs::next_request_seq(&mut tx, &s.org_id).await?);
-    store::requests::insert(&mut tx, &s.new_request(&number)).await?;
-    if let Some(params) = &s.params {
-        store::requests::set_params(&mut tx, &s.id, params).await?;
+}
+
+/// The answer to a write that failed.
+fn written(e: flows::submit::SubmitError) -> ApiError {
+    match e {
+        flows::submit::SubmitError::Db(e) => e.into(),
+        flows::submit::SubmitError::Other(e) => e.into(),
     }
-    let detail = s.event_detail(&number);
-    store::requests::add_event(&mut tx, &s.id, "submitted", Some(&s.actor), &detail, now).await?;
-    audit::operation(&mut tx, s.audit(&number)).await?;
-    jobs::enqueue(
-        &app,
-        &mut tx,
-        &ReviewJob {
-            request_id: s.id.clone(),
-        },
-        PushOptions::default(),
-    )
-    .await?;
-    crate::webhooks::emit_request(&app, &mut tx, &s.org_id, &s.id, "request.submitted", now)
-        .await?;
-    let answer = submitted_answer(&s, &number).map_err(anyhow::Error::from)?;
-    if let Some((k, _)) = &s.idempotency {
-        idempotency::complete(
-            &mut tx,
-            &s.org_id,
-            k,
-            StatusCode::ACCEPTED.as_u16(),
-            &answer,
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(accepted(&s, &number, answer))
 }
 
 /// The answer of the submission that holds `s`'s Idempotency-Key (it
