@@ -22,6 +22,10 @@ use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
     sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use rusqlite::{Connection, OpenFlags, Row, ToSql};
@@ -107,6 +111,8 @@ where
 /// the thread once it has finished what it was given.
 pub struct Writer {
     tx: mpsc::Sender<Box<dyn Unit>>,
+    /// Units run so far (committed or not).
+    units: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -140,13 +146,20 @@ impl Writer {
         let conn = open_conn(file)?;
         let (tx, rx) = mpsc::channel::<Box<dyn Unit>>();
         let path: PathBuf = file.to_path_buf();
+        let units = Arc::new(AtomicU64::new(0));
+        let counted = units.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                serve(&conn, &rx);
+                serve(&conn, &rx, &counted);
                 tracing::debug!(file = %path.display(), "SQLite writer stopped");
             })?;
-        Ok(Self { tx })
+        Ok(Self { tx, units })
+    }
+
+    /// How many units this writer has run (committed or rolled back).
+    pub fn units(&self) -> u64 {
+        self.units.load(Ordering::Relaxed)
     }
 
     /// Run `f` in a transaction on the writer's thread (with whatever
@@ -213,10 +226,11 @@ fn open_conn(file: &Path) -> rusqlite::Result<Connection> {
 /// [`MAX_BATCH`]), then the oldest background units (up to
 /// [`MAX_BACKGROUND`]), in one transaction; again at once while any are
 /// held back.
-fn serve(conn: &Connection, rx: &mpsc::Receiver<Box<dyn Unit>>) {
+fn serve(conn: &Connection, rx: &mpsc::Receiver<Box<dyn Unit>>, units: &AtomicU64) {
     let mut held: VecDeque<Box<dyn Unit>> = VecDeque::new();
     while let Some(mut batch) = next_batch(rx, &mut held) {
         metrics::histogram!("approvald_sqlite_group_commit_units").record(batch.len() as f64);
+        units.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let committed = run_batch(conn, &mut batch);
         for u in batch {
             u.deliver(committed.clone());
