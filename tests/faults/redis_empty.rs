@@ -19,6 +19,9 @@ use crate::{
 };
 
 const N: usize = 2000;
+/// Mails tried and waiting for their next attempt (its job is in Redis).
+const RETRYING_MAILS: &str =
+    "SELECT COUNT(*) FROM emails WHERE status = 'pending' AND attempts > 0";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_reconciler_restores_jobs_and_timers() {
@@ -60,18 +63,18 @@ async fn redis_restarted_empty_reconciler_restores_jobs_and_timers() {
     ));
     wait_count(&done, N / 2, Duration::from_secs(120)).await;
     // Restart while review jobs are waiting (the workers may keep pace with
-    // the submitters for a while) and mails wait for their retry (the
-    // submitters may outrun the workers, which then have queued none yet):
-    // only a lost backlog of both proves the reconciler. After the last
-    // submit the workers still drain a backlog, so both can hold then too.
+    // the submitters for a while) and mails wait for their retry, i.e. were
+    // tried once and failed (the submitters may outrun the workers, which
+    // then have tried none yet; a mail not tried yet may still have its
+    // first job in the outbox table, which survives): only a lost backlog
+    // of both proves the reconciler. After the last submit the workers
+    // still drain a backlog, so both can hold then too.
     let waiting_since = Instant::now();
     loop {
         let waiting = c
             .scalar("SELECT COUNT(*) FROM requests WHERE status = 'submitted'")
             .await;
-        let mails = c
-            .scalar("SELECT COUNT(*) FROM emails WHERE status = 'pending'")
-            .await;
+        let mails = c.scalar(RETRYING_MAILS).await;
         if (waiting >= 20 && mails > 0) || waiting_since.elapsed() > Duration::from_secs(60) {
             break;
         }
@@ -84,9 +87,7 @@ async fn redis_restarted_empty_reconciler_restores_jobs_and_timers() {
     let sent_before = c
         .scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NOT NULL")
         .await;
-    let mail_pending_before = c
-        .scalar("SELECT COUNT(*) FROM emails WHERE status = 'pending'")
-        .await;
+    let mail_pending_before = c.scalar(RETRYING_MAILS).await;
     c.redis.shutdown_nosave().await;
     c.redis.restart().await;
     let restarted = Instant::now();
@@ -235,7 +236,7 @@ async fn redis_restarted_empty_reconciler_restores_jobs_and_timers() {
         "  at the restart: {submitted_before} accepted, {reviewed_before} reviewed, {sent_before} outbox rows already pushed (their jobs were in Redis)"
     );
     println!(
-        "  mail down (file transport failing) until the restart: {mail_pending_before} mails pending, their notify jobs waiting in Redis"
+        "  mail down (file transport failing) until the restart: {mail_pending_before} mails tried and waiting for their retry in Redis"
     );
     println!(
         "  accepted (202): {N}; reached in_review: {in_review}; lost: {}",
