@@ -370,8 +370,26 @@ impl Assignment<'_> {
         }
     }
 
-    fn logged(&self) {
-        tracing::info!(request_id = %self.req.id, number = %self.req.number, kind = %self.req.kind, reviewers = self.reviewers.len(), "request in review");
+    /// What the log says once the request is in review (after the commit,
+    /// on the job's task).
+    fn done(&self) -> InReview {
+        InReview {
+            number: self.req.number.clone(),
+            kind: self.req.kind.clone(),
+            reviewers: self.reviewers.len(),
+        }
+    }
+}
+
+struct InReview {
+    number: String,
+    kind: String,
+    reviewers: usize,
+}
+
+impl InReview {
+    fn log(&self, request_id: &str) {
+        tracing::info!(request_id, number = %self.number, kind = %self.kind, reviewers = self.reviewers, "request in review");
     }
 }
 
@@ -454,7 +472,7 @@ async fn review(app: &App, request_id: &str) -> Result<(), JobError> {
     crate::webhooks::emit_request(app, &mut tx, &req.org_id, &req.id, "request.in_review", now)
         .await?;
     tx.commit().await.context("commit")?;
-    a.logged();
+    a.done().log(&req.id);
     Ok(())
 }
 
@@ -479,29 +497,29 @@ async fn review_on_writer(
     let actor = crate::audit::current_actor();
     let now = app.now_ms();
     let (app2, id) = (app.clone(), request_id.to_string());
-    let unit = move |c: &rusqlite::Connection| -> anyhow::Result<bool> {
+    let unit = move |c: &rusqlite::Connection| -> anyhow::Result<Option<InReview>> {
         let app = &app2;
         let Some(req) = query_opt(c, LOAD_REQUEST, &[&id], RequestInfo::from_sqlite)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(kind) = app.catalog.kind(&req.kind) else {
-            return Ok(false);
+            return Ok(None);
         };
         if req.status != RequestStatus::Submitted.as_str()
             || kind.policy != Policy::Manual
             || missing_document(kind, &req.documents).is_some()
         {
-            return Ok(false);
+            return Ok(None);
         }
         match &req.requester_id {
             Some(member) => {
                 let status: Option<String> =
                     query_opt(c, MEMBER_STATUS, &[member, &req.org_id], |r| r.get(0))?;
                 if status.as_deref() != Some("active") {
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
-            None if kind.scope == Scope::Member => return Ok(false),
+            None if kind.scope == Scope::Member => return Ok(None),
             None => {}
         }
         let member_key = grant_member(kind, &req);
@@ -522,7 +540,7 @@ async fn review_on_writer(
             .is_some()
             || crate::webhooks::wanted_sync(c, &req.org_id, "request.in_review")?
         {
-            return Ok(false);
+            return Ok(None);
         }
         let reviewers = match &kind.reviewers {
             Reviewers::Platform(group) => {
@@ -537,7 +555,7 @@ async fn review_on_writer(
         };
         let reminder_at = sla::reminder_at(app, req.created_at.min(now), req.sla_due_at);
         if execute(c, MOVE_TO_REVIEW, &[&req.id, &reminder_at, &now])? == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let a = Assignment {
             req: &req,
@@ -565,19 +583,22 @@ async fn review_on_writer(
             crate::mail::queue_email_sync(app, c, a.mail(r), now)?;
         }
         sla::arm_timers_sync(app, c, &req.id, reminder_at, req.sla_due_at, now)?;
-        a.logged();
-        Ok(true)
+        Ok(Some(a.done()))
     };
-    let done = writer
+    let Some(done) = writer
         .run_background(unit)
         .await
-        .context("reviewing on the SQLite writer")?;
-    if done && let Some(pool) = app.db.sqlite_pool() {
+        .context("reviewing on the SQLite writer")?
+    else {
+        return Ok(false);
+    };
+    if let Some(pool) = app.db.sqlite_pool() {
         for queue in [crate::jobs::notify::NotifyJob::NAME, sla::SlaJob::NAME] {
             approvald_workers::store::sqlite::notify_pushed(pool, queue);
         }
     }
-    Ok(done)
+    done.log(request_id);
+    Ok(true)
 }
 
 /// Push a review job for `request_id` again (the reconciler and `approvald
