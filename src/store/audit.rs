@@ -177,9 +177,47 @@ pub async fn login(db: &Db, l: Login<'_>) -> Result<String, sqlx::Error> {
 /// previous entry's hash (not updated yet: the row insert moves it).
 const BUMP_HEAD: &str = "INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 1, $2) \
      ON CONFLICT (org_id) DO UPDATE SET seq = audit_heads.seq + 1 RETURNING seq, hash";
-const INSERT_ROW: &str = "INSERT INTO audit_log (id, org_id, type, actor, action, target, detail, ip, user_agent, \
-     success, at, seq, hash, prev_hash, request_id, method, reason) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+/// The `audit_log` columns an entry fills, in the order [`bind_entry!`]
+/// binds them (for `concat!`: queries must be literals).
+macro_rules! entry_columns {
+    () => {
+        "id, org_id, type, actor, action, target, detail, ip, user_agent, success, at, \
+         seq, hash, prev_hash, request_id, method, reason"
+    };
+}
+pub(crate) use entry_columns;
+
+/// Bind an [`Entry`]'s 17 values to a sqlx query, in [`entry_columns!`]'s
+/// order; `detail` is its canonical text (`audit::canonical`).
+macro_rules! bind_entry {
+    ($q:expr, $e:expr, $detail:expr) => {{
+        let e = $e;
+        $q.bind(&e.id)
+            .bind(&e.org_id)
+            .bind(&e.kind)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind($detail)
+            .bind(&e.ip)
+            .bind(&e.user_agent)
+            .bind(e.success)
+            .bind(e.at)
+            .bind(e.seq)
+            .bind(&e.hash)
+            .bind(&e.prev_hash)
+            .bind(&e.request_id)
+            .bind(&e.method)
+            .bind(&e.reason)
+    }};
+}
+pub(crate) use bind_entry;
+
+const INSERT_ROW: &str = concat!(
+    "INSERT INTO audit_log (",
+    entry_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+);
 
 /// Take the next link of `e.org_id`'s chain and write `e` as it; returns the
 /// entry's id.
@@ -215,24 +253,7 @@ pub fn link(e: &mut Entry, seq: i64, prev: Option<String>) -> Result<(), String>
 async fn insert_row(tx: &mut Tx, e: &Entry) -> Result<(), sqlx::Error> {
     let detail = crate::audit::canonical(&e.detail);
     on_tx!(tx, |c| {
-        sqlx::query(INSERT_ROW)
-            .bind(&e.id)
-            .bind(&e.org_id)
-            .bind(&e.kind)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.target)
-            .bind(&detail)
-            .bind(&e.ip)
-            .bind(&e.user_agent)
-            .bind(e.success)
-            .bind(e.at)
-            .bind(e.seq)
-            .bind(&e.hash)
-            .bind(&e.prev_hash)
-            .bind(&e.request_id)
-            .bind(&e.method)
-            .bind(&e.reason)
+        bind_entry!(sqlx::query(INSERT_ROW), e, &detail)
             .execute(c)
             .await
             .map(|r| r.rows_affected())

@@ -198,12 +198,6 @@ macro_rules! request_columns {
          sla_days, sla_due_at, created_at, updated_at, params"
     };
 }
-macro_rules! audit_columns {
-    () => {
-        "id, org_id, type, actor, action, target, detail, ip, user_agent, success, at, \
-         seq, hash, prev_hash, request_id, method, reason"
-    };
-}
 macro_rules! outbox_columns {
     () => {
         "id, queue, payload, run_at, dedupe_key, max_attempts, created_at"
@@ -217,8 +211,8 @@ macro_rules! outbox_columns {
 macro_rules! bind_submission {
     ($q:expr, $s:expr, $detail:expr) => {{
         let s = $s;
-        let a = s.audit;
-        $q.bind(s.id)
+        let q = $q
+            .bind(s.id)
             .bind(s.org_id)
             .bind(s.number)
             .bind(s.kind)
@@ -231,24 +225,8 @@ macro_rules! bind_submission {
             .bind(s.params)
             .bind(s.event_id)
             .bind(s.actor)
-            .bind(s.event_detail)
-            .bind(&a.id)
-            .bind(&a.org_id)
-            .bind(&a.kind)
-            .bind(&a.actor)
-            .bind(&a.action)
-            .bind(&a.target)
-            .bind($detail)
-            .bind(&a.ip)
-            .bind(&a.user_agent)
-            .bind(a.success)
-            .bind(a.at)
-            .bind(a.seq)
-            .bind(&a.hash)
-            .bind(&a.prev_hash)
-            .bind(&a.request_id)
-            .bind(&a.method)
-            .bind(&a.reason)
+            .bind(s.event_detail);
+        super::audit::bind_entry!(q, s.audit, $detail)
             .bind(s.outbox_id)
             .bind(&s.job.queue)
             .bind(&s.job.payload)
@@ -279,7 +257,7 @@ pub async fn write(conn: &mut PgConnection, s: &Submission<'_>) -> Result<(), sq
            VALUES ($12, $1, $10, 'submitted', $13, $14)), \
          a AS ( \
            INSERT INTO audit_log (",
-        audit_columns!(),
+        super::audit::entry_columns!(),
         ") VALUES ($15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)), \
          o AS ( \
            INSERT INTO outbox (",
@@ -352,7 +330,7 @@ pub async fn write_if_unchanged(
            SELECT $12, $1, $10, 'submitted', $13, $14 WHERE (SELECT won FROM won)), \
          a AS ( \
            INSERT INTO audit_log (",
-        audit_columns!(),
+        super::audit::entry_columns!(),
         ") SELECT $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31 \
            WHERE (SELECT won FROM won)), \
          o AS ( \
