@@ -62,15 +62,7 @@ async fn request_lifecycle_to_in_review_then_cancel() {
     assert!(got["decided_at"].is_null());
 
     // Counted per kind (the recorder is per process, so only presence is checked).
-    let m = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = t.metrics().await;
     assert!(
         m.lines()
             .any(|l| l.starts_with("approvald_requests_submitted_total{")

@@ -147,15 +147,7 @@ async fn concurrent_submissions_write_every_row_once() {
     assert_eq!(t.count("webhook_events").await, 0, "no endpoint, no event");
     if t.profile == Profile::Embedded {
         // The writer counts submissions per commit, in count buckets.
-        let scrape = t
-            .client
-            .get(format!("{}/metrics", t.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let scrape = t.metrics().await;
         assert!(
             scrape.contains("approvald_sqlite_group_commit_units_bucket{le=\"64\"}"),
             "{scrape}"

@@ -294,15 +294,7 @@ async fn racing_one_statement_submits_fall_back_and_stay_chained() {
         );
     }
     assert_eq!(t.count("request_events WHERE type = 'submitted'").await, 2);
-    let scrape = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = t.metrics().await;
     assert!(
         scrape.contains("approvald_submit_optimistic_total{outcome=\"lost\"}"),
         "the loser fell back: {scrape}"

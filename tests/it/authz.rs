@@ -303,15 +303,7 @@ async fn rules_table_for_every_kind_role_and_scope() {
         (false, "unknown_member".to_string())
     );
     // Checks are counted by outcome and reason.
-    let metrics = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics
             .contains(r#"approvald_authz_checks_total{allowed="false",reason="scope_own_only"}"#),

@@ -125,6 +125,21 @@ pub async fn fresh_pg_database() -> String {
     format!("postgres://postgres@127.0.0.1:5432/{name}")
 }
 
+/// A connection to a fresh, migrated PostgreSQL database (store-level
+/// tests that drive statements directly).
+pub async fn fresh_pg_connection() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let url = fresh_pg_database().await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("test database");
+    approvald::db::Db::Postgres(pool)
+        .migrate()
+        .await
+        .expect("migrations");
+    sqlx::PgConnection::connect(&url)
+        .await
+        .expect("test database")
+}
+
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::spawn_with(Opts::default()).await
@@ -416,6 +431,18 @@ filter = "warn"
             .collect();
         v.sort();
         v.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// The `/metrics` scrape, as text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// Count rows of a table (state-change checks).

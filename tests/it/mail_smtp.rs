@@ -133,15 +133,7 @@ async fn lifecycle_over_smtp_every_mail_checked() {
     );
     assert_eq!(msgs.len(), 3, "exactly three mails");
 
-    let metrics = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     let has = |name: &str, labels: &[&str]| {
         metrics
             .lines()
@@ -332,15 +324,7 @@ async fn permanent_550_is_tried_once_and_shown_as_failed() {
         "address masked: {detail}"
     );
 
-    let metrics = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics
             .lines()

@@ -43,17 +43,6 @@ async fn readyz(t: &TestApp) -> Value {
         .expect("readyz JSON")
 }
 
-async fn metrics(t: &TestApp) -> String {
-    t.client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Poll until every mail row satisfies `pred` (30 s).
 async fn wait_mails(t: &TestApp, what: &str, pred: impl Fn(&EmailRow) -> bool) -> Vec<EmailRow> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -161,7 +150,7 @@ async fn an_untrusted_or_misnamed_certificate_keeps_mails_pending_until_fixed() 
             .contains("mail.smtp.ca_file"),
         "{ready:#}"
     );
-    let m = metrics(&t).await;
+    let m = t.metrics().await;
     assert!(
         m.contains("approvald_mail_transport_errors_total{kind=\"tls\"}"),
         "{m}"
@@ -233,7 +222,7 @@ async fn a_refused_password_keeps_mails_pending_and_the_fix_sends_each_once() {
             .contains("mail.smtp.password"),
         "{ready:#}"
     );
-    let m = metrics(&t).await;
+    let m = t.metrics().await;
     assert!(
         m.contains("approvald_mail_transport_errors_total{kind=\"auth\"}"),
         "{m}"

@@ -445,15 +445,7 @@ async fn disabling_a_member_cleans_up_after_them_and_deletes_nothing() {
         "{body}"
     );
     // Counted (the recorder is per process, so only presence is checked).
-    let metrics = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics
             .lines()

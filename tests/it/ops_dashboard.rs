@@ -735,15 +735,7 @@ async fn now_page_shows_the_limits_schedule_and_warns_when_late() {
     assert!(row.contains(&fmt(next)), "next run {next}: {row}");
     assert!(row.contains("pill bad\">late"), "the late warning: {row}");
     // The alert rule's gauge agrees.
-    let metrics = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics
             .lines()

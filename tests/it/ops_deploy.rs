@@ -84,15 +84,7 @@ async fn deploy_files_name_only_metrics_the_daemon_exports() {
     wait_status(&t, &org, &key, &id, "in_review").await;
     wait_emails_final(&t, Duration::from_secs(30)).await;
     t.drain().await;
-    let scrape = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = t.metrics().await;
     let exported: BTreeSet<String> = scrape
         .lines()
         .filter(|l| !l.starts_with('#'))

@@ -134,15 +134,7 @@ async fn reminder_then_escalation_once() {
     assert_eq!(events(&t, &id, "sla_breached").await, 1);
     assert_eq!(events(&t, &id, "reminder_sent").await, 1);
     assert_eq!(mails(&t, &id, "sla_escalation").await, 1);
-    let metrics = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics.contains("approvald_sla_breaches_total{kind=\"ftp_access\"}"),
         "{metrics}"

@@ -187,15 +187,7 @@ async fn authorize_hold_capture_void_and_the_spending_view() {
         .await,
         3
     );
-    let metrics = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics.contains("approvald_spend_authorizations_total{outcome=\"declined_daily\"}"),
         "metrics lack the authorization counter"

@@ -112,15 +112,7 @@ async fn shanghai_midnight_closes_the_day_and_the_month() {
         scalar(&t, "SELECT approved_count FROM spend_summaries WHERE member_id = $1 AND period = '2026-03'", &[&m]).await,
         1
     );
-    let metrics = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics.contains("approvald_limit_resets_total{period=\"monthly\"}"),
         "metric missing"

@@ -12,11 +12,8 @@
 //! of the suite: `scripts/test` starts it); the flows around it are tested
 //! through the API and `flows::payments::authorize` (`spend_api`,
 //! `spend_invariant`, `spend_model`).
-use approvald::{
-    db::Db,
-    store::spending::{self as st, Delta, Payment, Seen, Written},
-};
-use sqlx::{Connection, PgConnection};
+use approvald::store::spending::{self as st, Delta, Payment, Seen, Written};
+use sqlx::PgConnection;
 
 const ORG: &str = "org-1";
 const MEMBER: &str = "member-1";
@@ -25,10 +22,7 @@ const MONTH: &str = "2026-03";
 const NOW: i64 = 1_773_100_000_000;
 
 async fn setup() -> PgConnection {
-    let url = crate::harness::fresh_pg_database().await;
-    let db = Db::Postgres(sqlx::PgPool::connect(&url).await.unwrap());
-    db.migrate().await.unwrap();
-    let mut c = PgConnection::connect(&url).await.unwrap();
+    let mut c = crate::harness::fresh_pg_connection().await;
     for sql in [
         "INSERT INTO orgs (id, name, region, locale, created_at, currency, timezone) \
          VALUES ('org-1', 'Org', 'cn', 'en', 0, 'CNY', 'Asia/Shanghai')",

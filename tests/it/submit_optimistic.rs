@@ -12,12 +12,11 @@
 //! profiles, as `spend_optimistic` does.
 use approvald::{
     audit::{Entry, GENESIS},
-    db::Db,
     store::submit_pg::{self as st, Basis, Optimistic},
 };
 use approvald_workers::store::NewJob;
 use serde_json::json;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 
 const ORG: &str = "org-1";
 /// The org's counter and audit head as the read saw them.
@@ -27,10 +26,7 @@ const HEAD_HASH: &str = "1111111111111111111111111111111111111111111111111111111
 const NOW: i64 = 1_773_100_000_000;
 
 async fn setup() -> PgConnection {
-    let url = crate::harness::fresh_pg_database().await;
-    let db = Db::Postgres(sqlx::PgPool::connect(&url).await.unwrap());
-    db.migrate().await.unwrap();
-    let mut c = PgConnection::connect(&url).await.unwrap();
+    let mut c = crate::harness::fresh_pg_connection().await;
     for sql in [
         "INSERT INTO orgs (id, name, region, locale, next_request_seq, created_at) \
          VALUES ('org-1', 'Org', 'cn', 'en', 4, 0)",

@@ -367,15 +367,7 @@ async fn a_500_three_times_then_200_is_delivered_once() {
     let hits = rx.hits();
     assert_eq!(hits.len(), 5);
     assert_eq!(hits[4].id, hits[0].id);
-    let metrics = t
-        .client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics.contains("approvald_webhook_deliveries_total{outcome=\"http_error\"}"),
         "{metrics}"
