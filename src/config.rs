@@ -217,7 +217,18 @@ pub struct CalendarsConfig {
 pub struct WorkersConfig {
     /// In-flight jobs get this long to finish on shutdown, seconds.
     pub shutdown_timeout_secs: u64,
+    /// Jobs of one queue that one worker process runs at once, by queue
+    /// name (`review`, `notify`, `sla`, `webhook`, `cleanup`); a queue not
+    /// named keeps its job's own default (32 for review and notify, 8 for
+    /// the others). `limits` and `sweep` always run one at a time.
+    #[serde(default)]
+    pub concurrency: std::collections::BTreeMap<String, usize>,
 }
+
+/// The queues whose concurrency `workers.concurrency` may set.
+pub const TUNABLE_QUEUES: [&str; 5] = ["review", "notify", "sla", "webhook", "cleanup"];
+/// The largest `workers.concurrency` value.
+pub const MAX_CONCURRENCY: usize = 512;
 
 /// Webhook delivery (DESIGN "Webhooks"; see `src/webhooks/`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,6 +344,7 @@ impl Default for Config {
             },
             workers: WorkersConfig {
                 shutdown_timeout_secs: 20,
+                concurrency: Default::default(),
             },
             log: LogConfig {
                 format: LogFormat::Text,
@@ -557,6 +569,26 @@ impl Config {
                 "must be at least 16 visible ASCII characters (or empty: /metrics open); e.g. the output of `openssl rand -hex 32`".into(),
             );
         }
+        for (queue, n) in &self.workers.concurrency {
+            let key = format!("workers.concurrency.{queue}");
+            if !TUNABLE_QUEUES.contains(&queue.as_str()) {
+                return bad(
+                    &key,
+                    format!(
+                        "no such queue whose concurrency can be set; use one of {} (limits and sweep always run one at a time)",
+                        TUNABLE_QUEUES.join(", ")
+                    ),
+                );
+            }
+            if !(1..=MAX_CONCURRENCY).contains(n) {
+                return bad(
+                    &key,
+                    format!(
+                        "{n} is out of range; use 1 to {MAX_CONCURRENCY} jobs at once per process"
+                    ),
+                );
+            }
+        }
         self.validate_webhooks()?;
         if let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&self.sla.sweep_cron) {
             return bad(
@@ -719,6 +751,27 @@ mod tests {
         ] {
             let e = Config::from_toml(bad).unwrap_err();
             assert!(e.0.contains("payments."), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn worker_concurrency_names_a_queue_and_stays_in_range() {
+        let c = Config::from_toml("[workers]\nconcurrency = { review = 64, webhook = 2 }").unwrap();
+        assert_eq!(c.workers.concurrency.get("review"), Some(&64));
+        let e = Config::from_toml("[workers.concurrency]\nlimits = 4").unwrap_err();
+        assert!(e.0.contains("workers.concurrency.limits"), "{e}");
+        assert!(e.0.contains("one at a time"), "{e}");
+        let e = Config::from_toml("[workers.concurrency]\nreveiw = 4").unwrap_err();
+        assert!(
+            e.0.contains("workers.concurrency.reveiw") && e.0.contains("review, notify"),
+            "{e}"
+        );
+        for n in [0, MAX_CONCURRENCY + 1] {
+            let e = Config::from_toml(&format!("[workers.concurrency]\nnotify = {n}")).unwrap_err();
+            assert!(
+                e.0.contains("workers.concurrency.notify") && e.0.contains("1 to 512"),
+                "{e}"
+            );
         }
     }
 

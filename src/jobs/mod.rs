@@ -33,13 +33,29 @@ pub const QUEUES: &[&str] = &[
 
 /// Register every job handler (the worker role).
 pub fn register(rt: Runtime, app: &App) -> Runtime {
-    rt.register::<review::ReviewJob>(app.clone())
-        .register::<sla::SlaJob>(app.clone())
-        .register::<notify::NotifyJob>(app.clone())
-        .register::<sweep::SweepJob>(app.clone())
-        .register::<crate::webhooks::deliver::DeliverJob>(app.clone())
+    fn with<J: Job<Context = App>>(rt: Runtime, app: &App) -> Runtime {
+        let n = concurrency::<J>(app);
+        rt.register_with::<J>(app.clone(), n)
+    }
+    let rt = with::<review::ReviewJob>(rt, app);
+    let rt = with::<sla::SlaJob>(rt, app);
+    let rt = with::<notify::NotifyJob>(rt, app);
+    let rt = with::<crate::webhooks::deliver::DeliverJob>(rt, app);
+    let rt = with::<cleanup::CleanupJob>(rt, app);
+    // One at a time, whatever the config says (it cannot name them).
+    rt.register::<sweep::SweepJob>(app.clone())
         .register::<limits::LimitsJob>(app.clone())
-        .register::<cleanup::CleanupJob>(app.clone())
+}
+
+/// How many jobs of `J` one worker process runs at once: the operator's
+/// `workers.concurrency.<queue>`, else the job's own default.
+pub fn concurrency<J: Job>(app: &App) -> usize {
+    app.config
+        .workers
+        .concurrency
+        .get(J::NAME)
+        .copied()
+        .unwrap_or(J::CONCURRENCY)
 }
 
 /// Cron schedules (the scheduler role): each tick yields exactly one job

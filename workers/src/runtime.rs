@@ -90,8 +90,16 @@ impl Runtime {
 
     /// Run jobs of type `J` here (at most `J::CONCURRENCY` at once), with
     /// `ctx` handed to every run.
-    pub fn register<J: Job>(mut self, ctx: J::Context) -> Self {
-        let start: StartFn = Box::new(move |common| Box::pin(supervise::<J>(common, ctx)));
+    pub fn register<J: Job>(self, ctx: J::Context) -> Self {
+        self.register_with::<J>(ctx, J::CONCURRENCY)
+    }
+
+    /// [`Runtime::register`] with another limit of jobs of `J` run at once
+    /// in this process (an operator's setting; at least 1).
+    pub fn register_with<J: Job>(mut self, ctx: J::Context, concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        let start: StartFn =
+            Box::new(move |common| Box::pin(supervise::<J>(common, ctx, concurrency)));
         self.workers.push(Registered {
             name: J::NAME,
             start,
@@ -312,10 +320,14 @@ async fn finish(tasks: &mut JoinSet<(String, anyhow::Result<()>)>, limit: Durati
 /// Supervise the worker for `J`: build it with apalis-core's WorkerBuilder,
 /// run it, restart it with backoff if it fails; `Err` only when the store has
 /// been unreachable past the limit.
-async fn supervise<J: Job>(common: Arc<Common>, ctx: J::Context) -> anyhow::Result<()> {
+async fn supervise<J: Job>(
+    common: Arc<Common>,
+    ctx: J::Context,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     for incarnation in 0u64.. {
-        let shared = Arc::new(Shared::new::<J>(common.clone()));
+        let shared = Arc::new(Shared::new::<J>(common.clone(), concurrency));
         let wctx = WorkerContext::new(&format!("{}@{}#{incarnation}", J::NAME, common.worker_id));
         let worker = WorkerBuilder::new(&wctx)
             .backend(StoreBackend::<J>::new(shared.clone()))

@@ -195,11 +195,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new<J: Job>(common: Arc<Common>) -> Self {
+    pub(crate) fn new<J: Job>(common: Arc<Common>, concurrency: usize) -> Self {
         Self {
             common,
             name: J::NAME,
-            concurrency: J::CONCURRENCY.max(1),
+            concurrency: concurrency.max(1),
             timeout: J::TIMEOUT,
             backoff: J::backoff,
             held: Mutex::new(HashSet::new()),

@@ -145,6 +145,7 @@ both_stores!(
     idle_worker_is_woken_by_push,
     graceful_shutdown_releases_unfinished_jobs,
     graceful_shutdown_lets_short_jobs_finish,
+    register_with_sets_how_many_run_at_once,
     finished_and_dead_jobs_are_purged,
     leases_are_renewed_while_a_long_job_runs,
     undecodable_payload_is_dead_lettered_at_once,
@@ -1102,6 +1103,38 @@ async fn graceful_shutdown_releases_unfinished_jobs(kind: Kind) {
     // Stop again (the jobs sleep 20 s): released once more.
     rt2.stop().await.unwrap();
     assert_eq!(queue.stats("slow").await.unwrap().running, 0);
+}
+
+/// `register_with` overrides the job's own `CONCURRENCY` (2 for `Slow`):
+/// exactly that many run at once, and the rest stay in the queue unleased.
+async fn register_with_sets_how_many_run_at_once(kind: Kind) {
+    let env = Env::new(kind);
+    let queue = env.queue().await;
+    let ctx = SlowCtx::default();
+    let jobs: Vec<Slow> = (0..7).map(|_| Slow { ms: 20_000 }).collect();
+    let batch: Vec<(&Slow, PushOptions)> =
+        jobs.iter().map(|j| (j, PushOptions::default())).collect();
+    queue.push_many(&batch).await.unwrap();
+    let rt = Running::start(
+        Runtime::new(queue.clone())
+            .register_with::<Slow>(ctx.clone(), 5)
+            .shutdown_timeout(Duration::from_millis(300)),
+    );
+    eventually("five jobs running", Duration::from_secs(10), || {
+        let n = ctx.started.lock().unwrap().len();
+        async move { n == 5 }
+    })
+    .await;
+    // Give a sixth the chance to start, were the limit not applied.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ctx.started.lock().unwrap().len(), 5, "no sixth started");
+    let stats = queue.stats("slow").await.unwrap();
+    assert_eq!(
+        (stats.running, stats.ready + stats.scheduled),
+        (5, 2),
+        "fetch bounded by the configured slots: {stats:?}"
+    );
+    rt.stop().await.unwrap();
 }
 
 /// Jobs that finish within the shutdown timeout are completed, not released.
