@@ -112,6 +112,76 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
+/// CPU time the whole machine spent busy (every process, user and system,
+/// not idle or waiting for I/O) since boot, in seconds, from `/proc/stat`.
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return f64::NAN;
+    };
+    // cpu user nice system idle iowait irq softirq steal ...
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() < 5 {
+        return f64::NAN;
+    }
+    let busy: f64 = f
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    // USER_HZ is 100 on Linux.
+    busy / 100.0
+}
+
+/// Machine busy-CPU readings every 100 ms until dropped, to find the CPU
+/// spent up to the moment the last review mail was written.
+struct CpuLog(
+    Arc<std::sync::Mutex<Vec<(SystemTime, f64)>>>,
+    tokio::task::JoinHandle<()>,
+);
+
+impl CpuLog {
+    fn start() -> Self {
+        let log = Arc::new(std::sync::Mutex::new(vec![(
+            SystemTime::now(),
+            machine_busy_secs(),
+        )]));
+        let l = log.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                l.lock()
+                    .unwrap()
+                    .push((SystemTime::now(), machine_busy_secs()));
+            }
+        });
+        Self(log, task)
+    }
+
+    /// CPU seconds from the start to the first reading at or after `at`.
+    fn busy_until(&self, at: SystemTime) -> f64 {
+        let log = self.0.lock().unwrap();
+        let first = log[0].1;
+        let end = log
+            .iter()
+            .find(|(t, _)| *t >= at)
+            .or(log.last())
+            .map(|r| r.1);
+        end.unwrap_or(first) - first
+    }
+}
+
+impl Drop for CpuLog {
+    fn drop(&mut self) {
+        self.1.abort();
+    }
+}
+
 fn ms_between(later: SystemTime, earlier: SystemTime) -> f64 {
     match later.duration_since(earlier) {
         Ok(d) => d.as_secs_f64() * 1000.0,
@@ -321,6 +391,7 @@ async fn run(args: &[String]) -> Res<()> {
             (o, rest % MEMBERS_PER_ORG, (rest / MEMBERS_PER_ORG) % KINDS)
         })
         .collect();
+    let cpu = CpuLog::start();
     let t = Instant::now();
     let rate = submit_rate();
     if let Some(r) = rate {
@@ -429,6 +500,17 @@ async fn run(args: &[String]) -> Res<()> {
         pct(&review_lat, 50.0),
         pct(&review_lat, 99.0)
     );
+    // What a request costs the machine from its submit to its review mail,
+    // all processes together (daemon, database, queue, mail sink, this
+    // load generator): the floor under the time a burst takes to drain.
+    if let Some(last) = mails.iter().filter(|m| m.review).map(|m| m.at).max() {
+        let busy = cpu.busy_until(last);
+        println!(
+            "pipeline_cpu_ms_per_request={:.2}",
+            busy * 1000.0 / want.max(1) as f64
+        );
+    }
+    drop(cpu);
 
     // (c) decide through the links, as a browser: GET the page, POST the form.
     let t = Instant::now();
