@@ -219,8 +219,8 @@ pub struct WorkersConfig {
     pub shutdown_timeout_secs: u64,
     /// Jobs of one queue that one worker process runs at once, by queue
     /// name (`review`, `notify`, `sla`, `webhook`, `cleanup`); a queue not
-    /// named keeps its job's own default (32 for review and notify, 8 for
-    /// the others). `limits` and `sweep` always run one at a time.
+    /// named keeps its default (review and notify 32 on PostgreSQL, 8 on
+    /// SQLite; the others 8). `limits` and `sweep` always run one at a time.
     #[serde(default)]
     pub concurrency: std::collections::BTreeMap<String, usize>,
 }

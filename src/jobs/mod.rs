@@ -47,15 +47,28 @@ pub fn register(rt: Runtime, app: &App) -> Runtime {
         .register::<limits::LimitsJob>(app.clone())
 }
 
+/// Review and notify jobs at once per worker process on PostgreSQL, where
+/// each mostly waits on a dozen round trips: with 8 (the jobs' own default)
+/// the benchmark's review backlog drained with the machine largely idle;
+/// with 32 (and the indexes of migration 0016) the review mails of a
+/// 10,000-request burst came 2.5 times sooner. On SQLite the jobs' writes go through the one writer thread,
+/// and 32 there took a third of the submits' throughput for the same
+/// burst, so SQLite keeps 8 (docs/PERFORMANCE.md, fifth pass).
+pub const POSTGRES_MAIL_PATH_CONCURRENCY: usize = 32;
+
 /// How many jobs of `J` one worker process runs at once: the operator's
-/// `workers.concurrency.<queue>`, else the job's own default.
+/// `workers.concurrency.<queue>`, else [`POSTGRES_MAIL_PATH_CONCURRENCY`]
+/// for review and notify on PostgreSQL, else the job's own default.
 pub fn concurrency<J: Job>(app: &App) -> usize {
-    app.config
-        .workers
-        .concurrency
-        .get(J::NAME)
-        .copied()
-        .unwrap_or(J::CONCURRENCY)
+    if let Some(n) = app.config.workers.concurrency.get(J::NAME) {
+        return *n;
+    }
+    let mail_path = [review::ReviewJob::NAME, notify::NotifyJob::NAME].contains(&J::NAME);
+    if mail_path && app.db.sqlite_pool().is_none() {
+        POSTGRES_MAIL_PATH_CONCURRENCY
+    } else {
+        J::CONCURRENCY
+    }
 }
 
 /// Cron schedules (the scheduler role): each tick yields exactly one job

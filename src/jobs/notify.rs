@@ -42,10 +42,6 @@ pub struct NotifyJob {
 
 impl Job for NotifyJob {
     const NAME: &'static str = "notify";
-    /// A mail job mostly waits on the database and the mail server: with
-    /// 8 at once a backlog drained at about a third of the rate it does with 32
-    /// (docs/PERFORMANCE.md, fifth pass). `workers.concurrency` overrides it.
-    const CONCURRENCY: usize = 32;
     /// With the default policy (5 s doubling, capped at 30 min) 20 attempts
     /// keep trying for about six hours.
     const MAX_ATTEMPTS: u32 = 20;

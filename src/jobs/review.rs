@@ -134,10 +134,6 @@ impl ReviewerRow {
 
 impl Job for ReviewJob {
     const NAME: &'static str = "review";
-    /// A review job mostly waits on the database: with 8 at once a
-    /// backlog drained at about a third of the rate it does with 32
-    /// (docs/PERFORMANCE.md, fifth pass). `workers.concurrency` overrides it.
-    const CONCURRENCY: usize = 32;
     const MAX_ATTEMPTS: u32 = 12;
     type Context = App;
 
