@@ -3,8 +3,8 @@
 -- end-to-end benchmark's review backlog). PostgreSQL only: the same
 -- indexes on SQLite cost the embedded profile a fifth of its submits per
 -- second (2,636-2,799 -> 2,151-2,220 at 5,000 requests) on the one writer,
--- where the duplicate check reads the org's open requests by
--- requests_org_status_due instead (docs/PERFORMANCE.md, fifth pass):
+-- where the duplicate check walks the org's requests by
+-- requests_org_created instead (docs/PERFORMANCE.md, fifth pass):
 --
 -- * the duplicate check (an older open request of the same org, kind and
 --   requester) used the (kind, status, ...) index and filtered every open
