@@ -422,3 +422,22 @@ pub fn busy_wait(count: i32) -> bool {
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
+
+fn pg_error(e: &sqlx::Error) -> Option<&sqlx::postgres::PgDatabaseError> {
+    e.as_database_error()?
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+}
+
+/// PostgreSQL's NOT NULL violation (SQLSTATE 23502) on `table.column`. The
+/// one-statement writes (a submit, a payment) put NULL there when what
+/// they read has changed, so that the statement fails and writes nothing.
+pub fn pg_null_in(e: &sqlx::Error, table: &str, column: &str) -> bool {
+    pg_error(e).is_some_and(|d| {
+        d.code() == "23502" && d.table() == Some(table) && d.column() == Some(column)
+    })
+}
+
+/// PostgreSQL's unique violation (SQLSTATE 23505) of `constraint`.
+pub fn pg_unique_on(e: &sqlx::Error, constraint: &str) -> bool {
+    pg_error(e).is_some_and(|d| d.code() == "23505" && d.constraint() == Some(constraint))
+}

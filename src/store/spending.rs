@@ -564,18 +564,11 @@ pub async fn insert_payment_if_unchanged(
     match r {
         Ok(r) if r.rows_affected() == 1 => Ok(Written::Done),
         Ok(_) => Ok(Written::Changed),
-        Err(e) => {
-            let pg = e
-                .as_database_error()
-                .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>());
-            match pg.map(|d| (d.code(), d.column(), d.constraint())) {
-                Some(("23502", Some("status"), _)) => Ok(Written::Changed),
-                Some(("23505", _, Some("payments_org_id_reference_key"))) => {
-                    Ok(Written::ReferenceTaken)
-                }
-                _ => Err(e),
-            }
+        Err(e) if crate::db::pg_null_in(&e, "payments", "status") => Ok(Written::Changed),
+        Err(e) if crate::db::pg_unique_on(&e, "payments_org_id_reference_key") => {
+            Ok(Written::ReferenceTaken)
         }
+        Err(e) => Err(e),
     }
 }
 

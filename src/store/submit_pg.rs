@@ -354,20 +354,7 @@ pub async fn write_if_unchanged(
     match r {
         Ok(r) if r.rows_affected() == 1 => Ok(Optimistic::Written),
         Ok(_) => Ok(Optimistic::KeyTaken),
-        Err(e) => {
-            let lost = e
-                .as_database_error()
-                .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
-                .is_some_and(|d| {
-                    d.code() == "23502"
-                        && d.table() == Some("requests")
-                        && d.column() == Some("number")
-                });
-            if lost {
-                Ok(Optimistic::Changed)
-            } else {
-                Err(e)
-            }
-        }
+        Err(e) if crate::db::pg_null_in(&e, "requests", "number") => Ok(Optimistic::Changed),
+        Err(e) => Err(e),
     }
 }
