@@ -148,6 +148,49 @@ struct WarmState {
     waiters: VecDeque<oneshot::Sender<PoolConnection<Postgres>>>,
 }
 
+/// A connection taken from [`Warm`]. Handed back with [`Warm::keep`] or
+/// [`Kept::release`] once the caller's statements have finished; dropped
+/// any other way (an error returned early, or the caller's future dropped
+/// mid-statement because the client went away) it is closed, not reused.
+/// A future dropped between sending `BEGIN` and reading its answer leaves
+/// the server-side session inside a transaction that sqlx does not know
+/// of; reused, the next caller's autocommit statement (the one-statement
+/// submit or payment) would run inside it, answer "written" and never
+/// commit. The `api_kill` fault test lost three accepted requests so.
+pub struct Kept(Option<PoolConnection<Postgres>>);
+
+impl Kept {
+    /// Back to the pool (not kept warm): the caller's statements finished.
+    pub fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl std::ops::Deref for Kept {
+    type Target = PoolConnection<Postgres>;
+    fn deref(&self) -> &Self::Target {
+        self.0
+            .as_ref()
+            .expect("a Kept connection is present until consumed")
+    }
+}
+
+impl std::ops::DerefMut for Kept {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0
+            .as_mut()
+            .expect("a Kept connection is present until consumed")
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.close_on_drop();
+        }
+    }
+}
+
 impl Warm {
     /// Keep at most `cap` connections.
     pub fn new(cap: usize) -> Self {
@@ -166,7 +209,11 @@ impl Warm {
     /// The connection kept last, if it was kept less than
     /// [`PING_AFTER_IDLE`] ago; else the first of one from `pool` and one
     /// handed over by [`keep`](Self::keep).
-    pub async fn take(&self, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    pub async fn take(&self, pool: &PgPool) -> Result<Kept, sqlx::Error> {
+        self.take_raw(pool).await.map(|c| Kept(Some(c)))
+    }
+
+    async fn take_raw(&self, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         let (stale, handed) = {
             let mut s = self.lock();
             let stale = match s.conns.pop() {
@@ -196,7 +243,12 @@ impl Warm {
     /// Hand `conn` (between statements, no transaction open) to the
     /// longest-waiting [`take`](Self::take), else keep it for the next one;
     /// with `cap` kept already, it goes back to the pool.
-    pub fn keep(&self, conn: PoolConnection<Postgres>) {
+    pub fn keep(&self, mut conn: Kept) {
+        let Some(conn) = conn.0.take() else { return };
+        self.keep_raw(conn);
+    }
+
+    fn keep_raw(&self, conn: PoolConnection<Postgres>) {
         let mut conn = conn;
         let mut s = self.lock();
         while let Some(w) = s.waiters.pop_front() {

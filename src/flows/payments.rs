@@ -18,7 +18,6 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{Postgres, pool::PoolConnection};
 
 use super::contention::LostLately;
 use crate::{
@@ -299,7 +298,7 @@ pub struct Read {
 }
 
 struct PgRead {
-    conn: PoolConnection<Postgres>,
+    conn: crate::db::Kept,
     snap: st::Snapshot,
     now: DateTime<Utc>,
     /// The day and month whose counters `snap` holds.
@@ -453,7 +452,7 @@ async fn optimistic(app: &App, r: PgRead, org: &Org, req: &Authorize) -> Result<
                     });
                 }
                 Written::ReferenceTaken => {
-                    drop(conn);
+                    conn.release();
                     return replay_or_conflict(app, org, req).await;
                 }
                 Written::Changed => app.spend_hints.lost(member_id),
@@ -462,7 +461,7 @@ async fn optimistic(app: &App, r: PgRead, org: &Org, req: &Authorize) -> Result<
     }
     // Back to the pool, not kept: the locking path takes a connection from
     // the pool, and a kept one would only be missing there.
-    drop(conn);
+    conn.release();
     authorize_locking(app, org, req).await
 }
 

@@ -27,7 +27,7 @@
 use approvald_workers::{Job, PushOptions, store::NewJob};
 use rusqlite::Connection;
 use serde_json::json;
-use sqlx::{Connection as _, PgConnection, PgPool, Postgres, pool::PoolConnection};
+use sqlx::{Connection as _, PgConnection, PgPool};
 
 use crate::{
     app::App,
@@ -267,7 +267,7 @@ const EVENT: &str = "request.submitted";
 /// statement read ([`st::read`]), on the connection the write runs on too
 /// (kept warm between calls, [`crate::db::Warm`]: no ping as it goes back).
 pub struct PgRead {
-    conn: PoolConnection<Postgres>,
+    conn: crate::db::Kept,
     pub seen: Seen,
 }
 
@@ -311,7 +311,7 @@ pub async fn write_pg(
     let PgRead { mut conn, seen } = read;
     if !hooks.is_empty() {
         // Back to the pool: the transaction takes its own from there.
-        drop(conn);
+        conn.release();
         return write_pg_announced(app, s, hooks, answer).await;
     }
     match basis(&seen) {
