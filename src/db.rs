@@ -340,7 +340,22 @@ impl Db {
             // IMMEDIATE: take the write lock at once, so two writers never
             // deadlock upgrading a read lock (SQLITE_BUSY mid-transaction).
             Db::Sqlite(p) => TxConn::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Db::Postgres(p) => TxConn::Postgres(p.begin().await?),
+            // In a task of its own, so that the caller's future dropped
+            // while `BEGIN` is on the wire (an HTTP client gone) cannot
+            // cancel it: sqlx-postgres counts the transaction only once
+            // `BEGIN` has answered, and its drop guard rolls back only a
+            // transaction it counts, so a cancelled `BEGIN` would go back
+            // to the pool with the session still inside a transaction, and
+            // the next autocommit statement there would answer "written"
+            // and never commit. Run to its end, the `Transaction` is
+            // dropped in the task if nobody awaits it: rolled back, as any.
+            Db::Postgres(p) => {
+                let p = p.clone();
+                let begun = tokio::spawn(async move { p.begin().await })
+                    .await
+                    .map_err(|e| sqlx::Error::Protocol(format!("BEGIN task failed: {e}")))?;
+                TxConn::Postgres(begun?)
+            }
         };
         Ok(Tx {
             conn,

@@ -9,6 +9,7 @@ mod api_submit_writer;
 mod api_util;
 mod audit_chain;
 mod authz;
+mod db_cancel;
 mod harness;
 mod http_server;
 mod mail_file;
