@@ -114,12 +114,15 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 
 /// CPU time the whole machine spent busy (every process, user and system,
 /// not idle or waiting for I/O) since boot, in seconds, from `/proc/stat`.
+/// Steal (time the hypervisor gave to other guests while this one wanted
+/// to run) is not work of ours, and guest time is already inside user
+/// time: neither is counted.
 fn machine_busy_secs() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(cpu) = stat.lines().next() else {
         return f64::NAN;
     };
-    // cpu user nice system idle iowait irq softirq steal ...
+    // cpu user nice system idle iowait irq softirq steal guest guest_nice
     let f: Vec<f64> = cpu
         .split_whitespace()
         .skip(1)
@@ -131,7 +134,7 @@ fn machine_busy_secs() -> f64 {
     let busy: f64 = f
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
+        .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6))
         .map(|(_, v)| v)
         .sum();
     // USER_HZ is 100 on Linux.
