@@ -343,3 +343,68 @@ async fn the_system_never_approves_for_a_member_who_is_not_active() {
     assert_eq!(t.count("grants").await, 0, "nothing granted");
     t.stop().await;
 }
+
+/// On PostgreSQL the reviewer's lock (`store::reviewers::lock_if_holds`,
+/// taken by every link issued and every decision) is shared: two
+/// transactions acting for the same reviewer hold it at once, a removal
+/// waits until both have committed, and after the removal the lock finds no
+/// authority. (An exclusive lock made every review job and decision of a
+/// reviewer wait for the one before.)
+#[tokio::test]
+async fn the_reviewer_lock_is_shared_and_holds_off_a_removal() {
+    use approvald::{
+        db::Db,
+        mail::{ReviewerKind, ReviewerRef},
+        store::reviewers::{Authority, lock_if_holds},
+    };
+    let url = crate::harness::fresh_pg_database().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let db = Db::Postgres(pool.clone());
+    db.migrate().await.unwrap();
+    for q in [
+        "INSERT INTO reviewers (id, email, name, locale, status, created_at) \
+         VALUES ('r1', 'r1@example.com', 'R One', 'en', 'active', 0)",
+        "INSERT INTO reviewer_groups (reviewer_id, grp) VALUES ('r1', 'ftp')",
+    ] {
+        sqlx::query(q).execute(&pool).await.unwrap();
+    }
+    let me = ReviewerRef {
+        kind: ReviewerKind::Platform,
+        id: "r1".into(),
+    };
+    let needed = Authority::PlatformGroup("ftp".into());
+
+    let mut a = db.begin().await.unwrap();
+    let mut b = db.begin().await.unwrap();
+    assert!(lock_if_holds(&mut a, &me, &needed).await.unwrap());
+    let second = tokio::time::timeout(Duration::from_secs(5), lock_if_holds(&mut b, &me, &needed))
+        .await
+        .expect("the second holder does not wait for the first");
+    assert!(second.unwrap());
+
+    let removal = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "UPDATE reviewers SET status = 'removed' WHERE id = 'r1' AND status = 'active'",
+            )
+            .execute(&pool)
+            .await
+            .unwrap()
+            .rows_affected()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!removal.is_finished(), "the removal waits for both holders");
+    a.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!removal.is_finished(), "the removal waits for the second");
+    b.commit().await.unwrap();
+    assert_eq!(removal.await.unwrap(), 1, "the removal went through");
+
+    let mut c = db.begin().await.unwrap();
+    assert!(
+        !lock_if_holds(&mut c, &me, &needed).await.unwrap(),
+        "no authority once removed"
+    );
+}
