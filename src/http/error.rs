@@ -156,6 +156,9 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 Self::unavailable(e)
             }
+            // SQLite's write lock held past `busy_timeout`: an overload
+            // (nothing written), retried like a pool timeout, not a 500.
+            sqlx::Error::Database(_) if crate::db::is_overloaded(&e) => Self::unavailable(e),
             // 22021: a character PostgreSQL cannot store (NUL). The edge
             // refuses these (`http::extract`); should one slip through
             // anyway, it is still the client's bad input, not a 500.
@@ -195,3 +198,52 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{Connection, sqlite::SqliteConnectOptions};
+
+    /// SQLite's write lock still taken when `busy_timeout` runs out is an
+    /// overload (503, retry later), not a server fault; a constraint
+    /// failure is not an overload.
+    #[tokio::test]
+    async fn a_database_busy_past_its_timeout_is_a_503() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.path().join("busy.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::from_millis(50));
+        let mut holder = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        let mut other = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let busy = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        assert!(crate::db::is_overloaded(&busy), "{busy}");
+        let resp = ApiError::from(busy).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let dup = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut holder)
+            .await
+            .unwrap_err();
+        assert!(!crate::db::is_overloaded(&dup), "{dup}");
+        assert_eq!(
+            ApiError::from(dup).into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

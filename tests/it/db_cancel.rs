@@ -47,9 +47,12 @@ async fn lagging_proxy() -> u16 {
     port
 }
 
-/// A fresh database with one table, the URL through the proxy, and a
-/// direct connection to read what was committed.
-async fn setup() -> (String, sqlx::PgConnection) {
+/// A fresh database with one table; a pool of one connection to it
+/// through the proxy, built as `Db::connect` builds one (no ping before
+/// each acquire, which would itself wait out the lag), so the next user of
+/// the pool gets whatever connection the last one gave back; and a direct
+/// connection to read what was committed.
+async fn setup() -> (sqlx::PgPool, sqlx::PgConnection) {
     let url = crate::harness::fresh_pg_database().await;
     let mut direct = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("CREATE TABLE t (id INT PRIMARY KEY)")
@@ -58,7 +61,13 @@ async fn setup() -> (String, sqlx::PgConnection) {
         .unwrap();
     let port = lagging_proxy().await;
     let proxied = url.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
-    (proxied, direct)
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&proxied)
+        .await
+        .unwrap();
+    (pool, direct)
 }
 
 /// Wait until the pool holds `want` connections idle.
@@ -83,14 +92,7 @@ async fn committed(direct: &mut sqlx::PgConnection) -> Vec<i32> {
 /// connection, used next for an autocommit insert, commits it.
 #[tokio::test]
 async fn a_begin_cancelled_on_the_wire_leaves_no_transaction_open() {
-    let (proxied, mut direct) = setup().await;
-    // As `Db::connect` builds it: no ping before each acquire.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect(&proxied)
-        .await
-        .unwrap();
+    let (pool, mut direct) = setup().await;
     let db = approvald::db::Db::Postgres(pool.clone());
     // The pool's one connection is open and idle (once `connect` has
     // given it back): the acquire is at once, so the timeout below falls
@@ -125,15 +127,9 @@ async fn a_begin_cancelled_on_the_wire_leaves_no_transaction_open() {
 #[tokio::test]
 async fn a_kept_connection_dropped_mid_begin_is_not_reused() {
     use approvald::db::Warm;
-    let (proxied, mut direct) = setup().await;
     // One connection: the next take gets the dropped one back unless it
     // was closed.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect(&proxied)
-        .await
-        .unwrap();
+    let (pool, mut direct) = setup().await;
     let warm = Warm::new(2);
     let mut kept = warm.take(&pool).await.unwrap();
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")

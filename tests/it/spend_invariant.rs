@@ -192,7 +192,10 @@ async fn fire(t: &TestApp, org_id: &str, key: &str, seed: u64, calls: Vec<(Strin
             };
             loop {
                 match authorize(&app, &org, &req).await {
-                    Err(PayError::Db(sqlx::Error::PoolTimedOut)) => continue,
+                    // An overload (no pooled connection in time, or
+                    // SQLite's lock past its busy timeout: a 503 over
+                    // HTTP, nothing written) is retried as a client would.
+                    Err(PayError::Db(e)) if approvald::db::is_overloaded(&e) => continue,
                     other => return other,
                 }
             }
