@@ -455,24 +455,6 @@ impl Tx {
 
 /// WAL, synchronous=NORMAL (durable across process crashes; never OFF), a
 /// busy timeout, foreign keys on.
-/// A bounded wait for the database ran out: the pool had no connection in
-/// time, or SQLite's write lock stayed taken past `busy_timeout` (BUSY or
-/// LOCKED, in any extended code). Nothing was written and the same call
-/// may succeed later: the HTTP edge answers 503, as for any overload.
-pub fn is_overloaded(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut => true,
-        sqlx::Error::Database(d) => d
-            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
-            .and_then(sqlx::error::DatabaseError::code)
-            .and_then(|c| c.parse::<i32>().ok())
-            // The primary result code is the low byte: SQLITE_BUSY 5,
-            // SQLITE_LOCKED 6.
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
-        _ => false,
-    }
-}
-
 pub fn sqlite_options(url: &str) -> anyhow::Result<SqliteConnectOptions> {
     Ok(SqliteConnectOptions::from_str(url)
         .with_context(|| format!("key `database.url`: cannot parse {url:?}"))?
@@ -506,6 +488,24 @@ pub fn busy_wait(count: i32) -> bool {
 /// Is this error a unique-constraint violation (on either engine)?
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// A bounded wait for the database ran out: the pool had no connection in
+/// time, or SQLite's write lock stayed taken past `busy_timeout` (BUSY or
+/// LOCKED, in any extended code). Nothing was written and the same call
+/// may succeed later: the HTTP edge answers 503, as for any overload.
+pub fn is_overloaded(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+            .and_then(sqlx::error::DatabaseError::code)
+            .and_then(|c| c.parse::<i32>().ok())
+            // The primary result code is the low byte: SQLITE_BUSY 5,
+            // SQLITE_LOCKED 6.
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
 }
 
 fn pg_error(e: &sqlx::Error) -> Option<&sqlx::postgres::PgDatabaseError> {

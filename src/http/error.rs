@@ -153,12 +153,10 @@ impl From<Invalid> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Self::unavailable(e)
-            }
-            // SQLite's write lock held past `busy_timeout`: an overload
-            // (nothing written), retried like a pool timeout, not a 500.
-            sqlx::Error::Database(_) if crate::db::is_overloaded(&e) => Self::unavailable(e),
+            sqlx::Error::Io(_) | sqlx::Error::PoolClosed => Self::unavailable(e),
+            // No pooled connection in time, or SQLite's write lock held
+            // past `busy_timeout`: an overload, nothing written; retry.
+            _ if crate::db::is_overloaded(&e) => Self::unavailable(e),
             // 22021: a character PostgreSQL cannot store (NUL). The edge
             // refuses these (`http::extract`); should one slip through
             // anyway, it is still the client's bad input, not a 500.
