@@ -299,8 +299,13 @@ impl Db {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating database folder {}", dir.display()))?;
                 }
+                // The same 5 s bound on waiting for a connection as on
+                // PostgreSQL (sqlx's default is 30 s, as long as a typical
+                // client's whole timeout): an overloaded call answers 503
+                // "retry later" while its client still listens.
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.database.max_connections)
+                    .acquire_timeout(std::time::Duration::from_secs(5))
                     .test_before_acquire(false)
                     .before_acquire(|c, meta| Box::pin(ping_if_idle(c, meta)))
                     .connect_with(opts)
