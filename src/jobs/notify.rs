@@ -28,8 +28,8 @@ use crate::{
     app::App,
     domain::{calendar::Region, ids::Locale, ids::mask_email},
     mail::{
-        MailContext, Rendered, ReviewerKind, ReviewerRef, SendError, Template, render,
-        render::format_time,
+        Attempt, Health, MailContext, Rendered, ReviewerKind, ReviewerRef, SendError, Template,
+        render, render::format_time,
     },
     on_db,
     store::{decisions, emails, emails::EmailRow, requests::add_event, tokens},
@@ -368,6 +368,7 @@ async fn send(app: &App, ready: Ready, attempt: u32, max_attempts: u32) -> Resul
         emails::count_attempt(&app.db, &row.id).await?;
     }
     let to = mask_email(&row.recipient);
+    let attempt_no = app.mailer.attempt();
     let sent = app.mailer.send(&row.id, &msg).await;
     if let Err(e) = &sent
         && let Some(kind) = e.transport_kind()
@@ -377,6 +378,9 @@ async fn send(app: &App, ready: Ready, attempt: u32, max_attempts: u32) -> Resul
     }
     match sent {
         Ok(()) => {
+            // The transport's state first: whoever sees this mail as sent
+            // (or, below, sees its error) finds `/readyz` saying the same.
+            transport_seen(app, attempt_no, Health::Ok).await;
             let now = app.now_ms();
             match &app.writer {
                 Some(w) => {
@@ -393,7 +397,6 @@ async fn send(app: &App, ready: Ready, attempt: u32, max_attempts: u32) -> Resul
             }
             count(&row.template, "sent");
             tracing::info!(email_id, template = %template, to = %to, attempt, "mail sent");
-            transport_works(app).await;
             Ok(())
         }
         Err(SendError::Config { kind, error }) => {
@@ -403,9 +406,9 @@ async fn send(app: &App, ready: Ready, attempt: u32, max_attempts: u32) -> Resul
             // once per mail and attempt): this job ends well and the next
             // attempt is a fresh job, due after the backoff.
             let msg = format!("{error:#}");
+            transport_seen(app, attempt_no, Health::Failing(kind, msg.clone())).await;
             emails::note_error(&app.db, &row.id, &msg).await?;
             count(&row.template, "retry");
-            transport_failing(app, kind, &msg).await;
             tracing::debug!(email_id, template = %template, to = %to, attempt, error = %msg, "mail waits for the mail transport");
             let (base, cap) = crate::mail::retry_policy();
             let tries = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
@@ -431,31 +434,35 @@ async fn send(app: &App, ready: Ready, attempt: u32, max_attempts: u32) -> Resul
     }
 }
 
-/// The mail transport failed in a way the operator must fix: log it once per
-/// process and publish it for `/readyz` (all processes share the database).
-async fn transport_failing(app: &App, kind: crate::mail::TransportErrorKind, detail: &str) {
-    if !app.mailer.note_trouble(kind, detail) {
+/// Publish what a delivery attempt saw of the transport for `/readyz` (all
+/// processes share the database): a failure the operator must fix, or that
+/// it works again. Logged once per change, not once per mail; a write that
+/// fails is tried again by the next attempt.
+async fn transport_seen(app: &App, attempt: Attempt, seen: Health) {
+    let Some(p) = app.mailer.observe(attempt, seen, app.now_ms()).await else {
         return;
-    }
-    tracing::error!(kind = kind.as_str(), transport = %app.mailer.describe(), "mail transport failing; mails stay pending and are retried: {detail}");
-    if let Err(e) =
-        crate::store::mail_health::set_failing(&app.db, kind.as_str(), detail, app.now_ms()).await
-    {
-        tracing::warn!(error = %e, "cannot record the mail transport's state");
-    }
-}
-
-/// A mail went out: clear a published failure (once per process).
-async fn transport_works(app: &App) {
-    if !app.mailer.note_ok() {
-        return;
-    }
-    match crate::store::mail_health::clear(&app.db).await {
-        Ok(true) => {
-            tracing::info!(transport = %app.mailer.describe(), "mail transport works again")
+    };
+    let written = match p.seen() {
+        Health::Failing(kind, detail) => {
+            if p.is_news() {
+                tracing::error!(kind = kind.as_str(), transport = %app.mailer.describe(), "mail transport failing; mails stay pending and are retried: {detail}");
+            }
+            crate::store::mail_health::set_failing(&app.db, kind.as_str(), detail, app.now_ms())
+                .await
+                .map(|()| false)
         }
-        Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot record the mail transport's state"),
+        Health::Ok | Health::Unknown => crate::store::mail_health::clear(&app.db).await,
+    };
+    match written {
+        Ok(cleared) => {
+            if cleared {
+                tracing::info!(transport = %app.mailer.describe(), "mail transport works again");
+            }
+            p.done();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record the mail transport's state; the next attempt tries again")
+        }
     }
 }
 

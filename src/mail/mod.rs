@@ -10,7 +10,10 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -432,18 +435,74 @@ struct Inner {
     from: Mailbox,
     domain: String,
     transport: Transport,
-    /// The transport trouble last reported in this process (`None`: not
-    /// known to be failing), so a failing server is logged once, not once
-    /// per mail.
-    health: Mutex<Health>,
+    /// What this process last published about its transport, so a failing
+    /// server is logged and written once, not once per mail. An async lock:
+    /// it is held while the publication is written, so two attempts cannot
+    /// write their news in the opposite order to the one they took it in.
+    health: tokio::sync::Mutex<HealthState>,
+    /// Hands out [`Attempt`]s, in the order attempts start.
+    attempts: AtomicU64,
 }
 
+/// What a delivery attempt found out about the transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Health {
-    /// Nothing sent yet by this process.
+pub enum Health {
+    /// Nothing published yet by this process.
     Unknown,
     Ok,
     Failing(TransportErrorKind, String),
+}
+
+/// Taken when a delivery attempt starts: of two attempts that report, the
+/// one that started later decides the published state (a slow attempt that
+/// began before the server was fixed must not undo what a later one saw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Attempt(u64);
+
+/// How long a published failure may go without its `last_seen` being
+/// written again while attempts keep failing the same way.
+const HEALTH_REFRESH_MS: i64 = 60_000;
+
+#[derive(Debug)]
+struct HealthState {
+    /// What was last written successfully.
+    published: Health,
+    /// When (ms) it was written.
+    written_at: i64,
+    /// The latest attempt that reported.
+    latest: Option<Attempt>,
+}
+
+/// A change to publish, found by [`Mailer::observe`]. It holds the health
+/// lock until dropped; it counts as published only once [`done`] is called
+/// after the write succeeded, so a failed write is tried again by the next
+/// attempt that reports.
+///
+/// [`done`]: Publication::done
+#[derive(Debug)]
+pub struct Publication<'a> {
+    state: tokio::sync::MutexGuard<'a, HealthState>,
+    seen: Health,
+    now_ms: i64,
+}
+
+impl Publication<'_> {
+    /// The state to write.
+    pub fn seen(&self) -> &Health {
+        &self.seen
+    }
+
+    /// Whether it differs from what was published (worth a log line); false
+    /// for a refresh of the same failure's `last_seen`.
+    pub fn is_news(&self) -> bool {
+        self.state.published != self.seen
+    }
+
+    /// The write succeeded.
+    pub fn done(mut self) {
+        self.state.published = std::mem::replace(&mut self.seen, Health::Unknown);
+        self.state.written_at = self.now_ms;
+    }
 }
 
 /// Sends rendered messages. Cheap to clone (the SMTP pool is shared).
@@ -491,26 +550,43 @@ impl Mailer {
             from,
             domain,
             transport,
-            health: Mutex::new(Health::Unknown),
+            health: tokio::sync::Mutex::new(HealthState {
+                published: Health::Unknown,
+                written_at: 0,
+                latest: None,
+            }),
+            attempts: AtomicU64::new(0),
         })))
     }
 
-    /// Record that the transport failed with `kind`; true when that is news
-    /// for this process (the caller logs it once and publishes it).
-    pub fn note_trouble(&self, kind: TransportErrorKind, detail: &str) -> bool {
-        let mut h = self.0.health.lock().expect("mail health lock");
-        let was_failing_same = matches!(&*h, Health::Failing(k, _) if *k == kind);
-        *h = Health::Failing(kind, detail.to_string());
-        !was_failing_same
+    /// Call when a delivery attempt starts; pass it to [`Mailer::observe`].
+    pub fn attempt(&self) -> Attempt {
+        Attempt(self.0.attempts.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Record a delivery; true when the transport was failing or not yet
-    /// known to work in this process (the caller clears what was published).
-    pub fn note_ok(&self) -> bool {
-        let mut h = self.0.health.lock().expect("mail health lock");
-        let news = *h != Health::Ok;
-        *h = Health::Ok;
-        news
+    /// What `attempt` saw of the transport (`Ok` or `Failing`). `Some` when
+    /// that should be written where every process sees it: it differs from
+    /// what was written last (or that write failed), or the same failure was
+    /// last written over a minute ago. `None` also when a later attempt has
+    /// already reported. Waits while another publication is being written.
+    pub async fn observe(
+        &self,
+        attempt: Attempt,
+        seen: Health,
+        now_ms: i64,
+    ) -> Option<Publication<'_>> {
+        let mut state = self.0.health.lock().await;
+        if state.latest.is_some_and(|l| attempt < l) {
+            return None;
+        }
+        state.latest = Some(attempt);
+        let stale = matches!(seen, Health::Failing(..))
+            && now_ms.saturating_sub(state.written_at) >= HEALTH_REFRESH_MS;
+        (state.published != seen || stale).then_some(Publication {
+            state,
+            seen,
+            now_ms,
+        })
     }
 
     /// `smtp host:port`, `file <dir>` or `memory`, for logs.
@@ -874,6 +950,93 @@ mod tests {
         assert!(write_eml(dir.path(), "../etc/passwd", b"x").await.is_err());
     }
 
+    fn failing(kind: TransportErrorKind, detail: &str) -> Health {
+        Health::Failing(kind, detail.into())
+    }
+
+    /// Publish what `observe` asks for; `written` says whether the write
+    /// worked. Returns whether there was something to publish.
+    async fn report(m: &Mailer, a: Attempt, seen: Health, now: i64, written: bool) -> bool {
+        match m.observe(a, seen, now).await {
+            Some(p) => {
+                if written {
+                    p.done();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn transport_health_is_published_on_change_in_attempt_order() {
+        let m = Mailer::from_config(&crate::config::Config::default().mail).unwrap();
+        let auth = || failing(TransportErrorKind::Auth, "535");
+        let a = m.attempt();
+        assert!(
+            report(&m, a, Health::Ok, 0, true).await,
+            "the first delivery clears"
+        );
+        assert!(!report(&m, m.attempt(), Health::Ok, 1, true).await);
+        assert!(report(&m, m.attempt(), auth(), 2, true).await);
+        assert!(!report(&m, m.attempt(), auth(), 3, true).await);
+        // A new detail of the same kind is news (the operator fixed one
+        // thing and now sees the next).
+        let p = m
+            .observe(m.attempt(), failing(TransportErrorKind::Auth, "530"), 4)
+            .await
+            .expect("a new detail");
+        assert!(p.is_news());
+        p.done();
+        // The same failure a minute on: written again, for `last_seen`.
+        let p = m
+            .observe(
+                m.attempt(),
+                failing(TransportErrorKind::Auth, "530"),
+                4 + 60_000,
+            )
+            .await
+            .expect("refresh");
+        assert!(!p.is_news());
+        p.done();
+
+        // An attempt that started before one that already reported is
+        // ignored, whatever it saw.
+        let early = m.attempt();
+        let late = m.attempt();
+        assert!(report(&m, late, Health::Ok, 70_000, true).await);
+        assert!(!report(&m, early, auth(), 70_001, true).await);
+        assert!(!report(&m, m.attempt(), Health::Ok, 70_002, true).await);
+    }
+
+    #[tokio::test]
+    async fn a_failed_publication_is_tried_again_by_the_next_attempt() {
+        let m = Mailer::from_config(&crate::config::Config::default().mail).unwrap();
+        let tls = || failing(TransportErrorKind::Tls, "unknown CA");
+        assert!(report(&m, m.attempt(), tls(), 0, true).await);
+        // The server is fixed, but clearing the published failure fails
+        // (the database was busy): the next delivery clears it.
+        assert!(report(&m, m.attempt(), Health::Ok, 1, false).await);
+        assert!(report(&m, m.attempt(), Health::Ok, 2, true).await);
+        assert!(!report(&m, m.attempt(), Health::Ok, 3, true).await);
+    }
+
+    #[tokio::test]
+    async fn publications_are_written_one_at_a_time() {
+        let m = Mailer::from_config(&crate::config::Config::default().mail).unwrap();
+        let first = m
+            .observe(m.attempt(), failing(TransportErrorKind::Tls, "x"), 0)
+            .await
+            .expect("news");
+        let second = m.attempt();
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(100), m.observe(second, Health::Ok, 1))
+                .await;
+        assert!(waiting.is_err(), "waits while the first is being written");
+        first.done();
+        assert!(m.observe(second, Health::Ok, 1).await.is_some());
+    }
+
     #[tokio::test]
     async fn smtp_transport_builds_for_every_tls_mode() {
         for tls in [SmtpTls::None, SmtpTls::Starttls, SmtpTls::Tls] {
@@ -884,12 +1047,6 @@ mod tests {
             mail.smtp.username = "u".into();
             mail.smtp.password = crate::config::Secret::new("hunter2");
             let m = Mailer::from_config(&mail).unwrap();
-            assert!(m.note_ok(), "the first delivery is news");
-            assert!(!m.note_ok());
-            assert!(m.note_trouble(TransportErrorKind::Auth, "535"));
-            assert!(!m.note_trouble(TransportErrorKind::Auth, "535 again"));
-            assert!(m.note_trouble(TransportErrorKind::Tls, "tls"));
-            assert!(m.note_ok());
             assert!(
                 m.describe().starts_with("smtp smtp.example.com:587"),
                 "{}",

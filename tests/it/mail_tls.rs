@@ -176,6 +176,96 @@ async fn an_untrusted_or_misnamed_certificate_keeps_mails_pending_until_fixed() 
     t.finish().await;
 }
 
+/// Make every DELETE of the published mail health fail (`on`), or stop that.
+async fn refuse_health_clears(t: &TestApp, on: bool) {
+    let stmts: &[&str] = match (&t.app.db, on) {
+        (approvald::db::Db::Sqlite(_), true) => &[
+            "CREATE TRIGGER refuse_health_clear BEFORE DELETE ON mail_transport_health \
+             BEGIN SELECT RAISE(ABORT, 'injected: clearing the mail health refused'); END",
+        ],
+        (approvald::db::Db::Sqlite(_), false) => &["DROP TRIGGER refuse_health_clear"],
+        (approvald::db::Db::Postgres(_), true) => &[
+            "CREATE FUNCTION refuse_health_clear() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected: clearing the mail health refused'; END $$",
+            "CREATE TRIGGER refuse_health_clear BEFORE DELETE ON mail_transport_health \
+             FOR EACH ROW EXECUTE FUNCTION refuse_health_clear()",
+        ],
+        (approvald::db::Db::Postgres(_), false) => &[
+            "DROP TRIGGER refuse_health_clear ON mail_transport_health",
+            "DROP FUNCTION refuse_health_clear()",
+        ],
+    };
+    for sql in stmts {
+        approvald::on_db!(&t.app.db, |p| sqlx::query(sqlx::AssertSqlSafe(*sql))
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// A delivery that finds the transport fixed clears the published failure;
+/// when that write fails (the database refused it), the next delivery tries
+/// again, so `/readyz` does not go on saying "failing" for a working server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_of_the_mail_health_is_tried_again() {
+    let trusted = TestPki::new("trusted");
+    let stranger = TestPki::new("stranger");
+    let smtp = SmtpServer::start_with(Security::StartTls(stranger.acceptor(&["127.0.0.1"]))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = trusted.write_ca(dir.path(), "ca.pem");
+    let t = TestApp::spawn_with(Opts {
+        toml: toml(&smtp, "starttls", Some(&ca), None),
+        ..Default::default()
+    })
+    .await;
+    let (org, key, _) = t.create_org("Health Co", "cn").await;
+    reviewer(&t, "health-rev@example.com", "en").await;
+    let first = submit_ftp(&t, &org, &key, "first").await;
+    wait_status(&t, &org, &key, &first, "in_review").await;
+    wait_mails(&t, "refused under an unknown CA", |r| {
+        r.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("mail.smtp.ca_file"))
+    })
+    .await;
+    t.eventually("the failure is published", || async {
+        readyz(&t).await["mail"]["status"] == "failing"
+    })
+    .await;
+
+    // The server is fixed, but the write that clears the failure is refused.
+    refuse_health_clears(&t, true).await;
+    smtp.set_security(Security::StartTls(trusted.acceptor(&["127.0.0.1"])));
+    let rows = wait_emails_final(&t, Duration::from_secs(30)).await;
+    assert!(rows.iter().all(|r| r.status == "sent"), "{rows:#?}");
+    // Let the job that sent it finish its (refused) write.
+    t.drain().await;
+    assert_eq!(
+        readyz(&t).await["mail"]["status"],
+        "failing",
+        "the refused clear left the failure published"
+    );
+
+    // The database takes writes again: the next delivery clears it.
+    refuse_health_clears(&t, false).await;
+    // (Another org: a second open request of the same kind would be a
+    // duplicate.)
+    let (org2, key2, _) = t.create_org("Health Two", "cn").await;
+    let second = submit_ftp(&t, &org2, &key2, "second").await;
+    wait_status(&t, &org2, &key2, &second, "in_review").await;
+    t.eventually("both mails sent", || async {
+        let rows = emails(&t).await;
+        rows.len() == 2 && rows.iter().all(|r| r.status == "sent")
+    })
+    .await;
+    t.eventually("the next delivery clears the published failure", || async {
+        readyz(&t).await["mail"] == "ok"
+    })
+    .await;
+    t.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_password_keeps_mails_pending_and_the_fix_sends_each_once() {
     let smtp = SmtpServer::start().await;
