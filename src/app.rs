@@ -35,6 +35,9 @@ pub struct AppInner {
     /// The orgs whose optimistic submit (PostgreSQL) lost a race lately
     /// (`flows::submit`).
     pub submit_lost: crate::flows::contention::LostLately,
+    /// Wakes this process's outbox relay after a commit that wrote outbox
+    /// rows (`jobs::relay`).
+    pub outbox_written: Arc<tokio::sync::Notify>,
 }
 
 /// Cheap to clone.

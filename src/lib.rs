@@ -141,6 +141,7 @@ pub async fn build_app(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         writer,
         spend_hints: Default::default(),
         submit_lost: Default::default(),
+        outbox_written: Default::default(),
     })))
 }
 
@@ -212,13 +213,6 @@ pub async fn start(
                 .await
                 .context("HTTP server failed")
         }));
-        if !app.queue_in_db {
-            let (a, s) = (app.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                jobs::relay::run(a, s).await;
-                Ok(())
-            }));
-        }
         let (a, s) = (app.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -229,6 +223,18 @@ pub async fn start(
                 }
             }
             a.warm.return_all();
+            Ok(())
+        }));
+    }
+
+    // Every role writes outbox rows (a submit, a review job's mails and
+    // timers, a cron tick's jobs), and each process's relay is woken by its
+    // own commits: a relay only in the api process left a worker's rows
+    // waiting for the api's next commit or its one-second poll.
+    if !app.queue_in_db {
+        let (a, s) = (app.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            jobs::relay::run(a, s).await;
             Ok(())
         }));
     }

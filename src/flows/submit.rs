@@ -326,7 +326,7 @@ pub async fn write_pg(
             match st::write_if_unchanged(&mut conn, &rows.of(s), basis).await? {
                 Optimistic::Written => {
                     app.warm.keep(conn);
-                    relay::nudge();
+                    relay::nudge(app);
                     count("written");
                     return Ok(rows.done());
                 }
@@ -350,7 +350,7 @@ pub async fn write_pg(
     }
     app.warm.keep(conn);
     if matches!(written, Written::Done { .. }) {
-        relay::nudge();
+        relay::nudge(app);
     }
     Ok(written)
 }
@@ -392,7 +392,7 @@ async fn write_pg_announced(
     if let Written::Done { .. } = &written {
         crate::webhooks::emit_request_to(app, &mut tx, &s.org_id, &s.id, EVENT, s.now, hooks)
             .await?;
-        tx.after_commit("outbox", relay::nudge);
+        tx.after_commit("outbox", relay::nudger(app));
         tx.commit().await?;
     } else {
         tx.rollback().await?;

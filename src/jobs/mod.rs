@@ -193,7 +193,7 @@ pub async fn enqueue<J: Job>(
         .await
         .map(|r| r.rows_affected()))
         .with_context(|| format!("writing {} job to the outbox", J::NAME))?;
-        tx.after_commit("outbox", relay::nudge);
+        tx.after_commit("outbox", relay::nudger(app));
     }
     Ok(())
 }

@@ -2,20 +2,29 @@
 //! transaction are pushed to the queue (Redis) at least once. The dedupe key
 //! of each push is the row's own key or `outbox:{id}`, so a row pushed twice
 //! (a crash between push and mark, two relays racing) still makes one job.
-use std::{sync::LazyLock, time::Duration};
+//!
+//! Every process runs one (`lib::start`), woken by its own commits: the api
+//! relays what requests wrote, a worker what its jobs wrote (a review's
+//! mails and timers). On PostgreSQL a relay claims its rows with `FOR
+//! UPDATE SKIP LOCKED`, so the relays of several processes push disjoint
+//! rows instead of the same ones twice.
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use approvald_workers::store::NewJob;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, on_db};
+use crate::{app::App, db::TxConn, on_db};
 
-static NUDGE: LazyLock<Notify> = LazyLock::new(Notify::new);
+/// Wake this process's relay (after a commit that wrote outbox rows).
+pub fn nudge(app: &App) {
+    app.outbox_written.notify_one();
+}
 
-/// Wake the relay (after a commit that wrote outbox rows).
-pub fn nudge() {
-    NUDGE.notify_one();
+/// [`nudge`] as work for [`crate::db::Tx::after_commit`].
+pub fn nudger(app: &App) -> impl FnOnce() + Send + 'static {
+    let n: Arc<tokio::sync::Notify> = app.outbox_written.clone();
+    move || n.notify_one()
 }
 
 const BATCH: i64 = 500;
@@ -42,7 +51,7 @@ pub async fn run(app: App, stop: CancellationToken) {
                     }
                 }
                 tokio::select! {
-                    _ = NUDGE.notified() => {}
+                    _ = app.outbox_written.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.cancelled() => return,
                 }
@@ -64,16 +73,41 @@ type OutboxRow = (String, String, String, i64, Option<String>, i64);
 
 /// Push one batch; returns how many rows were relayed.
 pub async fn relay_once(app: &App, limit: i64) -> anyhow::Result<usize> {
-    let rows: Vec<OutboxRow> = on_db!(&app.db, |p| sqlx::query_as(
-        "SELECT id, queue, payload, run_at, dedupe_key, max_attempts FROM outbox \
-         WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1"
-    )
-    .bind(limit)
-    .fetch_all(p)
-    .await)
+    // PostgreSQL: claim the rows for as long as the push takes (another
+    // process's relay skips them), and mark them in the same transaction.
+    // SQLite (a Redis queue beside an embedded database: one process):
+    // read, push, then mark, without holding the write lock across the push.
+    let mut claim = match &app.db {
+        crate::db::Db::Postgres(_) => Some(app.db.begin().await?),
+        crate::db::Db::Sqlite(_) => None,
+    };
+    let rows: Vec<OutboxRow> = match &mut claim {
+        Some(tx) => {
+            let TxConn::Postgres(t) = &mut tx.conn else {
+                unreachable!("a PostgreSQL database begins PostgreSQL transactions")
+            };
+            sqlx::query_as(
+                "SELECT id, queue, payload, run_at, dedupe_key, max_attempts FROM outbox \
+                 WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(limit)
+            .fetch_all(&mut **t)
+            .await
+        }
+        None => on_db!(&app.db, |p| sqlx::query_as(
+            "SELECT id, queue, payload, run_at, dedupe_key, max_attempts FROM outbox \
+             WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1"
+        )
+        .bind(limit)
+        .fetch_all(p)
+        .await),
+    }
     .context("reading outbox")?;
     metrics::gauge!("approvald_outbox_pending").set(rows.len() as f64);
     if rows.is_empty() {
+        if let Some(tx) = claim {
+            tx.rollback().await?;
+        }
         return Ok(0);
     }
     let jobs: Vec<NewJob> = rows
@@ -91,7 +125,10 @@ pub async fn relay_once(app: &App, limit: i64) -> anyhow::Result<usize> {
         .await
         .context("pushing outbox rows to the queue")?;
     let now = app.now_ms();
-    let mut tx = app.db.begin().await?;
+    let mut tx = match claim {
+        Some(tx) => tx,
+        None => app.db.begin().await?,
+    };
     for (id, ..) in &rows {
         crate::on_tx!(&mut tx, |c| sqlx::query(
             "UPDATE outbox SET sent_at = $1 WHERE id = $2"

@@ -23,6 +23,7 @@ mod ops_browser;
 mod ops_dashboard;
 mod ops_deploy;
 mod ops_util;
+mod outbox_relay;
 mod review_authority;
 mod review_bad_tokens;
 mod review_browser;
