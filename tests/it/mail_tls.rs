@@ -109,8 +109,17 @@ async fn starttls_and_implicit_tls_deliver_with_a_private_ca() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_untrusted_or_misnamed_certificate_keeps_mails_pending_until_fixed() {
+/// A daemon that trusts only `trusted`'s CA, and an SMTP server (STARTTLS)
+/// whose certificate another CA signed.
+struct Untrusted {
+    trusted: TestPki,
+    smtp: SmtpServer,
+    /// Holds the daemon's `mail.smtp.ca_file`.
+    _ca_dir: tempfile::TempDir,
+    t: TestApp,
+}
+
+async fn untrusted() -> Untrusted {
     let trusted = TestPki::new("trusted");
     let stranger = TestPki::new("stranger");
     let smtp = SmtpServer::start_with(Security::StartTls(stranger.acceptor(&["127.0.0.1"]))).await;
@@ -121,6 +130,22 @@ async fn an_untrusted_or_misnamed_certificate_keeps_mails_pending_until_fixed() 
         ..Default::default()
     })
     .await;
+    Untrusted {
+        trusted,
+        smtp,
+        _ca_dir: dir,
+        t,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_or_misnamed_certificate_keeps_mails_pending_until_fixed() {
+    let Untrusted {
+        trusted,
+        smtp,
+        _ca_dir,
+        t,
+    } = untrusted().await;
     one_review_mail(&t).await;
 
     // 1. Signed by a CA we do not trust: the mail waits, tried again and again.
@@ -209,16 +234,12 @@ async fn refuse_health_clears(t: &TestApp, on: bool) {
 /// again, so `/readyz` does not go on saying "failing" for a working server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_of_the_mail_health_is_tried_again() {
-    let trusted = TestPki::new("trusted");
-    let stranger = TestPki::new("stranger");
-    let smtp = SmtpServer::start_with(Security::StartTls(stranger.acceptor(&["127.0.0.1"]))).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = trusted.write_ca(dir.path(), "ca.pem");
-    let t = TestApp::spawn_with(Opts {
-        toml: toml(&smtp, "starttls", Some(&ca), None),
-        ..Default::default()
-    })
-    .await;
+    let Untrusted {
+        trusted,
+        smtp,
+        _ca_dir,
+        t,
+    } = untrusted().await;
     let (org, key, _) = t.create_org("Health Co", "cn").await;
     reviewer(&t, "health-rev@example.com", "en").await;
     let first = submit_ftp(&t, &org, &key, "first").await;
