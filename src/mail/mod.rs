@@ -453,6 +453,19 @@ pub enum Health {
     Failing(TransportErrorKind, String),
 }
 
+impl Health {
+    /// The same state: for a failure, the same kind. Its detail may differ
+    /// from one attempt to the next (some servers put a session id in their
+    /// 535 answer), so it alone is no news: it is written with the next
+    /// refresh ([`HEALTH_REFRESH_MS`]).
+    fn same_state(&self, other: &Health) -> bool {
+        match (self, other) {
+            (Health::Failing(a, _), Health::Failing(b, _)) => a == b,
+            _ => self == other,
+        }
+    }
+}
+
 /// Taken when a delivery attempt starts: of two attempts that report, the
 /// one that started later decides the published state (a slow attempt that
 /// began before the server was fixed must not undo what a later one saw).
@@ -492,10 +505,11 @@ impl Publication<'_> {
         &self.seen
     }
 
-    /// Whether it differs from what was published (worth a log line); false
-    /// for a refresh of the same failure's `last_seen`.
+    /// Whether the state differs from what was published (worth a log
+    /// line); false for a refresh of the same kind of failure (its
+    /// `last_seen`, and its latest detail).
     pub fn is_news(&self) -> bool {
-        self.state.published != self.seen
+        !self.state.published.same_state(&self.seen)
     }
 
     /// The write succeeded.
@@ -565,10 +579,11 @@ impl Mailer {
     }
 
     /// What `attempt` saw of the transport (`Ok` or `Failing`). `Some` when
-    /// that should be written where every process sees it: it differs from
-    /// what was written last (or that write failed), or the same failure was
-    /// last written over a minute ago. `None` also when a later attempt has
-    /// already reported. Waits while another publication is being written.
+    /// that should be written where every process sees it: the state (for a
+    /// failure, its kind) differs from what was written last (or that write
+    /// failed), or the same kind of failure was last written over a minute
+    /// ago. `None` also when a later attempt has already reported. Waits
+    /// while another publication is being written.
     pub async fn observe(
         &self,
         attempt: Attempt,
@@ -582,7 +597,7 @@ impl Mailer {
         state.latest = Some(attempt);
         let stale = matches!(seen, Health::Failing(..))
             && now_ms.saturating_sub(state.written_at) >= HEALTH_REFRESH_MS;
-        (state.published != seen || stale).then_some(Publication {
+        (!state.published.same_state(&seen) || stale).then_some(Publication {
             state,
             seen,
             now_ms,
@@ -980,20 +995,45 @@ mod tests {
         assert!(!report(&m, m.attempt(), Health::Ok, 1, true).await);
         assert!(report(&m, m.attempt(), auth(), 2, true).await);
         assert!(!report(&m, m.attempt(), auth(), 3, true).await);
-        // A new detail of the same kind is news (the operator fixed one
-        // thing and now sees the next).
-        let p = m
-            .observe(m.attempt(), failing(TransportErrorKind::Auth, "530"), 4)
+        // Another detail of the same kind waits for the refresh (a server
+        // may put a session id in every 535).
+        assert!(
+            !report(
+                &m,
+                m.attempt(),
+                failing(TransportErrorKind::Auth, "530"),
+                4,
+                true
+            )
             .await
-            .expect("a new detail");
-        assert!(p.is_news());
-        p.done();
-        // The same failure a minute on: written again, for `last_seen`.
+        );
+        assert!(
+            report(
+                &m,
+                m.attempt(),
+                failing(TransportErrorKind::Tls, "x"),
+                5,
+                true
+            )
+            .await
+        );
+        assert!(
+            report(
+                &m,
+                m.attempt(),
+                failing(TransportErrorKind::Auth, "535"),
+                6,
+                true
+            )
+            .await
+        );
+        // The same kind a minute on: written again, with its latest detail,
+        // for `last_seen`.
         let p = m
             .observe(
                 m.attempt(),
                 failing(TransportErrorKind::Auth, "530"),
-                4 + 60_000,
+                6 + 60_000,
             )
             .await
             .expect("refresh");
