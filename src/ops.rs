@@ -21,15 +21,10 @@ pub async fn refresh_gauges(app: &App) {
             metrics::gauge!("approvald_requests_pending", "kind" => k.key.clone()).set(n as f64);
         }
     }
-    if !app.queue_in_db {
-        let n: Result<i64, sqlx::Error> = on_db!(&app.db, |p| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"
-        )
-        .fetch_one(p)
-        .await);
-        if let Ok(n) = n {
-            metrics::gauge!("approvald_outbox_pending").set(n as f64);
-        }
+    if !app.queue_in_db
+        && let Ok(n) = crate::store::outbox::count_pending(&app.db).await
+    {
+        metrics::gauge!("approvald_outbox_pending").set(n as f64);
     }
     crate::http::ops::dash::now::refresh_gauges(app).await;
 }

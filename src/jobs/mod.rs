@@ -178,21 +178,9 @@ pub async fn enqueue<J: Job>(
         }
     } else {
         let id = uuid::Uuid::now_v7().to_string();
-        crate::on_tx!(tx, |c| sqlx::query(
-            "INSERT INTO outbox (id, queue, payload, run_at, dedupe_key, max_attempts, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        )
-        .bind(&id)
-        .bind(&new.queue)
-        .bind(&new.payload)
-        .bind(new.run_at_ms)
-        .bind(&new.dedupe_key)
-        .bind(new.max_attempts as i64)
-        .bind(now)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))
-        .with_context(|| format!("writing {} job to the outbox", J::NAME))?;
+        crate::store::outbox::insert(tx, &id, &new, now)
+            .await
+            .with_context(|| format!("writing {} job to the outbox", J::NAME))?;
         tx.after_commit("outbox", relay::nudger(app));
     }
     Ok(())

@@ -8,13 +8,13 @@
 //! mails and timers). On PostgreSQL a relay claims its rows with `FOR
 //! UPDATE SKIP LOCKED`, so the relays of several processes push disjoint
 //! rows instead of the same ones twice.
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 use approvald_workers::store::NewJob;
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, db::TxConn, on_db};
+use crate::{app::App, db::Db, store::outbox};
 
 /// Wake this process's relay (after a commit that wrote outbox rows).
 pub fn nudge(app: &App) {
@@ -23,7 +23,7 @@ pub fn nudge(app: &App) {
 
 /// [`nudge`] as work for [`crate::db::Tx::after_commit`].
 pub fn nudger(app: &App) -> impl FnOnce() + Send + 'static {
-    let n: Arc<tokio::sync::Notify> = app.outbox_written.clone();
+    let n = app.outbox_written.clone();
     move || n.notify_one()
 }
 
@@ -46,7 +46,8 @@ pub async fn run(app: App, stop: CancellationToken) {
                 }
                 if last_purge.elapsed() > Duration::from_secs(600) {
                     last_purge = std::time::Instant::now();
-                    if let Err(e) = purge_sent(&app).await {
+                    let before = app.now_ms() - 24 * 3600 * 1000;
+                    if let Err(e) = outbox::purge_sent(&app.db, before).await {
                         tracing::warn!(error = %format!("{e:#}"), "outbox purge failed");
                     }
                 }
@@ -69,45 +70,23 @@ pub async fn run(app: App, stop: CancellationToken) {
     }
 }
 
-type OutboxRow = (String, String, String, i64, Option<String>, i64);
-
 /// Push one batch; returns how many rows were relayed.
 pub async fn relay_once(app: &App, limit: i64) -> anyhow::Result<usize> {
     // PostgreSQL: claim the rows for as long as the push takes (another
-    // process's relay skips them), and mark them in the same transaction.
+    // process's relay skips them) and mark them in the same transaction.
     // SQLite (a Redis queue beside an embedded database: one process):
     // read, push, then mark, without holding the write lock across the push.
-    let mut claim = match &app.db {
-        crate::db::Db::Postgres(_) => Some(app.db.begin().await?),
-        crate::db::Db::Sqlite(_) => None,
-    };
-    let rows: Vec<OutboxRow> = match &mut claim {
-        Some(tx) => {
-            let TxConn::Postgres(t) = &mut tx.conn else {
-                unreachable!("a PostgreSQL database begins PostgreSQL transactions")
-            };
-            sqlx::query_as(
-                "SELECT id, queue, payload, run_at, dedupe_key, max_attempts FROM outbox \
-                 WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
-            )
-            .bind(limit)
-            .fetch_all(&mut **t)
-            .await
+    let (claim, rows) = match &app.db {
+        Db::Postgres(_) => {
+            let mut tx = app.db.begin().await?;
+            let rows = outbox::claim_pending(&mut tx, limit).await;
+            (Some(tx), rows)
         }
-        None => on_db!(&app.db, |p| sqlx::query_as(
-            "SELECT id, queue, payload, run_at, dedupe_key, max_attempts FROM outbox \
-             WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1"
-        )
-        .bind(limit)
-        .fetch_all(p)
-        .await),
-    }
-    .context("reading outbox")?;
+        Db::Sqlite(_) => (None, outbox::pending(&app.db, limit).await),
+    };
+    let rows = rows.context("reading outbox")?;
     metrics::gauge!("approvald_outbox_pending").set(rows.len() as f64);
     if rows.is_empty() {
-        if let Some(tx) = claim {
-            tx.rollback().await?;
-        }
         return Ok(0);
     }
     let jobs: Vec<NewJob> = rows
@@ -124,35 +103,11 @@ pub async fn relay_once(app: &App, limit: i64) -> anyhow::Result<usize> {
         .push_raw(&jobs)
         .await
         .context("pushing outbox rows to the queue")?;
-    let now = app.now_ms();
     let mut tx = match claim {
         Some(tx) => tx,
         None => app.db.begin().await?,
     };
-    for (id, ..) in &rows {
-        crate::on_tx!(&mut tx, |c| sqlx::query(
-            "UPDATE outbox SET sent_at = $1 WHERE id = $2"
-        )
-        .bind(now)
-        .bind(id)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
-    }
+    outbox::mark_sent(&mut tx, &rows, app.now_ms()).await?;
     tx.commit().await?;
     Ok(rows.len())
-}
-
-async fn purge_sent(app: &App) -> anyhow::Result<()> {
-    let before = app.now_ms() - 24 * 3600 * 1000;
-    on_db!(&app.db, |p| {
-        sqlx::query(
-        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT 1000)"
-    )
-    .bind(before)
-    .execute(p)
-    .await
-        .map(|r| r.rows_affected())
-    })?;
-    Ok(())
 }

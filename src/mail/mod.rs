@@ -997,36 +997,12 @@ mod tests {
         assert!(!report(&m, m.attempt(), auth(), 3, true).await);
         // Another detail of the same kind waits for the refresh (a server
         // may put a session id in every 535).
-        assert!(
-            !report(
-                &m,
-                m.attempt(),
-                failing(TransportErrorKind::Auth, "530"),
-                4,
-                true
-            )
-            .await
-        );
-        assert!(
-            report(
-                &m,
-                m.attempt(),
-                failing(TransportErrorKind::Tls, "x"),
-                5,
-                true
-            )
-            .await
-        );
-        assert!(
-            report(
-                &m,
-                m.attempt(),
-                failing(TransportErrorKind::Auth, "535"),
-                6,
-                true
-            )
-            .await
-        );
+        let saw = async |kind, detail: &str, now| {
+            report(&m, m.attempt(), failing(kind, detail), now, true).await
+        };
+        assert!(!saw(TransportErrorKind::Auth, "530", 4).await);
+        assert!(saw(TransportErrorKind::Tls, "x", 5).await);
+        assert!(saw(TransportErrorKind::Auth, "535", 6).await);
         // The same kind a minute on: written again, with its latest detail,
         // for `last_seen`.
         let p = m

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod mail_health;
 pub mod members;
 pub mod orgs;
+pub mod outbox;
 pub mod requests;
 pub mod reviewers;
 pub mod roles;

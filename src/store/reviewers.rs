@@ -183,60 +183,40 @@ pub async fn lock_if_holds(
     reviewer: &ReviewerRef,
     needed: &Authority,
 ) -> anyhow::Result<bool> {
-    if let TxConn::Postgres(t) = &mut tx.conn {
-        let row: Option<i32> = match (reviewer.kind, needed) {
-            (ReviewerKind::Platform, Authority::PlatformGroup(group)) => {
-                sqlx::query_scalar(SHARE_GROUP_REVIEWER)
-                    .bind(&reviewer.id)
-                    .bind(group)
-                    .fetch_optional(&mut **t)
-                    .await
-            }
-            (
-                ReviewerKind::Member,
-                Authority::OrgAdmin {
-                    org_id,
-                    requester_id,
-                },
-            ) => {
-                sqlx::query_scalar(SHARE_ORG_ADMIN)
-                    .bind(&reviewer.id)
-                    .bind(org_id)
-                    .bind(requester_id.as_deref().unwrap_or(""))
-                    .fetch_optional(&mut **t)
-                    .await
-            }
-            _ => Ok(None),
-        }
-        .context("locking the reviewer")?;
-        return Ok(row.is_some());
-    }
-    let n = match (reviewer.kind, needed) {
-        (ReviewerKind::Platform, Authority::PlatformGroup(group)) => on_tx!(tx, |c| {
-            sqlx::query(LOCK_GROUP_REVIEWER)
-                .bind(&reviewer.id)
-                .bind(group)
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected())
-        }),
+    let (share, update, args): (&str, &str, Vec<&str>) = match (reviewer.kind, needed) {
+        (ReviewerKind::Platform, Authority::PlatformGroup(group)) => (
+            SHARE_GROUP_REVIEWER,
+            LOCK_GROUP_REVIEWER,
+            vec![&reviewer.id, group],
+        ),
         (
             ReviewerKind::Member,
             Authority::OrgAdmin {
                 org_id,
                 requester_id,
             },
-        ) => on_tx!(tx, |c| {
-            sqlx::query(LOCK_ORG_ADMIN)
-                .bind(&reviewer.id)
-                .bind(org_id)
-                .bind(requester_id.as_deref().unwrap_or(""))
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected())
-        }),
-        _ => Ok(0),
-    }
-    .context("locking the reviewer")?;
-    Ok(n > 0)
+        ) => (
+            SHARE_ORG_ADMIN,
+            LOCK_ORG_ADMIN,
+            vec![&reviewer.id, org_id, requester_id.as_deref().unwrap_or("")],
+        ),
+        _ => return Ok(false),
+    };
+    let held = match &mut tx.conn {
+        TxConn::Postgres(t) => {
+            let mut q = sqlx::query_scalar::<_, i32>(share);
+            for a in &args {
+                q = q.bind(*a);
+            }
+            q.fetch_optional(&mut **t).await.map(|r| r.is_some())
+        }
+        TxConn::Sqlite(t) => {
+            let mut q = sqlx::query(update);
+            for a in &args {
+                q = q.bind(*a);
+            }
+            q.execute(&mut **t).await.map(|r| r.rows_affected() > 0)
+        }
+    };
+    held.context("locking the reviewer")
 }

@@ -264,12 +264,7 @@ pub(crate) async fn outbox_pending(app: &App) -> anyhow::Result<Option<i64>> {
     if app.queue_in_db {
         return Ok(None);
     }
-    let n: i64 = on_db!(&app.db, |p| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"
-    )
-    .fetch_one(p)
-    .await)?;
-    Ok(Some(n))
+    Ok(Some(crate::store::outbox::count_pending(&app.db).await?))
 }
 
 /// The oldest open request by business age (the few oldest by wall time of
